@@ -1,0 +1,8 @@
+from .anil import ANIL
+from .base import GradientLearner, MetaLearner
+from .maml import FOMAML, MAML
+from .metasgd import MetaSGD
+from .pretrained import Pretrained
+from .reptile import Reptile
+
+__all__ = ["MetaLearner", "GradientLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "Pretrained"]

@@ -1,0 +1,171 @@
+"""The interface every meta-learner shares, and the machinery of the gradient-based ones.
+
+Every learner is an ``nn.Module`` whose ``parameters()`` are exactly its
+meta-parameters (the model's initialization plus whatever the algorithm learns
+besides, e.g. Meta-SGD's rates), so any ``torch.optim`` optimizer meta-trains it:
+
+    learner = MAML(model, inner_lr=0.01)
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    loss, metrics = learner.meta_loss(task_batch)   # or learner.meta_backward(task_batch)
+    loss.backward(); opt.step()
+    adapted = learner.adapt(support_x, support_y, steps=10)
+    prediction = learner(query_x, params=adapted)
+
+``meta_backward(batch, weight)`` accumulates ``weight * d meta_loss`` into ``.grad``;
+it is the one call a trainer (and a distributed all-reduce after it) needs, and
+algorithms without a differentiable meta-loss (Reptile) override it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from ..core.engine import StrategyChooser, functional_model, inner_loop, map_tasks
+from ..core.params import AdaptSpec, Params, named_params, select_adapted, split
+from ..core.update_rules import SGD, UpdateRule
+from ..tasks.batch import TaskBatch
+
+
+def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for integer class labels, mean squared error otherwise."""
+    if target.is_floating_point():
+        return F.mse_loss(output, target)
+    return F.cross_entropy(output, target)
+
+
+class MetaLearner(nn.Module):
+    """Base class: a model, a task loss and a task-batching strategy."""
+
+    def __init__(self, model: nn.Module, loss_fn=None, strategy: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.functional = functional_model(model)
+        self.loss_fn = loss_fn or default_loss
+        self.chooser = StrategyChooser(strategy)
+
+    # -- calling the model functionally ---------------------------------------------
+    def model_params(self) -> Params:
+        return named_params(self.model)
+
+    def forward(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        return self.functional(self.model_params() if params is None else params, x)
+
+    def task_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        metrics = {"loss": self.loss_fn(output, target)}
+        if not target.is_floating_point():
+            metrics["accuracy"] = (output.argmax(-1) == target).to(output.dtype).mean()
+        return metrics
+
+    def map_tasks(self, task_fn, batch: TaskBatch):
+        """Run ``task_fn`` over the batch with the configured (or measured) strategy."""
+        meta = list(self.parameters())
+
+        def run(strategy: str) -> torch.Tensor:
+            return sum(t.sum() for t in tree_leaves(map_tasks(task_fn, batch, strategy)))
+
+        return map_tasks(task_fn, batch, self.chooser.resolve(run, batch, meta))
+
+    # -- the interface ----------------------------------------------------------------
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def meta_backward(self, batch: TaskBatch, weight: float = 1.0) -> dict[str, torch.Tensor]:
+        loss, metrics = self.meta_loss(batch)
+        (loss * weight).backward()
+        return metrics
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Params:
+        raise NotImplementedError
+
+    def evaluate(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
+        """Per-task query metrics after each number of adaptation steps in ``steps``."""
+        raise NotImplementedError
+
+
+def _check_positive_int(name: str, value: int, allow_zero: bool = False) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+        bound = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{name} must be {bound} integer, got {value!r}")
+    return value
+
+
+class GradientLearner(MetaLearner):
+    """Shared machinery of the optimization-based family (MAML, FOMAML, Meta-SGD, ANIL, Reptile).
+
+    Holds the set of adapted parameters, the update rule and the inner-loop length.
+    The inner loop may run on an embedding of the inputs (``embed``, identity here)
+    with a head (``head_forward``, the whole model here); ANIL overrides both so the
+    frozen body runs once per task instead of once per inner step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float | None = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        adapt: AdaptSpec = "all",
+        update_rule: UpdateRule | None = None,
+        eval_steps: int | None = None,
+        loss_fn=None,
+        strategy: str = "auto",
+    ) -> None:
+        super().__init__(model, loss_fn, strategy)
+        self.inner_steps = _check_positive_int("inner_steps", inner_steps, allow_zero=True)
+        self.eval_steps = _check_positive_int("eval_steps", eval_steps if eval_steps is not None else inner_steps, True)
+        self.first_order = bool(first_order)
+        self.adapted_names = select_adapted(model, adapt)
+        if update_rule is None:
+            if inner_lr is None:
+                raise ValueError("give either inner_lr (plain SGD inner loop) or an update_rule")
+            update_rule = SGD(inner_lr)
+        if not isinstance(update_rule, UpdateRule):
+            raise TypeError(f"update_rule must be an innerloop UpdateRule, got {type(update_rule).__name__}")
+        params = self.model_params()
+        update_rule.setup({n: params[n].shape for n in self.adapted_names}, max(inner_steps, 1), params[self.adapted_names[0]])
+        self.update_rule = update_rule
+
+    # -- hooks ANIL overrides ---------------------------------------------------------
+    def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def head_forward(self, params: Params, z: torch.Tensor) -> torch.Tensor:
+        return self.functional(params, z)
+
+    # -- per-task adaptation ----------------------------------------------------------
+    def task_adapt(self, params: Params, x, y, steps: int, trajectory: bool = False, first_order: bool | None = None):
+        """theta'_i: ``steps`` applications of the update rule on the support loss of one task."""
+        fast, shared = split(params, self.adapted_names)
+        return inner_loop(
+            self.head_forward, self.loss_fn, self.update_rule, fast, shared, x, y, steps,
+            first_order=self.first_order if first_order is None else first_order, trajectory=trajectory,
+        )
+
+    def adapt(self, support_x, support_y, steps: int | None = None) -> Params:
+        """Adapted parameters for one new task (no task dimension on the inputs)."""
+        steps = self.eval_steps if steps is None else _check_positive_int("steps", steps, allow_zero=True)
+        params = self.model_params()
+        return self.task_adapt(params, self.embed(params, support_x), support_y, steps)
+
+    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return self.head_forward(params, self.embed(params, x))
+
+    @torch.no_grad()
+    def evaluate(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
+        # The inner gradients are still taken: torch.func.grad ignores an outer no_grad.
+        steps = sorted({_check_positive_int("steps", s, allow_zero=True) for s in steps})
+        params = self.model_params()
+
+        def task_eval(sx, sy, qx, qy):
+            path = self.task_adapt(params, self.embed(params, sx), sy, steps[-1], trajectory=True)
+            zq = self.embed(params, qx)
+            return {s: self.task_metrics(self.head_forward(path[s], zq), qy) for s in steps}
+
+        return self.map_tasks(task_eval, batch)

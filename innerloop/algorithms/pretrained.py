@@ -1,0 +1,32 @@
+"""The pretrained baseline of the MAML paper.
+
+Finn et al. (2017), section 5.1: "pretraining on all of the tasks, which entails
+training a network to regress to random sinusoid functions and then, at test-time,
+fine-tuning with gradient descent on the K provided points".
+
+Meta-training here is ordinary joint training on every example of every task::
+
+    min_theta  sum_i L_{T_i}(f_theta)      (support and query points together)
+
+and adaptation is plain fine-tuning with SGD at ``inner_lr``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import GradientLearner
+
+
+class Pretrained(GradientLearner):
+    """Joint training over tasks, fine-tuned at test time (a baseline, not a meta-learner)."""
+
+    def __init__(self, model, inner_lr: float = 0.01, eval_steps: int = 1, **kwargs):
+        kwargs.pop("inner_steps", None)
+        super().__init__(model, inner_lr=inner_lr, inner_steps=0, eval_steps=eval_steps, first_order=True, **kwargs)
+
+    def meta_loss(self, batch):
+        x = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
+        y = torch.cat([batch.support_y, batch.query_y], 1).flatten(0, 1)
+        metrics = self.task_metrics(self(x), y)
+        return metrics["loss"], {name: value.detach() for name, value in metrics.items()}

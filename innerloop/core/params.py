@@ -1,0 +1,90 @@
+"""Parameters as name -> tensor mappings, and choosing which of them adapt.
+
+Everything in innerloop passes parameters explicitly as ``dict[str, Tensor]`` (the
+names of ``nn.Module.named_parameters``) and calls models through
+``torch.func.functional_call``. The module's own parameter slots are never replaced,
+which is what makes the engine safe under ``vmap``, ``torch.compile`` and
+``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable, Mapping, Union
+
+import torch
+from torch import nn
+
+Params = dict[str, torch.Tensor]
+
+# "all", "head", a regular expression over parameter names, an explicit list of
+# names, or a predicate name -> bool.
+AdaptSpec = Union[str, Iterable[str], Callable[[str], bool]]
+
+
+def named_params(module: nn.Module) -> Params:
+    return dict(module.named_parameters())
+
+
+def head_names(module: nn.Module) -> list[str]:
+    """Names of the parameters of the last leaf module that has parameters.
+
+    For ``Sequential(..., Linear)`` and for models whose classifier is registered last
+    (the usual convention) this is the output layer, the part ANIL adapts.
+    """
+    last: list[str] = []
+    for prefix, sub in module.named_modules():
+        own = [n for n, _ in sub.named_parameters(recurse=False)]
+        if own:
+            last = [f"{prefix}.{n}" if prefix else n for n in own]
+    if not last:
+        raise ValueError("the model has no parameters, so there is no head to adapt")
+    return last
+
+
+def select_adapted(module: nn.Module, spec: AdaptSpec) -> list[str]:
+    """Resolve an adapt specification into the ordered list of adapted parameter names."""
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    if isinstance(spec, str):
+        if spec == "all":
+            chosen = names
+        elif spec == "head":
+            chosen = head_names(module)
+        else:
+            try:
+                pattern = re.compile(spec)
+            except re.error as err:
+                raise ValueError(
+                    f"adapt={spec!r} is neither 'all', 'head' nor a valid regular expression ({err})"
+                ) from None
+            chosen = [n for n in names if pattern.search(n)]
+    elif callable(spec):
+        chosen = [n for n in names if spec(n)]
+    else:
+        wanted = list(spec)
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(
+                f"adapt names {unknown} are not parameters of the model; "
+                f"its parameters are {names}"
+            )
+        chosen = [n for n in names if n in wanted]
+    if not chosen:
+        raise ValueError(
+            f"adapt={spec!r} selects no parameter of the model, so the inner loop would do nothing. "
+            f"Parameters are: {names}"
+        )
+    return chosen
+
+
+def split(params: Mapping[str, torch.Tensor], adapted: Iterable[str]) -> tuple[Params, Params]:
+    """(adapted, shared) views of ``params``; shared ones get only the outer gradient."""
+    adapted = set(adapted)
+    fast = {n: p for n, p in params.items() if n in adapted}
+    shared = {n: p for n, p in params.items() if n not in adapted}
+    return fast, shared
+
+
+def slot(name: str) -> str:
+    """A parameter name usable as an attribute/ParameterDict key ('.' is not allowed there)."""
+    return name.replace(".", "__")

@@ -1,0 +1,16 @@
+"""Fully connected regressor, the MAML paper's sinusoid model (two hidden layers of 40, ReLU)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    def __init__(self, in_features: int = 1, hidden: tuple[int, ...] | list[int] = (40, 40), out_features: int = 1):
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
