@@ -3,6 +3,9 @@ from .base import GradientLearner, MetaLearner
 from .maml import FOMAML, MAML
 from .metasgd import MetaSGD
 from .pretrained import Pretrained
+from .protonets import ProtoNets
 from .reptile import Reptile
 
-__all__ = ["MetaLearner", "GradientLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "Pretrained"]
+__all__ = [
+    "MetaLearner", "GradientLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "Pretrained", "ProtoNets",
+]

@@ -17,9 +17,10 @@ batch and keeps the faster one.
 
 Batch norm: innerloop uses the transductive form of the MAML/ProtoNets papers — the
 statistics of the batch being processed, never running statistics, at training and
-evaluation alike. ``functional_model`` strips running statistics from batch-norm
-layers (``torch.func.replace_all_batch_norm_modules_``), which is also what makes them
-legal under ``vmap``.
+evaluation alike. ``functional_model`` swaps torch's batch-norm layers for
+:class:`~innerloop.core.batchnorm.TransductiveBatchNorm` (same parameters), which has
+no running statistics (so it is legal under ``vmap``) and, unlike
+``F.batch_norm`` under vmap in PyTorch 2.13, gives correct second-order gradients.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from typing import Callable, Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
+from torch.func import functional_call, grad, vmap
 
 from ..tasks.batch import TaskBatch
+from .batchnorm import use_transductive_batch_norm_
 from .params import Params
 from .update_rules import UpdateRule
 
@@ -46,7 +48,7 @@ def functional_model(module: nn.Module) -> Forward:
 
     Batch-norm layers are switched to transductive batch statistics (see module doc).
     """
-    replace_all_batch_norm_modules_(module)
+    use_transductive_batch_norm_(module)
     buffers = dict(module.named_buffers())
 
     def forward(params: Params, x: torch.Tensor) -> torch.Tensor:

@@ -1,3 +1,5 @@
+from .conv import Conv4
 from .mlp import MLP
+from .resnet12 import ResNet12
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "Conv4", "ResNet12"]

@@ -35,29 +35,26 @@ class SinusoidTasks:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"sinusoid {name} must be a positive integer, got {value!r}")
 
-    def task_params(self, generator: torch.Generator) -> tuple[float, float]:
-        (a0, a1), (p0, p1) = self.amplitude, self.phase
-        u = torch.rand(2, generator=generator, dtype=torch.float64)
-        return float(a0 + (a1 - a0) * u[0]), float(p0 + (p1 - p0) * u[1])
-
-    def function(self, amplitude: float, phase: float):
-        return lambda x: amplitude * torch.sin(x - phase)
+    def _uniforms(self, draw: int, tasks) -> torch.Tensor:
+        """Per task: [u_amplitude, u_phase, u_x_1 .. u_x_{K+Q}] from that task's own stream."""
+        n = 2 + self.shots + self.queries
+        return torch.stack([torch.rand(n, generator=task_generator(self.seed, draw, j), dtype=torch.float64) for j in tasks])
 
     def sample(self, draw: int, tasks: range | list[int], dtype=torch.float32) -> TaskBatch:
         """Tasks ``tasks`` (indices within the meta-batch) of meta-batch number ``draw``."""
-        xs, ys = [], []
-        lo, hi = self.x_range
-        for j in tasks:
-            g = task_generator(self.seed, draw, j)
-            amplitude, phase = self.task_params(g)
-            x = lo + (hi - lo) * torch.rand(self.shots + self.queries, 1, generator=g, dtype=torch.float64)
-            xs.append(x)
-            ys.append(self.function(amplitude, phase)(x))
-        x, y = torch.stack(xs).to(dtype), torch.stack(ys).to(dtype)
+        u = self._uniforms(draw, tasks)
+        (a0, a1), (p0, p1), (lo, hi) = self.amplitude, self.phase, self.x_range
+        amplitude = (a0 + (a1 - a0) * u[:, 0:1, None])
+        phase = (p0 + (p1 - p0) * u[:, 1:2, None])
+        x = lo + (hi - lo) * u[:, 2:, None]
+        y = amplitude * torch.sin(x - phase)
+        x, y = x.to(dtype), y.to(dtype)
         k = self.shots
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
 
     def sample_with_truth(self, draw: int, j: int):
         """One task and its true function, for plots."""
-        amplitude, phase = self.task_params(task_generator(self.seed, draw, j))
-        return self.sample(draw, [j]), self.function(amplitude, phase)
+        (a0, a1), (p0, p1) = self.amplitude, self.phase
+        u = self._uniforms(draw, [j])[0]
+        amplitude, phase = float(a0 + (a1 - a0) * u[0]), float(p0 + (p1 - p0) * u[1])
+        return self.sample(draw, [j]), lambda x: amplitude * torch.sin(x - phase)

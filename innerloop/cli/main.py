@@ -1,0 +1,125 @@
+"""The ``innerloop`` command line (Typer): demo, train, eval, presets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InnerloopError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Meta-learning on PyTorch: train, evaluate and demo.")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where runs, the figure and results.json go."),
+    iterations: int = typer.Option(6000, min=1, help="Meta-training iterations for each model."),
+    tasks: int = typer.Option(1000, min=1, help="Evaluation tasks per column."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Meta-train MAML and a pretrained baseline on sinusoids, print the table, draw the figure."""
+    from ..demo import run_demo
+
+    run_demo(out, iterations=iterations, tasks=tasks, seed=seed, echo=typer.echo)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: str = typer.Option(..., "--config", "-c", help="A preset name (see `innerloop presets`) or a YAML file."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="section.key=value overrides, e.g. train.iterations=500"),
+    out: Optional[str] = typer.Option(None, help="Run directory (default runs/<preset>)."),
+    resume: bool = typer.Option(False, help="Continue from the run directory's latest checkpoint if there is one."),
+    evaluate: bool = typer.Option(True, help="Evaluate on test tasks at the end (the config's eval section)."),
+) -> None:
+    """Meta-train from a preset or config file."""
+    from ..plots import training_curves
+    from ..training.builders import build_tasks
+    from ..training.config import load_config
+    from ..training.evaluate import evaluate_config, format_table
+    from ..training.trainer import Trainer
+
+    cfg = load_config(config, overrides or [], out_dir=out)
+    trainer = Trainer(cfg, resume=resume)
+    summary = trainer.fit()
+    typer.echo(f"trained {cfg.algorithm.name} for {cfg.train.iterations} iterations; last checkpoint {trainer.last_checkpoint}")
+    if "val" in summary:
+        typer.echo("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["val"].items() if k != "iteration"))
+    training_curves(cfg.out_dir)
+    if evaluate:
+        _report(trainer.learner, cfg, evaluate_config(trainer.learner, cfg, build_tasks), Path(cfg.out_dir) / "eval.json", format_table)
+
+
+def _report(learner, cfg, results, output: Path, format_table) -> None:
+    metric = "accuracy" if any("accuracy" in m for r in results.values() for m in r.values()) else "loss"
+    title = "accuracy %" if metric == "accuracy" else "query MSE"
+    typer.echo(f"{cfg.algorithm.name} on {cfg.task.name}, {cfg.eval.tasks} test tasks (mean ± 95% CI):")
+    typer.echo(format_table({cfg.algorithm.name: results}, metric=metric, title=title))
+    payload = {
+        "algorithm": cfg.algorithm.name, "task": cfg.task.name, "tasks": cfg.eval.tasks, "seed": cfg.eval.seed,
+        "transductive_batch_norm": True,
+        "results": {str(k): {str(s): v for s, v in r.items()} for k, r in results.items()},
+    }
+    output.write_text(json.dumps(payload, indent=2))
+    typer.echo(f"results written to {output}")
+
+
+@app.command("eval")
+def evaluate_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="A run directory or a checkpoint directory."),
+    tasks: Optional[int] = typer.Option(None, min=1, help="Number of test tasks (default: the run's eval.tasks)."),
+    steps: Optional[List[int]] = typer.Option(None, "--steps", help="Adaptation steps to report (repeatable)."),
+    shots: Optional[List[int]] = typer.Option(None, "--shots", help="Support shots to evaluate (repeatable)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the test tasks (default: the run's eval.seed)."),
+    output: Optional[Path] = typer.Option(None, help="JSON file for the results (default: eval.json beside the checkpoint)."),
+) -> None:
+    """Evaluate a checkpoint on fresh seeded test tasks; print the table and write JSON."""
+    from ..training.builders import build_learner, build_tasks
+    from ..training.checkpoint import load_checkpoint, restore_learner
+    from ..training.config import validate
+    from ..training.evaluate import evaluate_config, format_table
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    if tasks is not None:
+        cfg.eval.tasks = tasks
+    if seed is not None:
+        cfg.eval.seed = seed
+    if steps:
+        cfg.eval.steps = list(steps)
+    if shots:
+        cfg.eval.shots = list(shots)
+    validate(cfg)
+    learner = build_learner(cfg)
+    restore_learner(learner, ckpt, cfg)
+    learner.chooser.choices.update(ckpt.state.get("strategy_choices", {}))
+    results = evaluate_config(learner, cfg, build_tasks)
+    _report(learner, cfg, results, output or ckpt.path.parent.parent / "eval.json", format_table)
+
+
+@app.command()
+def presets() -> None:
+    """List the built-in presets."""
+    from ..training.config import preset_names
+
+    for name in preset_names():
+        typer.echo(name)
+
+
+def main() -> None:
+    """Entry point: user errors become one clear line on stderr and exit status 2."""
+    try:
+        app()
+    except InnerloopError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the last checkpoint written is intact", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

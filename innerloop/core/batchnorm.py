@@ -1,0 +1,61 @@
+"""Transductive batch norm that stays correct under ``vmap`` + second-order gradients.
+
+MAML and ProtoNets use batch norm with the statistics of the batch being processed
+(support or query set), never running averages. With PyTorch 2.13, differentiating
+*twice* through ``torch.nn.functional.batch_norm`` inside ``torch.func.vmap`` gives a
+wrong meta-gradient (about 20% relative error against finite differences in float64;
+the per-task loop is exact). Writing the normalisation with elementary ops avoids the
+faulty batching rule, so innerloop swaps every ``nn.BatchNorm{1,2,3}d`` for
+:class:`TransductiveBatchNorm`, reusing the very same ``weight``/``bias`` parameters
+(names and optimizer references are unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TransductiveBatchNorm(nn.Module):
+    """y = (x - mean_B(x)) / sqrt(var_B(x) + eps) * weight + bias, statistics over batch and space."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> "TransductiveBatchNorm":
+        new = cls(bn.num_features, bn.eps, affine=False)
+        if bn.affine:
+            new.weight, new.bias = bn.weight, bn.bias  # the same Parameter objects
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dims, keepdim=True)
+        var = (x - mean).pow(2).mean(dims, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, transductive"
+
+
+def use_transductive_batch_norm_(module: nn.Module) -> nn.Module:
+    """Replace every torch batch-norm layer below ``module`` (in place); returns ``module``."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, TransductiveBatchNorm.like(child))
+        else:
+            use_transductive_batch_norm_(child)
+    return module

@@ -1,0 +1,19 @@
+"""Few-shot image classification data.
+
+* ``ImageDataset``: images decoded once into a uint8 ``(N, C, H, W)`` tensor, labels, class names.
+* ``EpisodicTasks``: N-way K-shot tasks following the indexed task-source protocol
+  (``sample(draw, tasks) -> TaskBatch``); ``fixed_tasks`` for fixed evaluation sets.
+* Loaders: ``omniglot``, ``mini_imagenet``, ``cifar_fs``, ``fc100``, ``image_folder``.
+"""
+
+from ._common import ChecksumError, data_root
+from .dataset import ImageDataset
+from .episodes import EVAL_DRAW, EpisodicTasks, FixedTasks, fixed_tasks
+from .folders import cifar_fs, fc100, image_folder, load_cifar100, mini_imagenet
+from .omniglot import download_omniglot, omniglot
+
+__all__ = [
+    "ImageDataset", "EpisodicTasks", "FixedTasks", "fixed_tasks", "EVAL_DRAW",
+    "omniglot", "download_omniglot", "mini_imagenet", "cifar_fs", "fc100", "load_cifar100", "image_folder",
+    "data_root", "ChecksumError",
+]

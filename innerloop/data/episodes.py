@@ -1,0 +1,302 @@
+"""N-way K-shot classification episodes, following the indexed task-source protocol.
+
+``EpisodicTasks(dataset, ways, shots, queries, seed).sample(draw, tasks)`` returns a ``TaskBatch``
+in which task ``j`` of meta-batch ``draw`` depends on ``task_generator(seed, draw, j)`` alone (see
+``innerloop.tasks.seeding``): any slice of a meta-batch can be built on its own (one rank of a
+distributed job, a resumed run) and is identical to the same slice of the whole batch.
+
+One task:
+
+1. draws ``ways`` distinct classes (uniformly, without replacement) from the class table;
+   the order of the draw is the label order, so labels ``0..ways-1`` are a fresh random
+   assignment in every task;
+2. for each class draws ``shots + queries`` distinct images (without replacement); the first
+   ``shots`` are the support set, the rest the query set, so support and query never share an image;
+3. with rotation augmentation, the class table holds each (class, angle) pair as its own class,
+   and a sampled rotated class has *all* its images rotated by its angle (the Omniglot protocol
+   of Santoro et al. 2016 / Vinyals et al. 2016 / Snell et al. 2017; not per-image augmentation).
+
+Examples are class-major: in ``support_y`` example ``i`` has label ``i // shots`` and in
+``query_y`` label ``i // queries`` (prototypical networks can ``view(T, ways, shots, ...)``).
+Images are gathered by index from the dataset's uint8 tensor and only the sampled batch is
+converted to float in ``[0, 1]`` (Omniglot: 1 = ink); no Python work per image.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Iterator, Sequence
+
+import torch
+
+from ..tasks.batch import TaskBatch
+from ..tasks.seeding import task_generator
+
+ALL_ROTATIONS = (0, 90, 180, 270)
+
+#: Meta-batch number used by ``fixed_tasks``. Training draws count up from 0, so the
+#: evaluation tasks never coincide with (and do not depend on) any training meta-batch.
+EVAL_DRAW = -1
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _angles(spec, what: str) -> tuple[int, ...]:
+    angles = tuple(int(a) for a in spec)
+    if not angles or len(set(angles)) != len(angles) or any(a not in ALL_ROTATIONS for a in angles):
+        raise ValueError(f"{what} must be distinct angles from {ALL_ROTATIONS} (degrees), got {tuple(spec)!r}")
+    return angles
+
+
+class EpisodicTasks:
+    """Few-shot classification tasks from an image dataset.
+
+    Args:
+        dataset: an ``ImageDataset`` (or any object with ``images`` uint8 ``(N, C, H, W)``,
+            ``labels`` ``(N,)`` in ``0..K-1`` and optionally ``class_names`` and ``rotations``).
+        ways, shots, queries: classes per task, support and query images per class.
+        seed: the run seed; task ``j`` of meta-batch ``draw`` comes from ``(seed, draw, j)``.
+        rotations: ``None`` (default): the rotations the dataset declares (Omniglot's Vinyals
+            splits: 0/90/180/270 for every character; other datasets: none). ``False``: no rotation.
+            ``True``: every class also as 90, 180 and 270 degree rotated classes. A sequence of
+            angles, e.g. ``(0, 180)``: those for every class. Rotations are counter-clockwise
+            (``torch.rot90`` on the image plane, as ``PIL.Image.rotate``).
+        device: where the uint8 image store lives and batches are built (e.g. ``"cuda"``: the
+            gather and float conversion then run on the GPU). Default: the dataset's device.
+        normalize: optional ``(mean, std)`` per channel, applied after scaling to ``[0, 1]``.
+    """
+
+    def __init__(self, dataset, ways: int, shots: int, queries: int, seed: int = 0, rotations=None, *,
+                 device=None, normalize: tuple[Sequence[float], Sequence[float]] | None = None):
+        self.ways = _positive_int("ways", ways)
+        self.shots = _positive_int("shots", shots)
+        self.queries = _positive_int("queries", queries)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.seed = seed
+
+        images = getattr(dataset, "images", None)
+        labels = getattr(dataset, "labels", None)
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                "dataset.images must be a uint8 tensor (N, C, H, W) "
+                f"(got {type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}); "
+                "build one with innerloop.data.ImageDataset or a loader such as innerloop.data.omniglot"
+            )
+        labels = torch.as_tensor(labels).to(torch.int64).cpu()
+        if labels.shape != (len(images),):
+            raise ValueError(f"dataset.labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        names = getattr(dataset, "class_names", None)
+        k = len(names) if names is not None else (int(labels.max()) + 1 if len(labels) else 0)
+        names = [str(c) for c in names] if names is not None else [str(i) for i in range(k)]
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise ValueError(f"dataset.labels must lie in 0..{k - 1}")
+        self.dataset_name = getattr(dataset, "name", type(dataset).__name__)
+
+        # class -> image index table, padded to the largest class
+        counts = torch.bincount(labels, minlength=k)
+        order = torch.argsort(labels, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        width = int(counts.max()) if k else 0
+        pos = torch.arange(width)
+        table = starts[:, None] + pos[None, :]
+        table = torch.where(pos[None, :] < counts[:, None], order[table.clamp(max=max(len(order) - 1, 0))], -1)
+
+        # expanded class table: (base class, quarter turns)
+        per_class = self._rotation_spec(dataset, rotations, k)
+        self.rotations = per_class
+        base = [c for c in range(k) for _ in per_class[c]]
+        turns = [a // 90 for c in range(k) for a in per_class[c]]
+        plain = all(r == (0,) for r in per_class)
+        self.class_names = [names[c] if plain else f"{names[c]}/rot{a:03d}" for c in range(k) for a in per_class[c]]
+        self._base = torch.tensor(base, dtype=torch.int64)
+        self._turns = torch.tensor(turns, dtype=torch.int64)
+        self._rotate = any(turns)
+        if any(t % 2 for t in turns) and images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"90/270 degree rotations need square images, got {images.shape[-2]}x{images.shape[-1]}; "
+                             "resize the images or use rotations=(0, 180)")
+
+        m = len(base)
+        if self.ways > m:
+            detail = f"{k} classes" if plain else f"{k} classes with their rotations"
+            raise ValueError(
+                f"ways={self.ways} but {self.dataset_name} has only {m} classes ({detail}); "
+                f"use ways <= {m} or a split with more classes"
+            )
+        need = self.shots + self.queries
+        used = counts[self._base.unique()]
+        if need > int(used.min()):
+            small = [names[c] for c in torch.nonzero(counts < need).flatten()[:3].tolist()]
+            raise ValueError(
+                f"shots + queries = {self.shots} + {self.queries} = {need} images per class, but {self.dataset_name} "
+                f"has classes with only {int(used.min())} images (e.g. {small}); support and query are drawn "
+                f"without replacement, so use shots + queries <= {int(used.min())} or drop the small classes "
+                "(ImageDataset.subset)"
+            )
+
+        self.device = torch.device(device) if device is not None else images.device
+        self._images = images.to(self.device)
+        self._table = table.to(self.device)
+        self._counts = counts
+        self._width = width
+        if normalize is not None:
+            mean, std = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in normalize)
+            c = images.shape[1]
+            if mean.numel() not in (1, c) or std.numel() not in (1, c) or bool((std <= 0).any()):
+                raise ValueError(f"normalize must be (mean, std) with 1 or {c} values each and std > 0, got {normalize!r}")
+            self._mean, self._std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+        self.normalize = normalize
+
+    @staticmethod
+    def _rotation_spec(dataset, rotations, k: int) -> tuple[tuple[int, ...], ...]:
+        if rotations is None:
+            declared = getattr(dataset, "rotations", None)
+            if declared is None:
+                return ((0,),) * k
+            declared = tuple(tuple(r) for r in declared)
+            if len(declared) != k:
+                raise ValueError(f"dataset.rotations has {len(declared)} entries for {k} classes")
+            return tuple(_angles(r, "dataset.rotations") for r in declared)
+        if rotations is False:
+            return ((0,),) * k
+        if rotations is True:
+            return (ALL_ROTATIONS,) * k
+        if isinstance(rotations, (str, bytes, int)):
+            raise ValueError(f"rotations must be None, False, True or a sequence of angles, got {rotations!r}")
+        return (_angles(rotations, "rotations"),) * k
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        """Classes in the class table (characters x rotations for rotated Omniglot)."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._images.shape[1:])  # type: ignore[return-value]
+
+    def with_seed(self, seed: int) -> "EpisodicTasks":
+        """The same task family with another seed (shares the image store)."""
+        other = copy.copy(self)
+        other.seed = int(seed)
+        return other
+
+    def __repr__(self) -> str:
+        c, h, w = self.image_shape
+        return (f"EpisodicTasks({self.dataset_name!r}, ways={self.ways}, shots={self.shots}, queries={self.queries}, "
+                f"seed={self.seed}, classes={self.num_classes}, images={c}x{h}x{w}, device={self.device})")
+
+    # ------------------------------------------------------------------ sampling
+    def _plan(self, draw: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-table ids ``(ways,)`` and image indices ``(ways, shots + queries)`` of one task."""
+        g = task_generator(self.seed, int(draw), int(j))
+        classes = torch.randperm(self.num_classes, generator=g)[: self.ways]
+        base = self._base[classes]
+        # shots+queries distinct images per class: the smallest of per-image random keys
+        # (float64, so ties are practically impossible); padding slots can never be chosen
+        keys = torch.rand(self.ways, self._width, generator=g, dtype=torch.float64)
+        keys.masked_fill_(torch.arange(self._width)[None, :] >= self._counts[base][:, None], 2.0)
+        slots = keys.topk(self.shots + self.queries, dim=1, largest=False, sorted=True).indices
+        return classes, base[:, None] * self._width + slots
+
+    def _plans(self, draw: int, tasks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        tasks = [int(j) for j in tasks]
+        n = self.shots + self.queries
+        classes = torch.empty(len(tasks), self.ways, dtype=torch.int64)
+        flat = torch.empty(len(tasks), self.ways, n, dtype=torch.int64)
+        for t, j in enumerate(tasks):
+            classes[t], flat[t] = self._plan(draw, j)
+        return classes, flat
+
+    def task_classes(self, draw: int, tasks: Sequence[int]) -> torch.Tensor:
+        """Class-table ids ``(T, ways)`` of the sampled tasks: label ``l`` of task ``t`` is
+        class ``self.class_names[ids[t, l]]``. Cheap (no images are gathered)."""
+        return self._plans(draw, tasks)[0]
+
+    def image_indices(self, draw: int, tasks: Sequence[int]) -> torch.Tensor:
+        """Dataset image indices ``(T, ways, shots + queries)``: ``[..., :shots]`` support, the rest query."""
+        flat = self._plans(draw, tasks)[1]
+        return self._table.cpu().flatten()[flat]
+
+    def sample(self, draw: int, tasks: Sequence[int], dtype: torch.dtype = torch.float32) -> TaskBatch:
+        """Tasks ``tasks`` (indices within the meta-batch) of meta-batch number ``draw``."""
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        classes, flat = self._plans(draw, tasks)
+        T, W, s, q = len(classes), self.ways, self.shots, self.queries
+        idx = self._table.flatten()[flat.to(self.device)]
+        x = self._images[idx]  # (T, ways, shots + queries, C, H, W) uint8
+        if self._rotate:
+            turns = self._turns[classes]
+            for k in (1, 2, 3):
+                mask = turns == k
+                if bool(mask.any()):
+                    mask = mask.to(self.device)
+                    x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        c, h, w = x.shape[-3:]
+        support = self._to_float(x[:, :, :s].reshape(T, W * s, c, h, w), dtype)
+        query = self._to_float(x[:, :, s:].reshape(T, W * q, c, h, w), dtype)
+        labels = torch.arange(W, device=self.device)
+        support_y = labels.repeat_interleave(s).expand(T, W * s).contiguous()
+        query_y = labels.repeat_interleave(q).expand(T, W * q).contiguous()
+        return TaskBatch(support, support_y, query, query_y)
+
+    def _to_float(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x = x.to(dtype).div_(255)
+        if self.normalize is not None:
+            x.sub_(self._mean.to(x)).div_(self._std.to(x))
+        return x
+
+
+# ---------------------------------------------------------------------- fixed evaluation sets
+def _reseed(source, seed: int):
+    if hasattr(source, "with_seed"):
+        return source.with_seed(seed)
+    if dataclasses.is_dataclass(source) and hasattr(source, "seed"):
+        return dataclasses.replace(source, seed=seed)
+    raise TypeError(f"cannot reseed {type(source).__name__}: give it a with_seed(seed) method or a seed field")
+
+
+class FixedTasks:
+    """A fixed, re-iterable set of ``num_tasks`` tasks, yielded in meta-batches of ``batch_size``.
+
+    Task ``i`` is task ``i`` of meta-batch ``draw`` (default ``EVAL_DRAW = -1``) of ``source``, so the
+    set depends on the source's seed and ``draw`` only: not on ``batch_size``, not on how often or
+    where it is iterated, and the first ``n`` tasks of a larger set are the ``n``-task set.
+    """
+
+    def __init__(self, source, num_tasks: int, batch_size: int, *, draw: int = EVAL_DRAW,
+                 dtype: torch.dtype = torch.float32):
+        self.source = source
+        self.num_tasks = _positive_int("num_tasks", num_tasks)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.draw = int(draw)
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_tasks / self.batch_size)
+
+    def __iter__(self) -> Iterator[TaskBatch]:
+        for start in range(0, self.num_tasks, self.batch_size):
+            yield self.source.sample(self.draw, range(start, min(start + self.batch_size, self.num_tasks)), self.dtype)
+
+    def __repr__(self) -> str:
+        return f"FixedTasks({self.num_tasks} tasks in {len(self)} batches of <= {self.batch_size}, draw={self.draw}, source={self.source!r})"
+
+
+def fixed_tasks(source, num_tasks: int, batch_size: int, *, seed: int | None = None, draw: int = EVAL_DRAW,
+                dtype: torch.dtype = torch.float32) -> FixedTasks:
+    """A fixed evaluation task set: the same ``num_tasks`` tasks on every iteration (and every run)
+    for a given seed. ``seed`` (default: the source's own) picks another fixed set.
+
+    >>> for batch in fixed_tasks(EpisodicTasks(test_set, 5, 1, 15), 600, 50): ...
+    """
+    if seed is not None:
+        source = _reseed(source, seed)
+    return FixedTasks(source, num_tasks, batch_size, draw=draw, dtype=dtype)

@@ -1,0 +1,206 @@
+"""Run configuration: typed dataclasses, YAML presets and command-line overrides (OmegaConf).
+
+A run is fully described by a :class:`Config`. Presets live in ``innerloop/presets``
+as YAML files holding only what differs from the defaults; ``load_config`` merges
+defaults <- preset or file <- ``key=value`` overrides, checking names and types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import ConfigError
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    eval_steps: Optional[int] = None  # default adaptation steps for `adapt` (None: inner_steps)
+    first_order: bool = False
+    adapt: str = "all"  # all | head | a regular expression over parameter names
+    update_rule: str = "sgd"  # sgd | metasgd | lslr
+    strategy: str = "auto"  # vmap | loop | auto
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sinusoid"
+    shots: int = 10
+    queries: int = 10
+    ways: int = 5  # classification only
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1000
+    meta_batch_size: int = 25
+    optimizer: str = "adam"  # adam | sgd
+    meta_lr: float = 0.001
+    grad_clip: Optional[float] = None  # max global norm of the meta-gradient
+    seed: int = 0
+    val_every: int = 500
+    val_tasks: int = 100
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    device: str = "cpu"
+    dtype: str = "float32"
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    shots: list[int] = field(default_factory=lambda: [5, 10])
+    queries: int = 100
+    steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
+    tasks: int = 1000
+    batch_size: int = 100
+    seed: int = 2024
+
+
+@dataclass
+class Config:
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = MISSING
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("innerloop.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(name_or_path: str):
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; give a preset ({', '.join(preset_names())}) or a YAML file")
+        return OmegaConf.load(path)
+    if name_or_path not in preset_names():
+        raise ConfigError(
+            f"unknown preset {name_or_path!r}; available presets: {', '.join(preset_names())} "
+            "(or pass the path of a YAML config file)"
+        )
+    return OmegaConf.create(resources.files("innerloop.presets").joinpath(f"{name_or_path}.yaml").read_text())
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), out_dir: str | None = None) -> Config:
+    """Defaults <- preset/file <- ``section.key=value`` overrides, validated."""
+    layers = [OmegaConf.structured(Config)]
+    if name_or_path:
+        layers.append(_read_source(name_or_path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.iterations=500)")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(*layers)
+        if out_dir is not None:
+            cfg.out_dir = out_dir
+        if OmegaConf.is_missing(cfg, "out_dir"):
+            cfg.out_dir = f"runs/{Path(name_or_path).stem if name_or_path else 'run'}"
+        config: Config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from None
+    validate(config)
+    return config
+
+
+def _explain(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or ""
+    message = str(err).splitlines()[0]
+    if "Key" in type(err).__name__ or "not in struct" in message:
+        section = key.split(".")[0] if "." in key else None
+        valid = ""
+        if section and hasattr(Config, "__dataclass_fields__") and section in Config.__dataclass_fields__:
+            cls = Config.__dataclass_fields__[section].default_factory().__class__
+            valid = f"; valid keys of '{section}': {', '.join(cls.__dataclass_fields__)}"
+        elif not section:
+            valid = f"; valid sections: {', '.join(Config.__dataclass_fields__)}"
+        return f"unknown option {key!r}{valid}"
+    return f"invalid value for {key!r}: {message}"
+
+
+CHOICES = {
+    "algorithm.name": ("maml", "fomaml", "metasgd", "anil", "reptile", "pretrained", "protonets"),
+    "algorithm.update_rule": ("sgd", "metasgd", "lslr"),
+    "algorithm.strategy": ("vmap", "loop", "auto"),
+    "train.optimizer": ("adam", "sgd"),
+    "train.dtype": ("float32", "float64", "bfloat16"),
+}
+POSITIVE = (
+    "task.shots", "task.queries", "task.ways", "train.iterations", "train.meta_batch_size", "train.val_every",
+    "train.val_tasks", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+    "eval.queries", "eval.tasks", "eval.batch_size",
+)
+
+
+def _get(config: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def validate(config: Config) -> None:
+    for dotted, allowed in CHOICES.items():
+        value = _get(config, dotted)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}={value!r} is not supported; choose one of: {', '.join(allowed)}")
+    for dotted in POSITIVE:
+        value = _get(config, dotted)
+        if value < 1:
+            raise ConfigError(f"{dotted} must be a positive integer, got {value}")
+    if config.algorithm.inner_steps < 0:
+        raise ConfigError(f"algorithm.inner_steps must be >= 0, got {config.algorithm.inner_steps}")
+    if config.algorithm.inner_lr <= 0:
+        raise ConfigError(f"algorithm.inner_lr must be positive, got {config.algorithm.inner_lr}")
+    if config.train.meta_lr <= 0:
+        raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
+    if config.train.grad_clip is not None and config.train.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip must be positive (or null to disable), got {config.train.grad_clip}")
+    bad = [s for s in config.eval.shots if s < 1] + [s for s in config.eval.steps if s < 0]
+    if bad or not config.eval.shots or not config.eval.steps:
+        raise ConfigError("eval.shots must be positive integers and eval.steps non-negative integers (both non-empty)")
+    if any(h < 1 for h in config.model.hidden):
+        raise ConfigError(f"model.hidden widths must be positive, got {config.model.hidden}")
+
+
+def to_dict(config: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config))
+
+
+def from_dict(data: dict) -> Config:
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from None
+    validate(config)
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def fingerprint(config: Config, sections=("algorithm", "model", "task")) -> str:
+    """Hash of the parts of a config that determine the shapes and meaning of the weights."""
+    data = to_dict(config)
+    payload = json.dumps({s: data[s] for s in sections}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

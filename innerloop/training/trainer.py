@@ -1,0 +1,188 @@
+"""The meta-training loop.
+
+One iteration: sample this process's share of the meta-batch (tasks are indexed by
+``(seed, iteration, task)``, see ``tasks.seeding``), accumulate the meta-gradient with
+``learner.meta_backward``, check it is finite, clip, and step the meta-optimizer.
+Periodically: log (JSONL, TensorBoard when installed, a progress bar), validate on
+held-out tasks, and write an atomic checkpoint from which ``resume=True`` continues
+bit for bit.
+
+``Trainer.task_slice`` is the one place that decides which tasks of the global
+meta-batch this process computes; ``Trainer.reduce_gradients`` is where a distributed
+run all-reduces them. Both are the identity for a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, TrainingDiverged
+from .builders import DTYPES, build_learner, build_optimizer, build_tasks
+from .checkpoint import find_checkpoint, load_checkpoint, restore_learner, save_checkpoint
+from .config import Config, to_yaml
+from .evaluate import evaluate
+
+
+class MetricsLog:
+    """Append-only JSONL metrics file (and TensorBoard scalars when tensorboard is installed)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an optional extra
+                pass
+            else:
+                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records a resumed run will write again (those past the checkpoint)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            split = record.get("split", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("iteration",):
+                    self.writer.add_scalar(f"{split}/{key}", value, record["iteration"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Trainer:
+    def __init__(self, config: Config, learner=None, resume: bool = False, progress: bool | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(config.out_dir)
+        self.device = torch.device(config.train.device)
+        self.dtype = DTYPES[config.train.dtype]
+        torch.manual_seed(config.train.seed)  # model initialization
+        self.learner = learner if learner is not None else build_learner(config)
+        self.optimizer = build_optimizer(config, self.learner)
+        self.tasks = build_tasks(config, "train")
+        self.val_tasks = build_tasks(config, "val")
+        self.progress = config.train.progress if progress is None else progress
+        self.start_iteration = 0
+        self.last_checkpoint: Path | None = None
+        existing = find_checkpoint(self.run_dir)
+        if existing is not None and not resume:
+            raise ConfigError(
+                f"{self.run_dir} already holds a run (checkpoint {existing}); pass --resume to continue it "
+                "or choose another output directory (--out)"
+            )
+        if existing is not None:
+            self._resume_from(existing)
+
+    # -- hooks a distributed trainer overrides ----------------------------------------
+    def task_slice(self) -> range:
+        return range(self.config.train.meta_batch_size)
+
+    def reduce_gradients(self) -> None:
+        pass
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    # -- state ------------------------------------------------------------------------
+    def _resume_from(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        restore_learner(self.learner, checkpoint, self.config)
+        self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+        torch.set_rng_state(checkpoint.state["torch_rng"])
+        if checkpoint.state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint.state["cuda_rng"])
+        self.learner.chooser.choices.update(checkpoint.state.get("strategy_choices", {}))
+        self.start_iteration = checkpoint.iteration
+        self.last_checkpoint = checkpoint.path
+
+    def save(self, iteration: int) -> Path:
+        self.last_checkpoint = save_checkpoint(
+            self.run_dir, iteration, self.learner, self.optimizer, self.config,
+            extra={"strategy_choices": dict(self.learner.chooser.choices)}, keep=self.config.train.keep_checkpoints,
+        )
+        return self.last_checkpoint
+
+    # -- the loop -----------------------------------------------------------------------
+    def step(self, iteration: int) -> dict[str, float]:
+        batch = self.tasks.sample(iteration, self.task_slice()).to(device=self.device, dtype=self.dtype)
+        self.optimizer.zero_grad(set_to_none=True)
+        share = len(self.task_slice()) / self.config.train.meta_batch_size
+        metrics = {k: float(v) for k, v in self.learner.meta_backward(batch, weight=share).items()}
+        self.reduce_gradients()
+        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.learner.parameters(), self.config.train.grad_clip if self.config.train.grad_clip else math.inf
+        )
+        if not math.isfinite(metrics["loss"]) or not torch.isfinite(norm) or not grads:
+            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            what = f"meta-loss {metrics['loss']}" if not math.isfinite(metrics["loss"]) else f"meta-gradient norm {float(norm)}"
+            if not grads:
+                raise TrainingDiverged(f"no meta-parameter received a gradient at iteration {iteration}; check the model and algorithm.adapt")
+            raise TrainingDiverged(
+                f"training diverged at iteration {iteration + 1}: {what}; {where}. "
+                "Lower train.meta_lr or algorithm.inner_lr, or set train.grad_clip."
+            )
+        self.optimizer.step()
+        metrics["grad_norm"] = float(norm)
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        steps = [getattr(self.learner, "eval_steps", 0)]
+        c = self.config.train
+        results = evaluate(self.learner, self.val_tasks, steps, c.val_tasks, min(c.val_tasks, c.meta_batch_size), self.device, self.dtype)
+        return {name: s["mean"] for name, s in results[steps[0]].items()}
+
+    def fit(self) -> dict:
+        c = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(self.run_dir) if self.is_main else None
+        if self.is_main:
+            (self.run_dir / "config.yaml").write_text(to_yaml(self.config))
+            log.truncate_after(self.start_iteration)
+        bar = tqdm(
+            total=c.iterations, initial=self.start_iteration, disable=not (self.progress and self.is_main),
+            desc=f"{self.config.algorithm.name} {self.config.task.name}", dynamic_ncols=True,
+        )
+        summary: dict = {}
+        tick, tasks_seen = time.perf_counter(), 0
+        try:
+            for iteration in range(self.start_iteration, c.iterations):
+                metrics = self.step(iteration)
+                tasks_seen += c.meta_batch_size
+                done = iteration + 1
+                bar.update(1)
+                if done % c.log_every == 0 or done == c.iterations:
+                    elapsed = time.perf_counter() - tick
+                    record = {"iteration": done, **metrics, "tasks_per_s": tasks_seen / max(elapsed, 1e-9)}
+                    tick, tasks_seen = time.perf_counter(), 0
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tasks_s=f"{record['tasks_per_s']:.0f}")
+                    if log:
+                        log.write(record)
+                    summary["train"] = record
+                if done % c.val_every == 0 or done == c.iterations:
+                    val = self.validate()
+                    summary["val"] = {"iteration": done, **val}
+                    if log:
+                        log.write({"iteration": done, "split": "val", **val})
+                if self.is_main and (done % c.checkpoint_every == 0 or done == c.iterations):
+                    self.save(done)
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        return summary

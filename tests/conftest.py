@@ -1,0 +1,15 @@
+import os
+
+import pytest
+import torch
+
+# Keep tests deterministic and light on a shared 2-core machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def f64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
