@@ -22,18 +22,21 @@ import torch
 from innerloop.data import EpisodicTasks, ImageDataset, omniglot
 
 
-def timed(fn, seconds: float) -> tuple[float, int]:
+def timed(fn, seconds: float, sync=lambda: None) -> tuple[float, int]:
     fn(0)  # warm-up
+    sync()
     n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    while time.perf_counter() - start < seconds:
         fn(n + 1)
         n += 1
-    return elapsed / n, n
+    sync()
+    return (time.perf_counter() - start) / n, n
 
 
 def report(name: str, src: EpisodicTasks, batch: int, seconds: float) -> None:
     tasks = range(batch)
-    per_batch, n = timed(lambda d: src.sample(d, tasks), seconds)
+    sync = torch.cuda.synchronize if src.device.type == "cuda" else (lambda: None)
+    per_batch, n = timed(lambda d: src.sample(d, tasks), seconds, sync)
     per_plan, _ = timed(lambda d: src._plans(d, tasks), seconds / 4)
     b = src.sample(0, tasks)
     mb = sum(t.numel() * t.element_size() for t in (b.support_x, b.query_x)) / 2**20

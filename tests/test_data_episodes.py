@@ -275,3 +275,46 @@ def test_image_dataset_validation_and_subset():
                      rotations=((0,), (45,)))
     with pytest.raises(ValueError, match="not in"):
         ds.subset(["nope"])
+
+
+@pytest.mark.parametrize("rotations", [False, True])
+def test_numpy_and_torch_assembly_agree(ds, rotations):
+    a = EpisodicTasks(ds, 4, 2, 3, seed=5, rotations=rotations, normalize=([0.5, 0.4], [0.2, 0.3]))
+    b = EpisodicTasks(ds, 4, 2, 3, seed=5, rotations=rotations, normalize=([0.5, 0.4], [0.2, 0.3]))
+    b._use_numpy = False  # the path used on GPUs and for other dtypes
+    for dtype in (torch.float32, torch.float64):
+        x, y = a.sample(2, range(6), dtype), b.sample(2, range(6), dtype)
+        for f in ("support_x", "support_y", "query_x", "query_y"):
+            torch.testing.assert_close(getattr(x, f), getattr(y, f), rtol=1e-6, atol=1e-6)
+    plain = EpisodicTasks(ds, 4, 2, 3, seed=5, rotations=rotations)
+    plain_torch = EpisodicTasks(ds, 4, 2, 3, seed=5, rotations=rotations)
+    plain_torch._use_numpy = False
+    for dtype in (torch.float32, torch.float64):  # without normalization the two are bit-identical
+        assert torch.equal(plain.sample(1, range(4), dtype).query_x, plain_torch.sample(1, range(4), dtype).query_x)
+    half = plain.sample(2, range(6), torch.bfloat16)
+    assert half.support_x.dtype == torch.bfloat16
+    torch.testing.assert_close(half.support_x.float(), plain.sample(2, range(6)).support_x, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("m,k", [(100, 5), (12, 5), (7, 7)])  # rejection path, randperm path, all classes
+def test_distinct_classes_are_uniform_ordered_samples(m, k):
+    from innerloop.data.episodes import _distinct
+
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([_distinct(g, m, k) for _ in range(4000)])
+    assert all(len(set(r)) == k for r in draws.tolist()) and int(draws.min()) >= 0 and int(draws.max()) < m
+    for pos in (0, k - 1):  # every position (label) is uniform over the classes
+        freq = torch.bincount(draws[:, pos], minlength=m).float()
+        expected = 4000 / m
+        assert float(((freq - expected) ** 2 / expected).sum()) < m + 5 * (2 * m) ** 0.5  # chi-square, ~5 sigma
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert _distinct(g1, m, k) == _distinct(g2, m, k)
+
+
+def test_pickles_for_worker_processes(ds):
+    import pickle
+
+    src = EpisodicTasks(ds, 3, 2, 2, rotations=True)
+    copy = pickle.loads(pickle.dumps(src))
+    assert torch.equal(copy.sample(4, range(5)).query_x, src.sample(4, range(5)).query_x)
+    assert len(pickle.dumps(src)) < 1.5 * ds.images.numel() + 6000  # the image store is not stored twice

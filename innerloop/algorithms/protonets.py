@@ -39,7 +39,8 @@ Implementation notes:
   ``vmap``/the loop entirely. ``flatten_tasks=True`` forces it for batch-norm networks
   too, so statistics are then shared by all tasks of the meta-batch (faster, no longer
   per-task transductive); ``False`` always maps over tasks with ``strategy``.
-  Batch-statistic layers other than ``nn.BatchNorm*`` are not detected.
+  Batch-statistic layers other than ``nn.BatchNorm*`` (and innerloop's
+  ``TransductiveBatchNorm``) are not detected: pass ``flatten_tasks=False`` for them.
 * :meth:`adapt` and :meth:`predict` embed support and query in separate passes (the
   MAML convention), so with batch norm their numbers differ slightly from
   :meth:`evaluate`'s joint pass.
@@ -53,6 +54,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..core.batchnorm import TransductiveBatchNorm
 from ..core.params import Params
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner
@@ -116,11 +118,12 @@ class ProtoNets(MetaLearner):
     eval_steps = 0  # no inner loop: evaluate() reports step 0 only
 
     def __init__(self, model: nn.Module, strategy: str = "auto", flatten_tasks: bool | None = None) -> None:
-        super().__init__(model, loss_fn=None, strategy=strategy)
         if flatten_tasks not in (None, True, False):
             raise ValueError(f"flatten_tasks must be None, True or False, got {flatten_tasks!r}")
+        super().__init__(model, loss_fn=None, strategy=strategy)
         self.flatten_tasks = flatten_tasks
-        self.has_batch_norm = any(isinstance(m, _BatchNorm) for m in model.modules())
+        # After functional_model, torch's batch-norm layers are TransductiveBatchNorm.
+        self.has_batch_norm = any(isinstance(m, (_BatchNorm, TransductiveBatchNorm)) for m in self.model.modules())
 
     # -- embeddings ---------------------------------------------------------------------
     def embed(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 import warnings
@@ -83,8 +84,10 @@ def fetch(url: str, dest: Path) -> None:
     """Download ``url`` to ``dest`` (via a temporary file, so a failed download leaves nothing)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
+    print(f"innerloop: downloading {url} to {dest}", file=sys.stderr, flush=True)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+        request = urllib.request.Request(url, headers={"User-Agent": "innerloop"})
+        with urllib.request.urlopen(request, timeout=60) as response, open(tmp, "wb") as f:
             shutil.copyfileobj(response, f, length=1 << 20)
         os.replace(tmp, dest)
     except BaseException as e:

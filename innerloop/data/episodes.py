@@ -25,20 +25,17 @@ converted to float in ``[0, 1]`` (Omniglot: 1 = ink); no Python work per image.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..tasks.batch import TaskBatch
+from ..tasks.fixed import EVAL_DRAW, FixedTasks, fixed_tasks  # noqa: F401 (re-exported)
 from ..tasks.seeding import task_generator
 
 ALL_ROTATIONS = (0, 90, 180, 270)
 
-#: Meta-batch number used by ``fixed_tasks``. Training draws count up from 0, so the
-#: evaluation tasks never coincide with (and do not depend on) any training meta-batch.
-EVAL_DRAW = -1
 
 
 def _positive_int(name: str, value) -> int:
@@ -52,6 +49,35 @@ def _angles(spec, what: str) -> tuple[int, ...]:
     if not angles or len(set(angles)) != len(angles) or any(a not in ALL_ROTATIONS for a in angles):
         raise ValueError(f"{what} must be distinct angles from {ALL_ROTATIONS} (degrees), got {tuple(spec)!r}")
     return angles
+
+
+def _distinct(g: torch.Generator, m: int, k: int) -> list[int]:
+    """``k`` distinct integers from ``range(m)`` in random order, uniformly over ordered samples.
+
+    Sequential rejection of repeats (each accepted value is uniform over the values not yet
+    taken) costs a few microseconds where a ``randperm(m)`` of a 4112-class table costs ~60;
+    ``randperm`` is used when ``k`` is a large fraction of ``m``. Deterministic given ``g``.
+    """
+    if 4 * k > m:
+        return torch.randperm(m, generator=g)[:k].tolist()
+    out: list[int] = []
+    seen: set[int] = set()
+    while len(out) < k:
+        for v in torch.randint(m, (2 * k,), generator=g).tolist():
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
+                if len(out) == k:
+                    break
+    return out
+
+
+def _as_rows(images: torch.Tensor) -> torch.Tensor:
+    """``images`` (N, C, H, W) uint8 viewed as N rows of the widest integer type that divides an
+    image's byte size: gathering whole images is then a copy of few wide elements per image."""
+    row = int(np.prod(images.shape[1:]))
+    wide = next(dt for dt, b in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2), (torch.uint8, 1)) if row % b == 0)
+    return images.view(len(images), row).view(wide)
 
 
 class EpisodicTasks:
@@ -141,10 +167,14 @@ class EpisodicTasks:
             )
 
         self.device = torch.device(device) if device is not None else images.device
-        self._images = images.to(self.device)
-        self._table = table.to(self.device)
+        self._images = images.to(self.device).contiguous()
+        self._table_cpu = table.flatten()
         self._counts = counts
         self._width = width
+        self._rows = _as_rows(self._images)
+        # on CPU, float32/float64 batches are converted with numpy: one single-threaded pass that is
+        # several times faster than torch's uint8 -> float conversion (and immune to thread oversubscription)
+        self._use_numpy = self.device.type == "cpu"
         if normalize is not None:
             mean, std = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in normalize)
             c = images.shape[1]
@@ -171,6 +201,15 @@ class EpisodicTasks:
             raise ValueError(f"rotations must be None, False, True or a sequence of angles, got {rotations!r}")
         return (_angles(rotations, "rotations"),) * k
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_rows"]  # a view of _images: rebuilt on unpickling instead of stored twice
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._rows = _as_rows(self._images)
+
     # ------------------------------------------------------------------ properties
     @property
     def num_classes(self) -> int:
@@ -193,26 +232,29 @@ class EpisodicTasks:
                 f"seed={self.seed}, classes={self.num_classes}, images={c}x{h}x{w}, device={self.device})")
 
     # ------------------------------------------------------------------ sampling
-    def _plan(self, draw: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class-table ids ``(ways,)`` and image indices ``(ways, shots + queries)`` of one task."""
-        g = task_generator(self.seed, int(draw), int(j))
-        classes = torch.randperm(self.num_classes, generator=g)[: self.ways]
-        base = self._base[classes]
-        # shots+queries distinct images per class: the smallest of per-image random keys
-        # (float64, so ties are practically impossible); padding slots can never be chosen
-        keys = torch.rand(self.ways, self._width, generator=g, dtype=torch.float64)
-        keys.masked_fill_(torch.arange(self._width)[None, :] >= self._counts[base][:, None], 2.0)
-        slots = keys.topk(self.shots + self.queries, dim=1, largest=False, sorted=True).indices
-        return classes, base[:, None] * self._width + slots
-
     def _plans(self, draw: int, tasks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-table ids ``(T, ways)`` and padded-table slots ``(T, ways, shots + queries)``.
+
+        Task ``j`` draws, from ``task_generator(seed, draw, j)`` only: ``ways`` distinct classes in
+        random order (``_distinct``; the classes of labels ``0..ways-1``) and one float64 key per
+        (class, image slot). The ``shots + queries`` images with the smallest keys are the class's
+        images, in key order (the first ``shots`` are the support set). Only the draws are per
+        task; the selection runs batched over all tasks.
+        """
         tasks = [int(j) for j in tasks]
-        n = self.shots + self.queries
-        classes = torch.empty(len(tasks), self.ways, dtype=torch.int64)
-        flat = torch.empty(len(tasks), self.ways, n, dtype=torch.int64)
+        T, W, n = len(tasks), self.ways, self.shots + self.queries
+        chosen = []
+        keys = torch.empty(T, W, self._width, dtype=torch.float64)
         for t, j in enumerate(tasks):
-            classes[t], flat[t] = self._plan(draw, j)
-        return classes, flat
+            g = task_generator(self.seed, int(draw), j)
+            chosen.append(_distinct(g, self.num_classes, W))
+            torch.rand(W, self._width, generator=g, dtype=torch.float64, out=keys[t])
+        classes = torch.tensor(chosen, dtype=torch.int64).view(T, W)
+        base = self._base[classes]
+        # padding slots (beyond a class's image count) get key 2 > any rand() and are never chosen
+        keys.masked_fill_(torch.arange(self._width) >= self._counts[base][..., None], 2.0)
+        slots = keys.topk(n, dim=-1, largest=False, sorted=True).indices
+        return classes, base[..., None] * self._width + slots
 
     def task_classes(self, draw: int, tasks: Sequence[int]) -> torch.Tensor:
         """Class-table ids ``(T, ways)`` of the sampled tasks: label ``l`` of task ``t`` is
@@ -221,82 +263,63 @@ class EpisodicTasks:
 
     def image_indices(self, draw: int, tasks: Sequence[int]) -> torch.Tensor:
         """Dataset image indices ``(T, ways, shots + queries)``: ``[..., :shots]`` support, the rest query."""
-        flat = self._plans(draw, tasks)[1]
-        return self._table.cpu().flatten()[flat]
+        return self._table_cpu[self._plans(draw, tasks)[1]]
 
     def sample(self, draw: int, tasks: Sequence[int], dtype: torch.dtype = torch.float32) -> TaskBatch:
         """Tasks ``tasks`` (indices within the meta-batch) of meta-batch number ``draw``."""
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-        classes, flat = self._plans(draw, tasks)
+        classes, slots = self._plans(draw, tasks)
         T, W, s, q = len(classes), self.ways, self.shots, self.queries
-        idx = self._table.flatten()[flat.to(self.device)]
-        x = self._images[idx]  # (T, ways, shots + queries, C, H, W) uint8
-        if self._rotate:
-            turns = self._turns[classes]
-            for k in (1, 2, 3):
-                mask = turns == k
-                if bool(mask.any()):
-                    mask = mask.to(self.device)
-                    x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-        c, h, w = x.shape[-3:]
-        support = self._to_float(x[:, :, :s].reshape(T, W * s, c, h, w), dtype)
-        query = self._to_float(x[:, :, s:].reshape(T, W * q, c, h, w), dtype)
+        c, h, w = self.image_shape
+        turns = self._turns[classes] if self._rotate else None
+        if self._use_numpy and dtype in (torch.float32, torch.float64):
+            support, query = self._assemble_numpy(self._table_cpu[slots], turns, dtype)
+        else:
+            support, query = self._assemble_torch(self._table_cpu[slots].to(self.device), turns, dtype)
         labels = torch.arange(W, device=self.device)
-        support_y = labels.repeat_interleave(s).expand(T, W * s).contiguous()
-        query_y = labels.repeat_interleave(q).expand(T, W * q).contiguous()
-        return TaskBatch(support, support_y, query, query_y)
+        return TaskBatch(
+            support.reshape(T, W * s, c, h, w),
+            labels.repeat_interleave(s).expand(T, W * s).contiguous(),
+            query.reshape(T, W * q, c, h, w),
+            labels.repeat_interleave(q).expand(T, W * q).contiguous(),
+        )
+
+    def _assemble_numpy(self, idx: torch.Tensor, turns, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        T, W, n = idx.shape
+        s = self.shots
+        x = self._rows.numpy().take(idx.numpy().ravel(), axis=0).view(np.uint8).reshape(T, W, n, *self.image_shape)
+        if turns is not None:  # rotate each sampled class's images by its angle (uint8, in place)
+            turns = turns.numpy()
+            for k in (1, 2, 3):
+                tt, ww = np.nonzero(turns == k)
+                if len(tt):
+                    x[tt, ww] = np.rot90(x[tt, ww], k, axes=(-2, -1))
+        npdt = np.float32 if dtype == torch.float32 else np.float64
+        out = []
+        for part in (x[:, :, :s], x[:, :, s:]):
+            y = np.divide(part, npdt(255), dtype=npdt)
+            if self.normalize is not None:
+                y -= self._mean.numpy().astype(npdt)
+                y /= self._std.numpy().astype(npdt)
+            out.append(torch.from_numpy(y))
+        return out[0], out[1]
+
+    def _assemble_torch(self, idx: torch.Tensor, turns, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        T, W, n = idx.shape
+        x = self._rows.index_select(0, idx.flatten()).view(torch.uint8).view(T, W, n, *self.image_shape)
+        if turns is not None:
+            for k in (1, 2, 3):
+                tt, ww = torch.nonzero(turns == k, as_tuple=True)
+                if len(tt):
+                    tt, ww = tt.to(self.device), ww.to(self.device)
+                    x[tt, ww] = torch.rot90(x[tt, ww], k, dims=(-2, -1))
+        return self._to_float(x[:, :, : self.shots], dtype), self._to_float(x[:, :, self.shots :], dtype)
 
     def _to_float(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        x = x.to(dtype).div_(255)
+        # divide by a tensor, not a Python scalar: CUDA turns division by a scalar into multiplication
+        # by its reciprocal, which differs in the last bit; this way every device gives x / 255 exactly
+        x = x.to(dtype).div_(torch.full((), 255, dtype=dtype, device=x.device))
         if self.normalize is not None:
             x.sub_(self._mean.to(x)).div_(self._std.to(x))
         return x
-
-
-# ---------------------------------------------------------------------- fixed evaluation sets
-def _reseed(source, seed: int):
-    if hasattr(source, "with_seed"):
-        return source.with_seed(seed)
-    if dataclasses.is_dataclass(source) and hasattr(source, "seed"):
-        return dataclasses.replace(source, seed=seed)
-    raise TypeError(f"cannot reseed {type(source).__name__}: give it a with_seed(seed) method or a seed field")
-
-
-class FixedTasks:
-    """A fixed, re-iterable set of ``num_tasks`` tasks, yielded in meta-batches of ``batch_size``.
-
-    Task ``i`` is task ``i`` of meta-batch ``draw`` (default ``EVAL_DRAW = -1``) of ``source``, so the
-    set depends on the source's seed and ``draw`` only: not on ``batch_size``, not on how often or
-    where it is iterated, and the first ``n`` tasks of a larger set are the ``n``-task set.
-    """
-
-    def __init__(self, source, num_tasks: int, batch_size: int, *, draw: int = EVAL_DRAW,
-                 dtype: torch.dtype = torch.float32):
-        self.source = source
-        self.num_tasks = _positive_int("num_tasks", num_tasks)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.draw = int(draw)
-        self.dtype = dtype
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_tasks / self.batch_size)
-
-    def __iter__(self) -> Iterator[TaskBatch]:
-        for start in range(0, self.num_tasks, self.batch_size):
-            yield self.source.sample(self.draw, range(start, min(start + self.batch_size, self.num_tasks)), self.dtype)
-
-    def __repr__(self) -> str:
-        return f"FixedTasks({self.num_tasks} tasks in {len(self)} batches of <= {self.batch_size}, draw={self.draw}, source={self.source!r})"
-
-
-def fixed_tasks(source, num_tasks: int, batch_size: int, *, seed: int | None = None, draw: int = EVAL_DRAW,
-                dtype: torch.dtype = torch.float32) -> FixedTasks:
-    """A fixed evaluation task set: the same ``num_tasks`` tasks on every iteration (and every run)
-    for a given seed. ``seed`` (default: the source's own) picks another fixed set.
-
-    >>> for batch in fixed_tasks(EpisodicTasks(test_set, 5, 1, 15), 600, 50): ...
-    """
-    if seed is not None:
-        source = _reseed(source, seed)
-    return FixedTasks(source, num_tasks, batch_size, draw=draw, dtype=dtype)

@@ -234,17 +234,24 @@ def download_omniglot(root: str | Path | None = None, archives=("background", "e
 
 # --------------------------------------------------------------------------- loading
 class _Archive:
+    """Class names and row indices of a packed archive; the images are read when needed."""
+
     def __init__(self, path: Path):
         self.path = path
-        self.z = np.load(path)
-        missing = {"images_packed", "labels", "alphabet", "character"} - set(self.z.files)
-        if missing:
-            raise ValueError(f"{path} is not a packed Omniglot archive (missing {sorted(missing)}); delete it to rebuild it")
-        self.names = [f"{a}/{c}" for a, c in zip(self.z["alphabet"].tolist(), self.z["character"].tolist())]
-        self.labels = self.z["labels"].astype(np.int64)
-        order = np.argsort(self.labels, kind="stable")
-        bounds = np.searchsorted(self.labels[order], np.arange(len(self.names) + 1))
+        with np.load(path) as z:
+            missing = {"images_packed", "labels", "alphabet", "character"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path} is not a packed Omniglot archive (missing {sorted(missing)}); "
+                                 "delete it to rebuild it")
+            self.names = [f"{a}/{c}" for a, c in zip(z["alphabet"].tolist(), z["character"].tolist())]
+            labels = z["labels"].astype(np.int64)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(len(self.names) + 1))
         self.rows = {n: order[bounds[i]:bounds[i + 1]] for i, n in enumerate(self.names)}
+
+    def packed(self) -> np.ndarray:
+        with np.load(self.path) as z:
+            return z["images_packed"]
 
 
 def omniglot(root: str | Path | None, split: str, image_size=28, *, download: bool = False, resample: str = "lanczos",
@@ -294,7 +301,7 @@ def omniglot(root: str | Path | None, split: str, image_size=28, *, download: bo
             ks = [k for k, (_, ak) in enumerate(wanted) if ak == a]
             src = np.concatenate([arc.rows[wanted[k][0]] for k in ks])
             dst = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in ks])
-            packed = arc.z["images_packed"]
+            packed = arc.packed()
             for lo in range(0, len(src), 4096):
                 ink = np.unpackbits(packed[src[lo:lo + 4096]], axis=-1, count=SIZE)
                 ink *= 255

@@ -18,15 +18,12 @@ it. The model is an ``nn.Sequential`` ``(block0, block1, block2, block3, flatten
 head])``, so ``ANIL(model)`` splits body from head by position.
 
 Batch norm is used transductively, as in the papers: innerloop's functional core
-(:func:`innerloop.core.engine.functional_model`) strips the running statistics, so
+(:func:`innerloop.core.engine.functional_model`) swaps the ``nn.BatchNorm2d`` layers
+for :class:`~innerloop.core.batchnorm.TransductiveBatchNorm` (same parameters), so
 every forward pass normalizes with the statistics of the batch it is given (one
-task's examples under ``vmap`` and under the loop alike).
-
-The batch-norm layers are :class:`VmapSafeBatchNorm2d`: PyTorch's fused batch norm
-gives wrong second derivatives under ``vmap`` (seen with torch 2.13 on CPU; compare
-pytorch/functorch#534), so
-second-order MAML with ``strategy="vmap"`` disagreed with the loop by up to 1e-1 in
-float64. Under ``vmap`` this layer normalizes with primitive operations instead.
+task's examples, under ``vmap`` and under the loop alike) and second-order MAML
+gradients are the same under both strategies. Outside innerloop the model is a plain
+PyTorch module with ordinary batch norm.
 
 Inputs may be contiguous or ``channels_last``, and so may the weights
 (``channels_last=True``); the output is the same.
@@ -34,45 +31,23 @@ Inputs may be contiguous or ``channels_last``, and so may the weights
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
 
-def _inside_vmap() -> bool:
-    """Whether a ``torch.func.vmap`` transform is active (True if that cannot be determined)."""
-    try:
-        from torch._C._functorch import TransformType, get_interpreter_stack
-    except ImportError:  # pragma: no cover - private API moved: take the always-correct path
-        return True
-    stack = get_interpreter_stack()
-    return bool(stack) and any(level.key() == TransformType.Vmap for level in stack)
+class SliceableSequential(nn.Sequential):
+    """``nn.Sequential`` whose slices are plain ``nn.Sequential`` (``model[:4]`` is the body).
 
-
-class VmapSafeBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` whose batch-statistics path is correct to second order under ``vmap``.
-
-    Once innerloop's functional core has stripped the running statistics (transductive
-    batch norm), a forward pass inside ``vmap`` computes::
-
-        y = (x - mean) / sqrt(var + eps) * weight + bias      (biased variance over N, H, W)
-
-    with ``var_mean`` and ``addcmul``, whose derivatives of every order batch correctly.
-    Everywhere else (no ``vmap``, or running statistics present) it is exactly
-    ``nn.BatchNorm2d``, fused kernel and all; state dicts are interchangeable.
+    ``nn.Sequential`` slices by calling ``type(self)(OrderedDict)``, which subclasses
+    with their own constructor arguments cannot accept.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.running_mean is not None or not _inside_vmap():
-            return super().forward(x)
-        self._check_input_dim(x)
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight.view(-1, 1, 1)
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias.view(-1, 1, 1)
-        return torch.addcmul(shift, x, scale)
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -84,7 +59,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        VmapSafeBatchNorm2d(out_channels),
+        nn.BatchNorm2d(out_channels),
         nn.MaxPool2d(2),
         nn.ReLU(),
     )
@@ -100,7 +75,7 @@ def conv4_features(hidden: int = 64, image_size: int = 28, blocks: int = 4) -> i
     return hidden * side * side
 
 
-class Conv4(nn.Sequential):
+class Conv4(SliceableSequential):
     """The 4-block conv net; an embedding network, or a classifier with ``out_features``.
 
     Args:
@@ -108,7 +83,8 @@ class Conv4(nn.Sequential):
         hidden: filters per block (64 in ProtoNets and MAML-Omniglot, 32 in MAML-miniImageNet).
         out_features: classes of a linear head (e.g. the ways of MAML); ``None`` for an
             embedding-only network (ProtoNets).
-        image_size: side of the square inputs; only needed to size the head.
+        image_size: side of the square inputs; sizes the head and ``embedding_dim``
+            (the forward pass itself accepts any size >= 16).
         channels_last: store the conv weights in ``torch.channels_last`` memory format,
             so that activations are NHWC whatever the input's layout (faster on CPU;
             ``model.to(memory_format=torch.channels_last)`` does the same later).

@@ -18,8 +18,7 @@ block; MetaOptNet's DropBlock is not implemented.
 
 Like :class:`~innerloop.models.conv.Conv4` the model is an ``nn.Sequential``
 ``(block0, ..., block3, pool, flatten[, head])`` and its batch norm is transductive
-under innerloop's functional core (:class:`~innerloop.models.conv.VmapSafeBatchNorm2d`,
-so second-order MAML gives the same gradients under ``vmap`` and the loop).
+under innerloop's functional core (see :mod:`innerloop.models.conv`).
 """
 
 from __future__ import annotations
@@ -29,13 +28,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .conv import VmapSafeBatchNorm2d
+from .conv import SliceableSequential
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        VmapSafeBatchNorm2d(out_channels),
+        nn.BatchNorm2d(out_channels),
     ]
 
 
@@ -60,7 +59,7 @@ class ResidualBlock(nn.Module):
         return self.dropout(self.act(self.pool(h + self.shortcut(x))))
 
 
-class ResNet12(nn.Sequential):
+class ResNet12(SliceableSequential):
     """ResNet-12 embedding network, or a classifier with ``out_features``.
 
     Args:
@@ -68,8 +67,8 @@ class ResNet12(nn.Sequential):
         widths: output channels of the four blocks.
         out_features: classes of a linear head; ``None`` for an embedding-only network.
         global_pool: average over the final feature map (default) or flatten it.
-        image_size: side of the square inputs; only needed with ``global_pool=False``
-            and a head, to size it.
+        image_size: side of the square inputs; only used with ``global_pool=False``
+            (to size the head and ``embedding_dim``).
         dropout: dropout rate after every block (0 = off).
         slope: negative slope of the LeakyReLU.
         channels_last: store the conv weights in ``torch.channels_last`` memory format

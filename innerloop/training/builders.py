@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -19,22 +21,71 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 SPLITS = ("train", "val", "test")
 
 
+IMAGE_SIZES = {"omniglot": 28, "mini_imagenet": 84, "cifar_fs": 32, "fc100": 32}
+CHANNELS = {"omniglot": 1}
+
+
 def build_tasks(config: Config, split: str = "train", shots: int | None = None, queries: int | None = None):
-    """The task source of ``split``. Sinusoid splits differ by seed (the family is infinite)."""
+    """The task source of ``split``: train uses the task section, val/test the eval section's ways.
+
+    Sinusoid splits differ by seed (the family is infinite); image splits by class.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
     task = config.task
     seed = config.train.seed if split == "train" else derive_seed(config.train.seed, split)
+    if split == "test":
+        seed = derive_seed(config.eval.seed, "test")
     if task.name == "sinusoid":
         return SinusoidTasks(shots=shots or task.shots, queries=queries or task.queries, seed=seed)
-    raise ConfigError(f"unknown task family task.name={task.name!r}; available: sinusoid")
+    from ..data import EpisodicTasks
+
+    ways = task.ways if split == "train" else (config.eval.ways or task.ways)
+    if split != "train":
+        shots = shots or config.eval.shots[0]
+        queries = queries or config.eval.queries
+    dataset = load_image_dataset(config, getattr(task, f"{split}_split"))
+    return EpisodicTasks(dataset, ways, shots or task.shots, queries or task.queries, seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, root, split: str, image_size: int, download: bool, resample: str):
+    from .. import data
+
+    if name == "omniglot":
+        from ..data.omniglot import SPLITS as OMNIGLOT_SPLITS
+
+        split = split if split in OMNIGLOT_SPLITS else f"vinyals-{split}"
+        return data.omniglot(root, split, image_size, download=download, resample=resample)
+    if name == "mini_imagenet":
+        return data.mini_imagenet(root, split, image_size, resample=resample)
+    if name in ("cifar_fs", "fc100"):
+        return getattr(data, name)(root, split, download=download, image_size=image_size, resample=resample)
+    if name == "image_folder":
+        if root is None:
+            raise ConfigError("task.name=image_folder needs task.root=<folder> holding <split>/<class>/<image> folders")
+        return data.image_folder(f"{root}/{split}", image_size, resample=resample)
+    raise ConfigError(f"unknown task family task.name={name!r}")
+
+
+def load_image_dataset(config: Config, split: str):
+    task = config.task
+    size = task.image_size or IMAGE_SIZES.get(task.name, 84)
+    return _dataset(task.name, task.root, split, size, task.download, task.resample)
 
 
 def build_model(config: Config) -> nn.Module:
-    model = config.model
+    model, task = config.model, config.task
     if model.name == "mlp":
         return MLP(1, model.hidden, 1)
-    raise ConfigError(f"unknown model model.name={model.name!r}; available: mlp")
+    from ..models import Conv4, ResNet12
+
+    head = None if config.algorithm.name == "protonets" else task.ways
+    size = task.image_size or IMAGE_SIZES.get(task.name, 84)
+    channels = CHANNELS.get(task.name, 3)
+    if model.name == "conv4":
+        return Conv4(channels, model.filters, out_features=head, image_size=size)
+    return ResNet12(channels, tuple(model.widths), out_features=head, image_size=size)
 
 
 LEARNERS = {
@@ -44,6 +95,7 @@ LEARNERS = {
     "anil": algorithms.ANIL,
     "reptile": algorithms.Reptile,
     "pretrained": algorithms.Pretrained,
+    "protonets": algorithms.ProtoNets,
 }
 
 
@@ -61,6 +113,8 @@ def build_learner(config: Config, model: nn.Module | None = None) -> algorithms.
         )
     elif a.name in ("metasgd", "anil"):
         learner = LEARNERS[a.name](model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, **kwargs)
+    elif a.name == "protonets":
+        learner = algorithms.ProtoNets(model, strategy=a.strategy)
     elif a.name == "reptile":
         learner = algorithms.Reptile(model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, **kwargs)
     else:

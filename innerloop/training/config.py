@@ -34,16 +34,26 @@ class AlgorithmConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "sinusoid"
+    name: str = "sinusoid"  # sinusoid | omniglot | mini_imagenet | cifar_fs | fc100 | image_folder
     shots: int = 10
     queries: int = 10
-    ways: int = 5  # classification only
+    ways: int = 5  # classification only: ways of the meta-training tasks
+    # Image datasets only:
+    root: Optional[str] = None  # data root (default $INNERLOOP_DATA, ../shared/data, ~/.cache/innerloop)
+    image_size: Optional[int] = None  # default: omniglot 28, mini_imagenet 84, cifar_fs/fc100 32
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    download: bool = False
+    resample: str = "lanczos"
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [40, 40])
+    name: str = "mlp"  # mlp | conv4 | resnet12
+    hidden: list[int] = field(default_factory=lambda: [40, 40])  # mlp
+    filters: int = 64  # conv4
+    widths: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # resnet12
 
 
 @dataclass
@@ -52,6 +62,8 @@ class TrainConfig:
     meta_batch_size: int = 25
     optimizer: str = "adam"  # adam | sgd
     meta_lr: float = 0.001
+    lr_decay_every: Optional[int] = None  # multiply meta_lr by lr_decay every this many iterations
+    lr_decay: float = 0.5
     grad_clip: Optional[float] = None  # max global norm of the meta-gradient
     seed: int = 0
     val_every: int = 500
@@ -66,6 +78,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    ways: Optional[int] = None  # classification: ways of test (and validation) tasks; default task.ways
     shots: list[int] = field(default_factory=lambda: [5, 10])
     queries: int = 100
     steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
@@ -143,6 +156,8 @@ CHOICES = {
     "algorithm.name": ("maml", "fomaml", "metasgd", "anil", "reptile", "pretrained", "protonets"),
     "algorithm.update_rule": ("sgd", "metasgd", "lslr"),
     "algorithm.strategy": ("vmap", "loop", "auto"),
+    "task.name": ("sinusoid", "omniglot", "mini_imagenet", "cifar_fs", "fc100", "image_folder"),
+    "model.name": ("mlp", "conv4", "resnet12"),
     "train.optimizer": ("adam", "sgd"),
     "train.dtype": ("float32", "float64", "bfloat16"),
 }
@@ -173,13 +188,29 @@ def validate(config: Config) -> None:
         raise ConfigError(f"algorithm.inner_lr must be positive, got {config.algorithm.inner_lr}")
     if config.train.meta_lr <= 0:
         raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
+    if config.train.lr_decay_every is not None and config.train.lr_decay_every < 1:
+        raise ConfigError(f"train.lr_decay_every must be a positive integer (or null), got {config.train.lr_decay_every}")
     if config.train.grad_clip is not None and config.train.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be positive (or null to disable), got {config.train.grad_clip}")
     bad = [s for s in config.eval.shots if s < 1] + [s for s in config.eval.steps if s < 0]
     if bad or not config.eval.shots or not config.eval.steps:
         raise ConfigError("eval.shots must be positive integers and eval.steps non-negative integers (both non-empty)")
-    if any(h < 1 for h in config.model.hidden):
-        raise ConfigError(f"model.hidden widths must be positive, got {config.model.hidden}")
+    if any(h < 1 for h in [*config.model.hidden, *config.model.widths, config.model.filters]):
+        raise ConfigError("model.hidden, model.widths and model.filters must be positive")
+    if config.eval.ways is not None and config.eval.ways < 1:
+        raise ConfigError(f"eval.ways must be a positive integer, got {config.eval.ways}")
+    image_task = config.task.name != "sinusoid"
+    if image_task == (config.model.name == "mlp"):
+        raise ConfigError(
+            f"model.name={config.model.name!r} does not fit task.name={config.task.name!r}: "
+            "use model.name=mlp for sinusoid and conv4 or resnet12 for image tasks"
+        )
+    has_head = config.algorithm.name != "protonets"
+    if image_task and has_head and config.eval.ways not in (None, config.task.ways):
+        raise ConfigError(
+            f"{config.algorithm.name} has an output layer of task.ways={config.task.ways} classes, so it cannot be "
+            f"evaluated on eval.ways={config.eval.ways}; set them equal (only protonets tests with other ways)"
+        )
 
 
 def to_dict(config: Config) -> dict:

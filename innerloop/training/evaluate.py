@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ..tasks.batch import TaskBatch
+from ..tasks.fixed import fixed_tasks
 
 
 def summarize(values: torch.Tensor) -> dict[str, float]:
@@ -18,19 +19,13 @@ def summarize(values: torch.Tensor) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": std, "ci95": 1.96 * std / math.sqrt(n), "n": n}
 
 
-def fixed_batches(source, num_tasks: int, batch_size: int):
-    """The same evaluation tasks every time for a given source seed: draws 0, 1, ... of the source."""
-    for draw, start in enumerate(range(0, num_tasks, batch_size)):
-        yield source.sample(draw, range(min(batch_size, num_tasks - start)))
-
-
 def evaluate(learner, source, steps: Sequence[int], num_tasks: int, batch_size: int, device=None, dtype=None) -> dict:
     """Query metrics after each number of adaptation steps, summarised over ``num_tasks`` tasks."""
     per_step: dict[int, dict[str, list[torch.Tensor]]] = {}
     was_training = learner.training
     learner.eval()
     try:
-        for batch in fixed_batches(source, num_tasks, batch_size):
+        for batch in fixed_tasks(source, num_tasks, batch_size):
             batch: TaskBatch = batch.to(device=device, dtype=dtype) if device or dtype else batch
             for step, metrics in learner.evaluate(batch, steps).items():
                 for name, values in metrics.items():

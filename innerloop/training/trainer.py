@@ -118,7 +118,14 @@ class Trainer:
         return self.last_checkpoint
 
     # -- the loop -----------------------------------------------------------------------
+    def learning_rate(self, iteration: int) -> float:
+        """Step decay as a function of the iteration alone, so resuming needs no scheduler state."""
+        c = self.config.train
+        return c.meta_lr * (c.lr_decay ** (iteration // c.lr_decay_every) if c.lr_decay_every else 1.0)
+
     def step(self, iteration: int) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(iteration)
         batch = self.tasks.sample(iteration, self.task_slice()).to(device=self.device, dtype=self.dtype)
         self.optimizer.zero_grad(set_to_none=True)
         share = len(self.task_slice()) / self.config.train.meta_batch_size
