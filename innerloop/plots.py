@@ -24,14 +24,14 @@ def sinusoid_figure(learners: dict, tasks, path: str | Path, steps=(1, 10), draw
     for ax, (name, learner) in zip(axes[0], learners.items()):
         dtype = next(learner.parameters()).dtype
         sx, sy = batch.support_x[0].to(dtype), batch.support_y[0].to(dtype)
-        ax.plot(grid, truth(grid), color="tab:blue", lw=2, label="ground truth")
-        ax.scatter(sx, sy, color="black", marker="^", s=50, zorder=5, label=f"{sx.shape[0]} support points")
+        ax.plot(grid.numpy(), truth(grid).numpy(), color="tab:blue", lw=2, label="ground truth")
+        ax.scatter(sx.numpy(), sy.numpy(), color="black", marker="^", s=50, zorder=5, label=f"{sx.shape[0]} support points")
         with torch.no_grad():
             for s in (0, *steps):
                 params = learner.adapt(sx, sy, steps=s)
                 pred = learner.predict(params, grid.to(dtype))
                 label = "pre-update" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
-                ax.plot(grid, pred, ls="--" if s == 0 else "-", color=colors.get(s, None), label=label)
+                ax.plot(grid.numpy(), pred.float().numpy(), ls="--" if s == 0 else "-", color=colors.get(s, None), label=label)
         ax.set_title(name)
         ax.set_xlabel("x")
         ax.grid(alpha=0.3)
@@ -65,5 +65,50 @@ def training_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
     fig.tight_layout()
     path = Path(path) if path else run_dir / "curves.png"
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    image = image.detach().float().cpu()  # displayed via numpy below
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray_r" if image.mean() < 0.5 else "gray", vmin=0, vmax=1)
+    else:  # RGB, possibly normalised: rescale to [0, 1] for display
+        ax.imshow(((image - image.min()) / (image.max() - image.min() + 1e-8)).permute(1, 2, 0).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def episode_figure(learner, task, path: str | Path, max_query: int = 20) -> Path:
+    """One few-shot episode: the support images with their labels, then query images with
+    predicted / true label (green when right, red when wrong)."""
+    sx, sy, qx, qy = task.support_x[0], task.support_y[0], task.query_x[0], task.query_y[0]
+    dtype = next(learner.parameters()).dtype
+    with torch.no_grad():
+        state = learner.adapt(sx.to(dtype), sy)
+        predicted = learner.predict(state, qx.to(dtype)).argmax(-1)
+    order = torch.randperm(qx.shape[0], generator=torch.Generator().manual_seed(0))[:max_query]
+    columns = max(min(sx.shape[0], 10), min(len(order), 10))
+    support_rows = -(-sx.shape[0] // columns)
+    query_rows = -(-len(order) // columns)
+    fig, axes = plt.subplots(support_rows + query_rows, columns, figsize=(1.3 * columns, 1.5 * (support_rows + query_rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(sx.shape[0]):
+        ax = axes[i // columns][i % columns]
+        ax.axis("on")
+        _show(ax, sx[i])
+        ax.set_title(f"support {int(sy[i])}", fontsize=8)
+    for j, i in enumerate(order.tolist()):
+        ax = axes[support_rows + j // columns][j % columns]
+        ax.axis("on")
+        _show(ax, qx[i])
+        right = int(predicted[i]) == int(qy[i])
+        ax.set_title(f"pred {int(predicted[i])} / true {int(qy[i])}", fontsize=7, color="tab:green" if right else "tab:red")
+    accuracy = float((predicted == qy).float().mean())
+    fig.suptitle(f"{sx.shape[0]} support images (top), query predictions (bottom): query accuracy {accuracy:.0%}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

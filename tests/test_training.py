@@ -111,13 +111,24 @@ def test_resume_with_another_model_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
-    trainer = Trainer(config(tmp_path, extra=["train.iterations=50", "train.checkpoint_every=2", "algorithm.inner_lr=1e4"]))
-    with pytest.raises(TrainingDiverged, match=r"diverged at iteration \d+") as info:
+    trainer = Trainer(config(tmp_path, extra=["train.iterations=50", "train.checkpoint_every=1", "algorithm.inner_lr=1e4"]))
+    with pytest.raises(TrainingDiverged, match=r"diverged at iteration 1: meta-gradient norm inf; no checkpoint was written yet"):
         trainer.fit()
-    message = str(info.value)
-    if trainer.last_checkpoint is not None:
-        assert str(trainer.last_checkpoint) in message
-        load_checkpoint(tmp_path / "run")  # still good
+    assert find_checkpoint(tmp_path / "run") is None
+
+
+def test_nonfinite_gradient_of_a_finite_loss_is_caught(tmp_path, monkeypatch):
+    trainer = Trainer(config(tmp_path, extra=["train.iterations=5", "train.checkpoint_every=1"]))
+    original = trainer.learner.meta_backward
+
+    def poisoned(batch, weight=1.0):
+        metrics = original(batch, weight)
+        next(trainer.learner.parameters()).grad[0] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(trainer.learner, "meta_backward", poisoned)
+    with pytest.raises(TrainingDiverged, match="meta-gradient norm nan"):
+        trainer.fit()
 
 
 @pytest.mark.slow
@@ -125,7 +136,7 @@ def test_maml_beats_pretrained_after_one_step(tmp_path):
     """A few hundred MAML iterations already adapt far better in one step than joint training."""
     results = {}
     for preset in ("maml-sine", "pretrained-sine"):
-        cfg = load_config(preset, ["train.iterations=500", "train.progress=false", "train.val_every=500", "eval.tasks=300",
+        cfg = load_config(preset, ["train.iterations=800", "train.progress=false", "train.val_every=500", "eval.tasks=300",
                                    "eval.shots=[10]", "eval.steps=[0,1]"], out_dir=str(tmp_path / preset))
         trainer = Trainer(cfg)
         trainer.fit()
@@ -133,4 +144,5 @@ def test_maml_beats_pretrained_after_one_step(tmp_path):
     maml, pre = results["maml-sine"], results["pretrained-sine"]
     # Adaptation actually helps MAML, and MAML after one step clearly beats the baseline after one step.
     assert maml[1]["loss"]["mean"] < 0.75 * maml[0]["loss"]["mean"]
-    assert maml[1]["loss"]["mean"] < 0.75 * pre[1]["loss"]["mean"], (maml, pre)
+    assert maml[1]["loss"]["mean"] < 0.85 * pre[1]["loss"]["mean"], (maml, pre)
+    assert maml[1]["loss"]["mean"] + maml[1]["loss"]["ci95"] < pre[1]["loss"]["mean"] - pre[1]["loss"]["ci95"]

@@ -67,8 +67,8 @@ class MetaLearner(nn.Module):
         """Run ``task_fn`` over the batch with the configured (or measured) strategy."""
         meta = list(self.parameters())
 
-        def run(strategy: str) -> torch.Tensor:
-            return sum(t.sum() for t in tree_leaves(map_tasks(task_fn, batch, strategy)))
+        def run(strategy: str, sample: TaskBatch) -> torch.Tensor:
+            return sum(t.sum() for t in tree_leaves(map_tasks(task_fn, sample, strategy)))
 
         return map_tasks(task_fn, batch, self.chooser.resolve(run, batch, meta))
 

@@ -36,7 +36,7 @@ def train(
     evaluate: bool = typer.Option(True, help="Evaluate on test tasks at the end (the config's eval section)."),
 ) -> None:
     """Meta-train from a preset or config file."""
-    from ..plots import training_curves
+    from ..plots import episode_figure, training_curves
     from ..training.builders import build_tasks
     from ..training.config import load_config
     from ..training.evaluate import evaluate_config, format_table
@@ -49,6 +49,9 @@ def train(
     if "val" in summary:
         typer.echo("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["val"].items() if k != "iteration"))
     training_curves(cfg.out_dir)
+    if cfg.task.name != "sinusoid":
+        picture = episode_figure(trainer.learner, build_tasks(cfg, "test").sample(0, [0]), Path(cfg.out_dir) / "episode.png")
+        typer.echo(f"an evaluation episode: {picture}")
     if evaluate:
         _report(trainer.learner, cfg, evaluate_config(trainer.learner, cfg, build_tasks), Path(cfg.out_dir) / "eval.json", format_table)
 
@@ -56,11 +59,12 @@ def train(
 def _report(learner, cfg, results, output: Path, format_table) -> None:
     metric = "accuracy" if any("accuracy" in m for r in results.values() for m in r.values()) else "loss"
     title = "accuracy %" if metric == "accuracy" else "query MSE"
-    typer.echo(f"{cfg.algorithm.name} on {cfg.task.name}, {cfg.eval.tasks} test tasks (mean ± 95% CI):")
+    bn = " batch norm transductive (batch statistics)," if any("BatchNorm" in type(m).__name__ for m in learner.modules()) else ""
+    typer.echo(f"{cfg.algorithm.name} on {cfg.task.name}, {cfg.eval.tasks} test tasks,{bn} mean ± 95% CI (1.96 std/sqrt(n)):")
     typer.echo(format_table({cfg.algorithm.name: results}, metric=metric, title=title))
     payload = {
         "algorithm": cfg.algorithm.name, "task": cfg.task.name, "tasks": cfg.eval.tasks, "seed": cfg.eval.seed,
-        "transductive_batch_norm": True,
+        "transductive_batch_norm": bool(bn),
         "results": {str(k): {str(s): v for s, v in r.items()} for k, r in results.items()},
     }
     output.write_text(json.dumps(payload, indent=2))

@@ -113,42 +113,41 @@ def map_tasks(fn: TaskFn, batch: TaskBatch, strategy: str):
 class StrategyChooser:
     """Resolves ``strategy="auto"`` by timing vmap against the loop on the real workload.
 
-    The first batch of each shape (and grad mode) is run with both strategies —
-    forward and, when gradients are on, backward to the given parameters — and the
-    faster is remembered. The global RNG is forked so the measurement does not change
-    what a run samples afterwards. ``choices`` can be saved and restored so a resumed
-    run keeps the strategy it had.
+    The first batch of each shape (and grad mode) is run with both strategies on its first
+    ``sample_tasks`` tasks — forward and, when gradients are on, backward to the given
+    parameters — and the faster is remembered. The global RNG is forked so the
+    measurement does not change what a run samples afterwards. ``choices`` can be saved
+    and restored so a resumed run keeps the strategy it had.
     """
 
-    def __init__(self, strategy: Strategy = "auto", repeats: int = 2) -> None:
+    def __init__(self, strategy: Strategy = "auto", sample_tasks: int = 8) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.strategy = strategy
-        self.repeats = repeats
+        self.sample_tasks = sample_tasks
         self.choices: dict[str, str] = {}
 
-    def resolve(self, run: Callable[[str], torch.Tensor], batch: TaskBatch, params: list[torch.Tensor]) -> str:
+    def resolve(self, run: Callable[[str, TaskBatch], torch.Tensor], batch: TaskBatch, params: list[torch.Tensor]) -> str:
         if self.strategy != "auto":
             return self.strategy
+        if batch.num_tasks == 1:
+            return "loop"  # nothing to batch
         key = f"{tuple(batch.support_x.shape)}|{tuple(batch.query_x.shape)}|grad={torch.is_grad_enabled()}"
         if key not in self.choices:
-            self.choices[key] = self._measure(run, params)
+            self.choices[key] = self._measure(run, batch[: self.sample_tasks], params)
         return self.choices[key]
 
-    def _measure(self, run, params) -> str:
+    def _measure(self, run, sample: TaskBatch, params) -> str:
         timings = {}
-        wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        trainable = [p for p in params if p.requires_grad] if torch.is_grad_enabled() else []
         with torch.random.fork_rng(devices=[]):
             for strategy in ("vmap", "loop"):
-                best = float("inf")
-                for repeat in range(self.repeats + 1):  # repeat 0 is a warm-up
+                for timed in (False, True):  # a warm-up, then the measurement
                     start = time.perf_counter()
-                    loss = run(strategy)
-                    if wants_grad:
-                        torch.autograd.grad(loss, [p for p in params if p.requires_grad], allow_unused=True)
+                    loss = run(strategy, sample)
+                    if trainable:
+                        torch.autograd.grad(loss, trainable, allow_unused=True)
                     if loss.is_cuda:
                         torch.cuda.synchronize()
-                    if repeat:
-                        best = min(best, time.perf_counter() - start)
-                timings[strategy] = best
+                timings[strategy] = time.perf_counter() - start
         return min(timings, key=timings.get)
