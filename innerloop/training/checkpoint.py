@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
-from .config import Config, fingerprint, from_dict, to_dict, to_yaml
+from .config import Config, from_dict, to_dict, to_yaml
 
 WEIGHTS, STATE, CONFIG, LATEST = "weights.safetensors", "state.pt", "config.yaml", "latest"
 
@@ -53,10 +53,9 @@ def save_checkpoint(run_dir: str | Path, iteration: int, learner, optimizer, con
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in learner.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS, metadata={"fingerprint": fingerprint(config), "iteration": str(iteration)})
+        save_file(weights, tmp / WEIGHTS, metadata={"iteration": str(iteration)})
         state = {
             "iteration": iteration,
-            "fingerprint": fingerprint(config),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -138,14 +137,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(found, config, weights, state)
 
 
+# Options that do not change what a run computes, so they may differ on resume.
+HARMLESS = {"algorithm.strategy", "task.root", "task.download"}
+
+
+def config_differences(config: Config, other: Config, sections=("algorithm", "model", "task")) -> list[str]:
+    ours, theirs = to_dict(config), to_dict(other)
+    return [
+        f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}"
+        for s in sections for k, v in ours[s].items() if theirs[s].get(k) != v and f"{s}.{k}" not in HARMLESS
+    ]
+
+
 def restore_learner(learner, checkpoint: Checkpoint, config: Config | None = None) -> None:
     """Load weights into ``learner``, refusing a checkpoint made for another model or config."""
-    if config is not None and checkpoint.state.get("fingerprint") != fingerprint(config):
-        ours, theirs = to_dict(config), to_dict(checkpoint.config)
-        diffs = [
-            f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}"
-            for s in ("algorithm", "model", "task") for k, v in ours[s].items() if theirs[s].get(k) != v
-        ]
+    diffs = config_differences(config, checkpoint.config) if config is not None else []
+    if diffs:
         raise CheckpointError(
             f"checkpoint {checkpoint.path} was made for a different configuration ({'; '.join(diffs)}). "
             "Use the same config to resume, or start a new run directory (--out)."

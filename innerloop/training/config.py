@@ -7,8 +7,6 @@ defaults <- preset or file <- ``key=value`` overrides, checking names and types.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -228,10 +226,3 @@ def from_dict(data: dict) -> Config:
 
 def to_yaml(config: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
-
-
-def fingerprint(config: Config, sections=("algorithm", "model", "task")) -> str:
-    """Hash of the parts of a config that determine the shapes and meaning of the weights."""
-    data = to_dict(config)
-    payload = json.dumps({s: data[s] for s in sections}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
