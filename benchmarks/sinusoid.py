@@ -24,6 +24,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from innerloop.training.checkpoint import find_checkpoint, load_checkpoint
+
 PRESETS = ["maml-sine", "fomaml-sine", "reptile-sine", "metasgd-sine", "anil-sine", "pretrained-sine"]
 PAPER = {"maml-sine": "0.67 / 0.38 / 0.35", "pretrained-sine": "2.41 / 2.23 / 2.19"}
 
@@ -47,11 +49,20 @@ def main() -> None:
             sys.executable, "-m", "innerloop", "train", "--config", preset, "--out", str(run_dir), "--resume",
             f"train.iterations={args.iterations}", f"train.seed={args.seed}", "train.progress=false",
         ]
-        start = time.perf_counter()
-        with open(out / f"{preset}.log", "w") as log:
-            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        wall = time.perf_counter() - start
-        results = json.loads((run_dir / "eval.json").read_text())["results"]
+        done = find_checkpoint(run_dir)
+        if done is not None and load_checkpoint(done).iteration >= args.iterations and "wall_s" in summary.get(preset, {}):
+            wall = summary[preset]["wall_s"]  # already trained: only re-evaluate
+        else:
+            start = time.perf_counter()
+            with open(out / f"{preset}.log", "w") as log:
+                subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            wall = time.perf_counter() - start
+        # Evaluate the final checkpoint with `innerloop eval` (the same command a user runs).
+        evaluation = [sys.executable, "-m", "innerloop", "eval", str(run_dir), "--tasks", "1000",
+                      "--shots", "5", "--shots", "10", "--steps", "0", "--steps", "1", "--steps", "5", "--steps", "10",
+                      "--output", str(run_dir / "eval-final.json")]
+        subprocess.run(evaluation, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        results = json.loads((run_dir / "eval-final.json").read_text())["results"]
         summary[preset] = {"wall_s": round(wall, 1), "iterations": args.iterations, "seed": args.seed, "threads": 1,
                            "command": "OMP_NUM_THREADS=1 " + " ".join(["innerloop", *command[3:]]), "results": results}
         summary_path.write_text(json.dumps(summary, indent=2))
@@ -59,14 +70,20 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, args.presets))
     print(f"machine: {platform.processor() or platform.machine()}, {platform.node()}, date {date.today()}")
-    print("| preset | 5-shot 1 / 5 / 10 steps | 10-shot 1 / 5 / 10 steps | paper (5-shot?) | iterations | wall |")
+    print("| preset | paper, 5-shot 1 / 5 / 10 steps | 5-shot: 1 / 5 / 10 steps | 10-shot: 1 / 5 / 10 steps | iterations | wall (train+eval) |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for preset, row in summary.items():
-        cells = []
-        for k in ("5", "10"):
-            r = row["results"][k]
-            cells.append(" / ".join(f"{r[s]['loss']['mean']:.3f}±{r[s]['loss']['ci95']:.3f}" for s in ("1", "5", "10")))
-        print(f"| {preset} | {cells[0]} | {cells[1]} | {PAPER.get(preset, '-')} | {row['iterations']} | {row['wall_s'] / 60:.1f} min |")
+    for preset in [p for p in PRESETS if p in summary]:
+        row = summary[preset]
+        cells = [" / ".join(cell(row["results"][k][s]["loss"]) for s in ("1", "5", "10")) for k in ("5", "10")]
+        print(f"| `{preset}` | {PAPER.get(preset, '-')} | {cells[0]} | {cells[1]} | {row['iterations']} | {row['wall_s'] / 60:.1f} min |")
+
+
+def cell(summary: dict) -> str:
+    """mean ± CI; with the median and the count of non-finite tasks when some adaptation diverged."""
+    text = f"{summary['mean']:.3f} ± {summary['ci95']:.3f}"
+    if summary.get("nonfinite") or summary["mean"] > 3 * summary.get("median", summary["mean"]):
+        text += f" (median {summary['median']:.3f}; {summary.get('nonfinite', 0)} non-finite)"
+    return text
 
 
 if __name__ == "__main__":
