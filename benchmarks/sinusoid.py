@@ -50,8 +50,11 @@ def main() -> None:
             f"train.iterations={args.iterations}", f"train.seed={args.seed}", "train.progress=false",
         ]
         done = find_checkpoint(run_dir)
-        if done is not None and load_checkpoint(done).iteration >= args.iterations and "wall_s" in summary.get(preset, {}):
-            wall = summary[preset]["wall_s"]  # already trained: only re-evaluate
+        if done is not None and load_checkpoint(done).iteration >= args.iterations and (run_dir / "eval.json").exists():
+            # Already trained: only re-evaluate. Wall time of that run: from its config (written
+            # at the start) to its final eval.json.
+            wall = summary.get(preset, {}).get("wall_s") or (
+                (run_dir / "eval.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime)
         else:
             start = time.perf_counter()
             with open(out / f"{preset}.log", "w") as log:

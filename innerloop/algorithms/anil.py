@@ -45,8 +45,7 @@ class ANIL(MAML):
             raise ValueError("ANIL adapts the head only; use MAML(adapt=...) to choose other parameters")
         super().__init__(model, inner_lr=inner_lr, adapt=lambda name: name.startswith(head_prefix), **kwargs)
         self._head_prefix = head_prefix
-        self._body = functional_model(nn.Sequential(*list(model)[:-1]))
-        self._head = model[-1]
+        self._body = functional_model(nn.Sequential(*list(model)[:-1]))  # a function, not a sub-module
 
     def _sub(self, params: Params, inside_head: bool) -> Params:
         n = len(self._head_prefix)
@@ -58,4 +57,4 @@ class ANIL(MAML):
         return self._body(self._sub(params, inside_head=False), x)
 
     def head_forward(self, params, z):
-        return functional_call(self._head, self._sub(params, inside_head=True), (z,))
+        return functional_call(self.model[-1], self._sub(params, inside_head=True), (z,))

@@ -22,7 +22,8 @@ class Pretrained(GradientLearner):
     """Joint training over tasks, fine-tuned at test time (a baseline, not a meta-learner)."""
 
     def __init__(self, model, inner_lr: float = 0.01, eval_steps: int = 1, **kwargs):
-        kwargs.pop("inner_steps", None)
+        if kwargs.pop("inner_steps", 0):
+            raise ValueError("Pretrained has no inner loop at training time; set eval_steps for test-time fine-tuning")
         super().__init__(model, inner_lr=inner_lr, inner_steps=0, eval_steps=eval_steps, first_order=True, **kwargs)
 
     def meta_loss(self, batch):
