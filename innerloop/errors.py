@@ -22,3 +22,7 @@ class TrainingDiverged(InnerloopError, FloatingPointError):
 
 class DatasetError(InnerloopError, FileNotFoundError):
     """A dataset is missing, has the wrong layout, or fails its checksum."""
+
+
+class DistributedError(InnerloopError, RuntimeError):
+    """A process group cannot be formed or has fallen out of step."""

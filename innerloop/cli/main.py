@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -35,25 +36,34 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the run directory's latest checkpoint if there is one."),
     evaluate: bool = typer.Option(True, help="Evaluate on test tasks at the end (the config's eval section)."),
 ) -> None:
-    """Meta-train from a preset or config file."""
+    """Meta-train from a preset or config file (under torchrun: data-parallel over the ranks)."""
     from ..plots import episode_figure, training_curves
     from ..training.builders import build_tasks
     from ..training.config import load_config
+    from ..training.distributed import make_trainer
     from ..training.evaluate import evaluate_config, format_table
-    from ..training.trainer import Trainer
 
     cfg = load_config(config, overrides or [], out_dir=out)
-    trainer = Trainer(cfg, resume=resume)
-    summary = trainer.fit()
-    typer.echo(f"trained {cfg.algorithm.name} for {cfg.train.iterations} iterations; last checkpoint {trainer.last_checkpoint}")
+    trainer = make_trainer(cfg, resume=resume)
+    group = getattr(trainer, "group", None)
+    try:
+        summary = trainer.fit()
+        results = evaluate_config(trainer.learner, cfg, build_tasks, group=group) if evaluate else None
+    finally:
+        if group is not None:
+            group.close()
+    if not trainer.is_main:
+        return
+    ranks = f" on {group.world_size} processes" if group else ""
+    typer.echo(f"trained {cfg.algorithm.name} for {cfg.train.iterations} iterations{ranks}; last checkpoint {trainer.last_checkpoint}")
     if "val" in summary:
         typer.echo("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["val"].items() if k != "iteration"))
     training_curves(cfg.out_dir)
     if cfg.task.name != "sinusoid":
         picture = episode_figure(trainer.learner, build_tasks(cfg, "test").sample(0, [0]), Path(cfg.out_dir) / "episode.png")
         typer.echo(f"an evaluation episode: {picture}")
-    if evaluate:
-        _report(trainer.learner, cfg, evaluate_config(trainer.learner, cfg, build_tasks), Path(cfg.out_dir) / "eval.json", format_table)
+    if results is not None:
+        _report(trainer.learner, cfg, results, Path(cfg.out_dir) / "eval.json", format_table)
 
 
 def _report(learner, cfg, results, output: Path, format_table) -> None:
@@ -104,6 +114,23 @@ def evaluate_checkpoint(
     _report(learner, cfg, results, output or ckpt.path.parent.parent / "eval.json", format_table)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def launch(ctx: typer.Context) -> None:
+    """Run an innerloop command under torchrun: `innerloop launch [torchrun options] -- train --config ...`.
+
+    The same as `torchrun [options] -m innerloop train ...`, but a rendezvous that cannot be
+    reached or a failed worker ends in one clear line instead of torchrun's tracebacks.
+    """
+    from ..errors import ConfigError
+    from ..training.distributed import torchrun
+
+    args = sys.argv[sys.argv.index("launch") + 1 :]  # click drops the "--" that separates the two parts
+    if "--" not in args or args.index("--") == len(args) - 1:
+        raise ConfigError("usage: innerloop launch [torchrun options] -- train --config PRESET [overrides]; the `--` is required")
+    cut = args.index("--")
+    torchrun(args[:cut], args[cut + 1 :])
+
+
 @app.command()
 def presets() -> None:
     """List the built-in presets."""
@@ -118,7 +145,8 @@ def main() -> None:
     try:
         app()
     except InnerloopError as err:
-        typer.echo(f"error: {err}", err=True)
+        rank = f" (rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        typer.echo(f"error{rank}: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted; the last checkpoint written is intact", err=True)

@@ -113,7 +113,7 @@ def map_tasks(fn: TaskFn, batch: TaskBatch, strategy: str):
 class StrategyChooser:
     """Resolves ``strategy="auto"`` by timing vmap against the loop on the real workload.
 
-    The first batch of each shape (and grad mode) is run with both strategies on its first
+    The first batch of each shape (training or evaluation) is run with both strategies on its first
     ``sample_tasks`` tasks — forward and, when gradients are on, backward to the given
     parameters — and the faster is remembered. The global RNG is forked so the
     measurement does not change what a run samples afterwards. ``choices`` can be saved
@@ -130,9 +130,13 @@ class StrategyChooser:
     def resolve(self, run: Callable[[str, TaskBatch], torch.Tensor], batch: TaskBatch, params: list[torch.Tensor]) -> str:
         if self.strategy != "auto":
             return self.strategy
-        if batch.num_tasks == 1:
+        training = torch.is_grad_enabled()
+        if batch.num_tasks == 1 and not training:
             return "loop"  # nothing to batch
-        key = f"{tuple(batch.support_x.shape)}|{tuple(batch.query_x.shape)}|grad={torch.is_grad_enabled()}"
+        # A training workload is keyed by its per-task shapes alone: the ranks of a distributed
+        # run hold shards of different sizes and adopt rank 0's choice for all of them.
+        shapes = f"{tuple(batch.support_x.shape[1:])}|{tuple(batch.query_x.shape[1:])}"
+        key = f"{shapes}|train" if training else f"{shapes}|tasks={batch.num_tasks}|eval"
         if key not in self.choices:
             self.choices[key] = self._measure(run, batch[: self.sample_tasks], params)
         return self.choices[key]

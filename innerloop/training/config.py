@@ -72,6 +72,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     progress: bool = True
+    dist_timeout: float = 600.0  # seconds a rank waits for the others (joining the group, each collective)
 
 
 @dataclass
@@ -188,6 +189,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
     if config.train.lr_decay_every is not None and config.train.lr_decay_every < 1:
         raise ConfigError(f"train.lr_decay_every must be a positive integer (or null), got {config.train.lr_decay_every}")
+    if config.train.dist_timeout <= 0:
+        raise ConfigError(f"train.dist_timeout must be a positive number of seconds, got {config.train.dist_timeout}")
     if config.train.grad_clip is not None and config.train.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be positive (or null to disable), got {config.train.grad_clip}")
     bad = [s for s in config.eval.shots if s < 1] + [s for s in config.eval.steps if s < 0]

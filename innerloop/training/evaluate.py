@@ -26,26 +26,41 @@ def summarize(values: torch.Tensor) -> dict[str, float]:
     }
 
 
-def evaluate(learner, source, steps: Sequence[int], num_tasks: int, batch_size: int, device=None, dtype=None) -> dict:
-    """Query metrics after each number of adaptation steps, summarised over ``num_tasks`` tasks."""
-    per_step: dict[int, dict[str, list[torch.Tensor]]] = {}
+def evaluate(learner, source, steps: Sequence[int], num_tasks: int, batch_size: int, device=None, dtype=None, group=None) -> dict:
+    """Query metrics after each number of adaptation steps, summarised over ``num_tasks`` tasks.
+
+    With a process ``group`` (see ``training.distributed``) the task batches are dealt
+    round-robin to the ranks and gathered back in order, so every rank returns the
+    same summary as one process evaluating them all.
+    """
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
     was_training = learner.training
     learner.eval()
+    mine: list[dict[int, dict[str, torch.Tensor]]] = []
     try:
-        for batch in fixed_tasks(source, num_tasks, batch_size):
+        for i, batch in enumerate(fixed_tasks(source, num_tasks, batch_size)):
+            if i % world != rank:
+                continue
             batch: TaskBatch = batch.to(device=device, dtype=dtype) if device or dtype else batch
-            for step, metrics in learner.evaluate(batch, steps).items():
-                for name, values in metrics.items():
-                    per_step.setdefault(int(step), {}).setdefault(name, []).append(values.detach().float().cpu())
+            results = learner.evaluate(batch, steps)
+            mine.append({int(s): {n: v.detach().float().cpu() for n, v in m.items()} for s, m in results.items()})
     finally:
         learner.train(was_training)
+    if group is not None:
+        per_rank = group.gather(mine)
+        mine = [per_rank[i % world][i // world] for i in range(sum(map(len, per_rank)))]
+    per_step: dict[int, dict[str, list[torch.Tensor]]] = {}
+    for results in mine:
+        for step, metrics in results.items():
+            for name, values in metrics.items():
+                per_step.setdefault(step, {}).setdefault(name, []).append(values)
     return {
         step: {name: summarize(torch.cat(chunks)) for name, chunks in metrics.items()}
         for step, metrics in sorted(per_step.items())
     }
 
 
-def evaluate_config(learner, config, build_tasks, shots=None, steps=None, num_tasks=None) -> dict:
+def evaluate_config(learner, config, build_tasks, shots=None, steps=None, num_tasks=None, group=None) -> dict:
     """The results table of a run's ``eval`` section: {shots: {step: {metric: summary}}}."""
     from .builders import DTYPES
 
@@ -55,7 +70,7 @@ def evaluate_config(learner, config, build_tasks, shots=None, steps=None, num_ta
         source = build_tasks(config, "test", shots=k, queries=e.queries)
         results[k] = evaluate(
             learner, source, steps or e.steps, num_tasks or e.tasks, e.batch_size,
-            torch.device(config.train.device), DTYPES[config.train.dtype],
+            torch.device(config.train.device), DTYPES[config.train.dtype], group,
         )
     return results
 

@@ -8,8 +8,10 @@ held-out tasks, and write an atomic checkpoint from which ``resume=True`` contin
 bit for bit.
 
 ``Trainer.task_slice`` is the one place that decides which tasks of the global
-meta-batch this process computes; ``Trainer.reduce_gradients`` is where a distributed
-run all-reduces them. Both are the identity for a single process.
+meta-batch this process computes, ``Trainer.all_reduce`` where a distributed run sums
+the gradients and metrics of the shards, ``Trainer.load_existing`` and
+``Trainer.evaluate_tasks`` where it shares the checkpoint and spreads evaluation.
+``training.distributed.DistributedTrainer`` overrides them; here they are trivial.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingDiverged
 from .builders import DTYPES, build_learner, build_optimizer, build_tasks
-from .checkpoint import find_checkpoint, load_checkpoint, restore_learner, save_checkpoint
+from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, restore_learner, save_checkpoint
 from .config import Config, to_yaml
 from .evaluate import evaluate
 
@@ -78,29 +80,36 @@ class Trainer:
         self.progress = config.train.progress if progress is None else progress
         self.start_iteration = 0
         self.last_checkpoint: Path | None = None
+        checkpoint = self.load_existing(resume)
+        if checkpoint is not None:
+            self._resume_from(checkpoint)
+
+    # -- hooks a distributed trainer overrides ----------------------------------------
+    def task_slice(self) -> range:
+        return range(self.config.train.meta_batch_size)
+
+    def all_reduce(self, metrics: dict[str, float], share: float) -> dict[str, float]:
+        """Combine the shards' gradients and metrics (a single process holds the whole batch)."""
+        return metrics
+
+    def load_existing(self, resume: bool) -> Checkpoint | None:
         existing = find_checkpoint(self.run_dir)
         if existing is not None and not resume:
             raise ConfigError(
                 f"{self.run_dir} already holds a run (checkpoint {existing}); pass --resume to continue it "
                 "or choose another output directory (--out)"
             )
-        if existing is not None:
-            self._resume_from(existing)
+        return load_checkpoint(existing) if existing is not None else None
 
-    # -- hooks a distributed trainer overrides ----------------------------------------
-    def task_slice(self) -> range:
-        return range(self.config.train.meta_batch_size)
-
-    def reduce_gradients(self) -> None:
-        pass
+    def evaluate_tasks(self, *args, **kwargs) -> dict:
+        return evaluate(self.learner, *args, **kwargs)
 
     @property
     def is_main(self) -> bool:
         return True
 
     # -- state ------------------------------------------------------------------------
-    def _resume_from(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path)
+    def _resume_from(self, checkpoint: Checkpoint) -> None:
         restore_learner(self.learner, checkpoint, self.config)
         self.optimizer.load_state_dict(checkpoint.state["optimizer"])
         torch.set_rng_state(checkpoint.state["torch_rng"])
@@ -117,6 +126,10 @@ class Trainer:
         )
         return self.last_checkpoint
 
+    def checkpoint(self, iteration: int) -> None:
+        """The periodic checkpoint (a distributed run writes it on rank 0 only)."""
+        self.save(iteration)
+
     # -- the loop -----------------------------------------------------------------------
     def learning_rate(self, iteration: int) -> float:
         """Step decay as a function of the iteration alone, so resuming needs no scheduler state."""
@@ -130,7 +143,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         share = len(self.task_slice()) / self.config.train.meta_batch_size
         metrics = {k: float(v) for k, v in self.learner.meta_backward(batch, weight=share).items()}
-        self.reduce_gradients()
+        metrics = self.all_reduce(metrics, share)
         grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(
             self.learner.parameters(), self.config.train.grad_clip if self.config.train.grad_clip else math.inf
@@ -151,7 +164,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         steps = [getattr(self.learner, "eval_steps", 0)]
         c = self.config.train
-        results = evaluate(self.learner, self.val_tasks, steps, c.val_tasks, min(c.val_tasks, c.meta_batch_size), self.device, self.dtype)
+        results = self.evaluate_tasks(self.val_tasks, steps, c.val_tasks, min(c.val_tasks, c.meta_batch_size), self.device, self.dtype)
         return {name: s["mean"] for name, s in results[steps[0]].items()}
 
     def fit(self) -> dict:
@@ -186,8 +199,8 @@ class Trainer:
                     summary["val"] = {"iteration": done, **val}
                     if log:
                         log.write({"iteration": done, "split": "val", **val})
-                if self.is_main and (done % c.checkpoint_every == 0 or done == c.iterations):
-                    self.save(done)
+                if done % c.checkpoint_every == 0 or done == c.iterations:
+                    self.checkpoint(done)
         finally:
             bar.close()
             if log:

@@ -1,0 +1,250 @@
+"""Data-parallel meta-training on ``torch.distributed``, launched by ``torchrun``.
+
+    torchrun --nproc-per-node=4 -m innerloop train --config maml-omniglot-5w1s --resume
+    # two nodes: the same command on each node, with
+    #   --nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=RUN-NAME
+
+The meta-batch of ``B`` tasks is cut into contiguous shards, one per rank: with ``P``
+ranks, rank ``r`` computes tasks ``[start_r, start_r + B//P (+1 for the first B%P ranks))``.
+Tasks are indexed by ``(seed, iteration, task)`` (``tasks.seeding``), so the shard of rank
+``r`` is exactly what one process would compute at those positions: the union over
+ranks *is* the single-process meta-batch. Each rank accumulates
+``(|shard| / B) * d L_shard / d theta``; a SUM all-reduce turns that into the
+meta-gradient of the whole meta-batch on every rank, and identical optimizers then keep
+the meta-parameters identical (they start identical: rank 0's are broadcast).
+
+Only rank 0 logs, draws the progress bar and writes checkpoints (atomically). On
+(re)start rank 0 reads the latest checkpoint and broadcasts it, so every rank resumes
+from the same one without needing a shared file system, and a group that
+``torchrun --max-restarts`` restarts after a dead worker resumes by itself. Errors found
+on rank 0 (an existing run without ``--resume``, a corrupt checkpoint) are raised on
+every rank so none is left waiting in a collective. gloo serves CPU runs, NCCL CUDA runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError, DistributedError, InnerloopError
+from .config import Config, to_dict, to_yaml
+from .trainer import Trainer
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def shard(num_tasks: int, rank: int, world_size: int) -> range:
+    """Rank ``rank``'s contiguous share of ``range(num_tasks)``; shares differ by at most one task."""
+    base, extra = divmod(num_tasks, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
+@dataclass
+class ProcessGroup:
+    """This process's place in the group (``rank`` of ``world_size``) and the collectives innerloop uses."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @classmethod
+    def from_environment(cls, device: str, timeout_s: float) -> "ProcessGroup":
+        """Join the group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+        env = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if env[k] is None]
+        if missing:
+            raise DistributedError(
+                f"WORLD_SIZE={env['WORLD_SIZE']} but {', '.join(missing)} is not set; launch with "
+                "`torchrun --nproc-per-node=P -m innerloop train ...` (or `innerloop launch`), which sets them"
+            )
+        local_rank = int(env["LOCAL_RANK"] or 0)
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            if local_rank >= torch.cuda.device_count():
+                raise DistributedError(
+                    f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
+                    "start at most that many processes per node (--nproc-per-node)"
+                )
+            torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU
+        if not dist.is_initialized():
+            try:
+                dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+            except (dist.DistError, RuntimeError, TimeoutError) as err:
+                raise DistributedError(
+                    f"rank {env['RANK']} could not join the process group at {env['MASTER_ADDR']}:{env['MASTER_PORT']} "
+                    f"within {timeout_s:g} s ({type(err).__name__}: {str(err).splitlines()[0][:160]}). Check that every "
+                    "node runs the same command with the same --rdzv-endpoint/MASTER_ADDR, that the port is open, and "
+                    "raise train.dist_timeout if nodes start far apart."
+                ) from None
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (any picklable object)."""
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum ``tensors`` over ranks in place, as one flat buffer (one collective, not one per tensor)."""
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def config_hash(config: Config) -> str:
+    return hashlib.sha256(to_yaml(config).encode()).hexdigest()[:16]
+
+
+def check_same_config(group: ProcessGroup, config: Config) -> None:
+    """Fail on every rank, naming the differing options, unless all ranks run the same config."""
+    entries = group.gather((config_hash(config), to_dict(config)))
+    if len({h for h, _ in entries}) == 1:
+        return
+    reference = entries[0][1]
+    for rank, (digest, other) in enumerate(entries):
+        if digest != entries[0][0]:
+            diffs = [
+                f"{section}.{key}: rank 0 {value!r} vs rank {rank} {other.get(section, {}).get(key)!r}"
+                for section, values in reference.items() if isinstance(values, dict)
+                for key, value in values.items() if other.get(section, {}).get(key) != value
+            ] or [f"out_dir: rank 0 {reference.get('out_dir')!r} vs rank {rank} {other.get('out_dir')!r}"]
+            raise ConfigError(
+                f"the ranks were started with different configurations (hash {entries[0][0]} on rank 0, {digest} on "
+                f"rank {rank}): {'; '.join(diffs[:5])}. Launch every node with the same --config and overrides."
+            )
+
+
+class DistributedTrainer(Trainer):
+    """A :class:`Trainer` whose meta-batch is split across the ranks of a process group."""
+
+    def __init__(self, config: Config, group: ProcessGroup, learner=None, resume: bool = False, progress: bool | None = None):
+        self.group = group
+        if config.train.meta_batch_size < group.world_size:
+            raise ConfigError(
+                f"train.meta_batch_size={config.train.meta_batch_size} cannot be split across {group.world_size} "
+                f"processes (each needs at least one task); raise train.meta_batch_size to >= {group.world_size} "
+                "or start fewer processes"
+            )
+        check_same_config(group, config)
+        super().__init__(config, learner=learner, resume=resume, progress=progress)
+        # Identical start on every rank (a resumed run is already identical; this makes it certain).
+        for tensor in self.learner.state_dict().values():
+            dist.broadcast(tensor.data, src=0)
+        self._strategies_agreed = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.group.is_main
+
+    def task_slice(self) -> range:
+        return shard(self.config.train.meta_batch_size, self.group.rank, self.group.world_size)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        metrics = super().step(iteration)
+        if not self._strategies_agreed:
+            # After the first step each rank has timed vmap against the loop ("auto") on its own
+            # shard; from now on all use rank 0's choices, which the checkpoints record, so a
+            # resumed group batches exactly as the uninterrupted one did.
+            self.learner.chooser.choices.update(self.group.broadcast(dict(self.learner.chooser.choices)))
+            self._strategies_agreed = True
+        return metrics
+
+    def all_reduce(self, metrics: dict[str, float], share: float) -> dict[str, float]:
+        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
+        names = sorted(metrics)
+        weighted = torch.tensor([metrics[k] * share for k in names], dtype=torch.float64, device=self.device)
+        self.group.all_reduce_([*grads, weighted])
+        return dict(zip(names, weighted.tolist()))
+
+    def load_existing(self, resume: bool):
+        """Rank 0 finds and reads the checkpoint; every rank gets it (or rank 0's error)."""
+        found, error = None, None
+        if self.is_main:
+            try:
+                found = super().load_existing(resume)
+            except InnerloopError as err:
+                error = err
+        found, error = self.group.broadcast((found, error))
+        if error is not None:
+            raise error
+        return found
+
+    def evaluate_tasks(self, *args, **kwargs):
+        return super().evaluate_tasks(*args, **kwargs, group=self.group)
+
+    def checkpoint(self, iteration: int) -> None:
+        self.check_in_sync()
+        if self.is_main:
+            self.save(iteration)
+
+    def check_in_sync(self) -> None:
+        """Guard against silent drift: the meta-parameters must be bit-identical on every rank."""
+        checksum = float(sum(p.detach().double().sum() for p in self.learner.parameters()))
+        sums = self.group.gather(checksum)
+        if len(set(sums)) != 1:
+            raise DistributedError(f"meta-parameters differ across ranks (checksums {sums}); this is a bug, please report it")
+
+
+def make_trainer(config: Config, resume: bool = False) -> Trainer:
+    """A plain :class:`Trainer`, or a :class:`DistributedTrainer` when launched by torchrun.
+
+    A group torchrun restarted after a failure (``TORCHELASTIC_RESTART_COUNT > 0``)
+    always resumes: the run directory already holds its checkpoints.
+    """
+    if not launched_by_torchrun():
+        return Trainer(config, resume=resume)
+    group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    return DistributedTrainer(config, group, resume=resume or restarted)
+
+
+
+def torchrun(options: list[str], command: list[str]) -> None:
+    """``torchrun OPTIONS -m innerloop COMMAND``, with rendezvous and worker failures as one clear error."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args([*options, "-m", "innerloop", *command])
+    where = f"{args.rdzv_backend} rendezvous at {args.rdzv_endpoint or 'localhost'} (id {args.rdzv_id!r})"
+    try:
+        run(args)
+    except RendezvousTimeoutError:
+        raise DistributedError(
+            f"timed out waiting for the other nodes at the {where}: not all of --nnodes={args.nnodes} joined. Start the "
+            "same command on every node (same --rdzv-endpoint and --rdzv-id), or raise join_timeout (--rdzv-conf join_timeout=S)"
+        ) from None
+    except RendezvousError as err:
+        raise DistributedError(
+            f"could not reach the {where} ({type(err).__name__}: {err}). Check the host and port of --rdzv-endpoint, "
+            "that the node hosting it is up (--rdzv-conf is_host=1 there when in doubt) and that no firewall blocks the port"
+        ) from None
+    except ChildFailedError as err:
+        codes = ", ".join(f"rank {rank}: exit {failure.exitcode}" for rank, failure in sorted(err.failures.items()))
+        raise DistributedError(f"worker processes failed ({codes}); their own error messages are printed above") from None

@@ -1,0 +1,228 @@
+"""Data-parallel meta-training under torchrun (gloo, CPU processes).
+
+Every test launches real process groups: ``python -m torch.distributed.run`` (torchrun)
+with 2 or 4 workers, or two torchrun "nodes" meeting on loopback, and compares what they
+wrote with a single process computing the same meta-batch.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from innerloop.training.builders import build_tasks
+from innerloop.training.checkpoint import find_checkpoint, load_checkpoint
+from innerloop.training.config import load_config
+from innerloop.training.distributed import shard
+from innerloop.training.evaluate import evaluate_config
+from innerloop.training.trainer import Trainer
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+INNERLOOP = [sys.executable, "-m", "innerloop"]
+# float64 so that "the same to float tolerance" can be tight; SGD with rate 1 for one
+# iteration makes the weight change exactly minus the meta-gradient.
+EXACT = ["train.dtype=float64", "train.progress=false", "train.log_every=1", "train.val_every=1000",
+         "train.val_tasks=10", "eval.tasks=40", "eval.batch_size=8", "eval.steps=[0,1]", "eval.shots=[5]"]
+GRADIENT = ["train.optimizer=sgd", "train.meta_lr=1.0", "train.iterations=1", "train.checkpoint_every=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, timeout=300, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def train_args(preset, out, overrides):
+    return ["train", "--config", preset, "--out", str(out), *overrides]
+
+
+def final_weights(out) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out).weights
+
+
+def single_process(tmp_path, preset, overrides, name="single"):
+    """Initial weights, final trainer and config of the one-process run of the same config."""
+    cfg = load_config(preset, overrides, out_dir=str(tmp_path / name))
+    trainer = Trainer(cfg)
+    initial = {k: v.clone() for k, v in trainer.learner.state_dict().items()}
+    trainer.fit()
+    return initial, trainer, cfg
+
+
+def assert_same_weights(a, b, rtol, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=atol, msg=k)
+
+
+def test_shards_partition_the_meta_batch():
+    for tasks in (1, 2, 5, 10, 25, 32):
+        for world in range(1, tasks + 1):
+            shards = [shard(tasks, r, world) for r in range(world)]
+            assert [t for s in shards for t in s] == list(range(tasks))  # contiguous, in order, complete
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+            assert min(map(len, shards)) >= 1
+
+
+@pytest.mark.parametrize("preset,procs,batch", [("maml-sine", 2, 10), ("maml-sine", 4, 10), ("reptile-sine", 2, 6)])
+def test_p_processes_give_the_meta_gradient_of_one(tmp_path, preset, procs, batch):
+    """P ranks with B/P tasks each (10 over 4 ranks: 3, 3, 2, 2) = one process with B tasks."""
+    overrides = [*EXACT, *GRADIENT, f"train.meta_batch_size={batch}"]
+    out = tmp_path / f"p{procs}"
+    result = run([*TORCHRUN, f"--nproc-per-node={procs}", "-m", "innerloop", *train_args(preset, out, overrides)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"on {procs} processes" in result.stdout
+    initial, single, cfg = single_process(tmp_path, preset, overrides)
+    ours = final_weights(out)
+    for k, theta0 in initial.items():
+        g_single = theta0 - single.learner.state_dict()[k]
+        g_dist = theta0 - ours[k]
+        torch.testing.assert_close(g_dist, g_single, rtol=1e-10, atol=1e-13, msg=k)
+    total = sum(float((theta0 - ours[k]).norm()) for k, theta0 in initial.items())
+    assert total > 1e-3  # a real gradient was compared, not two zeros
+    # Evaluation spread over the ranks and gathered = evaluation in one process.
+    spread = json.loads((out / "eval.json").read_text())["results"]["5"]
+    alone = evaluate_config(single.learner, cfg, build_tasks)[5]
+    for step in (0, 1):
+        for stat in ("mean", "std", "median"):
+            assert spread[str(step)]["loss"][stat] == pytest.approx(alone[step]["loss"][stat], rel=1e-10)
+        assert spread[str(step)]["loss"]["n"] == 40
+
+
+def test_meta_parameters_stay_identical_to_a_single_process_over_adam_steps(tmp_path):
+    overrides = [*EXACT, "train.iterations=6", "train.checkpoint_every=3", "train.meta_batch_size=8"]
+    out = tmp_path / "p2"
+    result = run([*TORCHRUN, "--nproc-per-node=2", "-m", "innerloop", *train_args("maml-sine", out, overrides), "--no-evaluate"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, single, _ = single_process(tmp_path, "maml-sine", overrides)
+    assert_same_weights(final_weights(out), dict(single.learner.state_dict()), rtol=1e-9, atol=1e-12)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "split" not in r] == list(range(1, 7))  # logged once, by rank 0
+
+
+def workers_of(launcher_pid: int) -> list[int]:
+    """Child processes of the torchrun agent (its workers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == launcher_pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skip(reason="known failure (issue 7): after SIGKILL of one worker the torchrun-restarted group hangs; "
+                         "not yet diagnosed")
+def test_a_killed_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(tmp_path):
+    overrides = ["train.iterations=400", "train.checkpoint_every=20", "train.meta_batch_size=4", "train.progress=false",
+                 "train.val_every=100000", "algorithm.strategy=vmap", "train.log_every=1"]
+    killed = tmp_path / "killed"
+    cmd = [*TORCHRUN, "--nproc-per-node=2", "--max-restarts=1", "-m", "innerloop",
+           *train_args("maml-sine", killed, overrides), "--resume", "--no-evaluate"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while find_checkpoint(killed) is None or load_checkpoint(killed).iteration < 60:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    victims = workers_of(proc.pid)
+    assert len(victims) == 2
+    os.kill(victims[1], signal.SIGKILL)  # one worker dies mid-run
+    at_kill = load_checkpoint(killed).iteration
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert at_kill < 400
+    assert "restart" in err.lower()  # torchrun restarted the group
+    survivors = set(workers_of(proc.pid))
+    assert not survivors & set(victims)
+    uninterrupted = tmp_path / "uninterrupted"
+    result = run([*TORCHRUN, "--nproc-per-node=2", "-m", "innerloop", *train_args("maml-sine", uninterrupted, overrides),
+                  "--no-evaluate"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = final_weights(killed), final_weights(uninterrupted)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bit for bit
+    iterations = [json.loads(line)["iteration"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == list(range(1, 401))  # the records past the checkpoint were replaced, not duplicated
+
+
+def two_nodes(tmp_path, overrides_per_node, out, extra=()):
+    """Two torchrun invocations (one process each) meeting on a c10d rendezvous on loopback."""
+    port = free_port()
+    procs = []
+    for node, overrides in enumerate(overrides_per_node):
+        cmd = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+               f"--rdzv-id=rehearsal-{port}", f"--rdzv-conf=is_host={int(node == 0)},join_timeout=120", *extra,
+               "-m", "innerloop", *train_args("maml-sine", out, overrides)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    return [(p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+def test_two_node_rehearsal_on_loopback_matches_one_process(tmp_path):
+    overrides = [*EXACT, *GRADIENT, "train.meta_batch_size=6"]
+    out = tmp_path / "two-nodes"
+    results = two_nodes(tmp_path, [overrides, overrides], out)
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-3000:]
+    assert "on 2 processes" in results[0][1] + results[1][1]
+    initial, single, _ = single_process(tmp_path, "maml-sine", overrides)
+    for k, theta0 in initial.items():
+        torch.testing.assert_close(theta0 - final_weights(out)[k], theta0 - single.learner.state_dict()[k],
+                                   rtol=1e-10, atol=1e-13, msg=k)
+
+
+def test_mismatched_configs_across_nodes_fail_clearly(tmp_path):
+    base = [*EXACT, "train.iterations=2", "train.meta_batch_size=4"]
+    results = two_nodes(tmp_path, [base, [*base, "train.meta_lr=0.01"]], tmp_path / "mismatch")
+    for code, _, stderr in results:
+        assert code != 0
+        assert "different configurations" in stderr and "train.meta_lr: rank 0 0.001 vs rank 1 0.01" in stderr, stderr[-2000:]
+
+
+def test_more_processes_than_tasks_is_refused(tmp_path):
+    cmd = [*INNERLOOP, "launch", "--nproc-per-node=2", "--",
+           *train_args("maml-sine", tmp_path / "r", ["train.meta_batch_size=1", "train.iterations=2", "train.progress=false"])]
+    result = run(cmd)
+    assert result.returncode == 2
+    assert "train.meta_batch_size=1 cannot be split across 2 processes" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: worker processes failed (rank 0: exit 2, rank 1: exit 2)")
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_rendezvous_gives_a_clear_timeout(tmp_path):
+    port = free_port()  # nobody listens there
+    cmd = [*INNERLOOP, "launch", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-conf=is_host=0,join_timeout=3,read_timeout=3", "--",
+           *train_args("maml-sine", tmp_path / "r", ["train.iterations=2"])]
+    result = run(cmd)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not reach the c10d rendezvous at 127.0.0.1:{port}"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_rank_that_cannot_reach_the_group_times_out_clearly(tmp_path):
+    """Without torchrun's agent (e.g. a scheduler that sets the variables itself)."""
+    env = {**os.environ, "RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    cmd = [*INNERLOOP, *train_args("maml-sine", tmp_path / "r", ["train.iterations=2", "train.dist_timeout=3"])]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error (rank 1 of 2): rank 1 could not join the process group at 127.0.0.1:"), result.stderr[-2000:]
