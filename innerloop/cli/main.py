@@ -45,7 +45,7 @@ def train(
 
     cfg = load_config(config, overrides or [], out_dir=out)
     trainer = make_trainer(cfg, resume=resume)
-    group = getattr(trainer, "group", None)
+    group = trainer.group
     try:
         summary = trainer.fit()
         results = evaluate_config(trainer.learner, cfg, build_tasks, group=group) if evaluate else None

@@ -27,6 +27,7 @@ import datetime
 import hashlib
 import os
 from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
@@ -158,10 +159,6 @@ class DistributedTrainer(Trainer):
             dist.broadcast(tensor.data, src=0)
         self._strategies_agreed = False
 
-    @property
-    def is_main(self) -> bool:
-        return self.group.is_main
-
     def task_slice(self) -> range:
         return shard(self.config.train.meta_batch_size, self.group.rank, self.group.world_size)
 
@@ -195,9 +192,6 @@ class DistributedTrainer(Trainer):
             raise error
         return found
 
-    def evaluate_tasks(self, *args, **kwargs):
-        return super().evaluate_tasks(*args, **kwargs, group=self.group)
-
     def checkpoint(self, iteration: int) -> None:
         self.check_in_sync()
         if self.is_main:
@@ -222,7 +216,6 @@ def make_trainer(config: Config, resume: bool = False) -> Trainer:
     group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     return DistributedTrainer(config, group, resume=resume or restarted)
-
 
 
 def torchrun(options: list[str], command: list[str]) -> None:

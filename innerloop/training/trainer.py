@@ -9,9 +9,9 @@ bit for bit.
 
 ``Trainer.task_slice`` is the one place that decides which tasks of the global
 meta-batch this process computes, ``Trainer.all_reduce`` where a distributed run sums
-the gradients and metrics of the shards, ``Trainer.load_existing`` and
-``Trainer.evaluate_tasks`` where it shares the checkpoint and spreads evaluation.
-``training.distributed.DistributedTrainer`` overrides them; here they are trivial.
+the gradients and metrics of the shards, ``Trainer.load_existing`` where it shares the
+checkpoint. ``training.distributed.DistributedTrainer`` overrides them and sets
+``group``, through which evaluation is spread; for a single process they are trivial.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class MetricsLog:
 
 
 class Trainer:
+    group = None  # the process group of a distributed run (``training.distributed``)
+
     def __init__(self, config: Config, learner=None, resume: bool = False, progress: bool | None = None) -> None:
         self.config = config
         self.run_dir = Path(config.out_dir)
@@ -101,12 +103,10 @@ class Trainer:
             )
         return load_checkpoint(existing) if existing is not None else None
 
-    def evaluate_tasks(self, *args, **kwargs) -> dict:
-        return evaluate(self.learner, *args, **kwargs)
-
     @property
     def is_main(self) -> bool:
-        return True
+        """Whether this process logs and writes checkpoints (rank 0, or the only process)."""
+        return self.group is None or self.group.is_main
 
     # -- state ------------------------------------------------------------------------
     def _resume_from(self, checkpoint: Checkpoint) -> None:
@@ -164,7 +164,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         steps = [getattr(self.learner, "eval_steps", 0)]
         c = self.config.train
-        results = self.evaluate_tasks(self.val_tasks, steps, c.val_tasks, min(c.val_tasks, c.meta_batch_size), self.device, self.dtype)
+        results = evaluate(
+            self.learner, self.val_tasks, steps, c.val_tasks, min(c.val_tasks, c.meta_batch_size), self.device, self.dtype, self.group
+        )
         return {name: s["mean"] for name, s in results[steps[0]].items()}
 
     def fit(self) -> dict:
