@@ -201,7 +201,10 @@ def test_more_processes_than_tasks_is_refused(tmp_path):
     result = run(cmd)
     assert result.returncode == 2
     assert "train.meta_batch_size=1 cannot be split across 2 processes" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: worker processes failed (rank 0: exit 2, rank 1: exit 2)")
+    # Both ranks raise before any collective; whichever exits first, torchrun stops the other
+    # (exit -15), so only "some rank exited 2" is deterministic.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: worker processes failed (rank 0: exit ") and ": exit 2" in last, last
     assert "Traceback" not in result.stderr
 
 
