@@ -7,6 +7,7 @@ wrote with a single process computing the same meta-batch.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -125,59 +126,87 @@ def workers_of(launcher_pid: int) -> list[int]:
     return children
 
 
-@pytest.mark.skip(reason="known failure (issue 7): after SIGKILL of one worker the torchrun-restarted group hangs; "
-                         "not yet diagnosed")
-def test_a_killed_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(tmp_path):
-    overrides = ["train.iterations=400", "train.checkpoint_every=20", "train.meta_batch_size=4", "train.progress=false",
-                 "train.val_every=100000", "algorithm.strategy=vmap", "train.log_every=1"]
-    killed = tmp_path / "killed"
-    cmd = [*TORCHRUN, "--nproc-per-node=2", "--max-restarts=1", "-m", "innerloop",
-           *train_args("maml-sine", killed, overrides), "--resume", "--no-evaluate"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 240
-    while find_checkpoint(killed) is None or load_checkpoint(killed).iteration < 60:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    victims = workers_of(proc.pid)
-    assert len(victims) == 2
-    os.kill(victims[1], signal.SIGKILL)  # one worker dies mid-run
-    at_kill = load_checkpoint(killed).iteration
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert at_kill < 400
-    assert "restart" in err.lower()  # torchrun restarted the group
-    survivors = set(workers_of(proc.pid))
-    assert not survivors & set(victims)
-    uninterrupted = tmp_path / "uninterrupted"
-    result = run([*TORCHRUN, "--nproc-per-node=2", "-m", "innerloop", *train_args("maml-sine", uninterrupted, overrides),
+# A run long enough to be killed in the middle: rank 1 dies after the checkpoint of iteration >= 100.
+INTERRUPTED = ["train.iterations=1200", "train.checkpoint_every=50", "train.meta_batch_size=4", "train.progress=false",
+               "train.val_every=100000", "algorithm.strategy=vmap", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = run([*TORCHRUN, "--nproc-per-node=2", "-m", "innerloop", *train_args("maml-sine", out, INTERRUPTED),
                   "--no-evaluate"])
     assert result.returncode == 0, result.stderr[-3000:]
-    a, b = final_weights(killed), final_weights(uninterrupted)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k  # bit for bit
-    iterations = [json.loads(line)["iteration"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert iterations == list(range(1, 401))  # the records past the checkpoint were replaced, not duplicated
+    return final_weights(out)
 
 
-def two_nodes(tmp_path, overrides_per_node, out, extra=()):
+def kill_a_worker_midway(agents: list[subprocess.Popen], out: Path) -> None:
+    """SIGKILL the last agent's last worker once a checkpoint at iteration >= 100 exists."""
+    deadline = time.time() + 240
+    while find_checkpoint(out) is None or load_checkpoint(out).iteration < 100:
+        for agent in agents:
+            assert agent.poll() is None, agent.communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    victim = workers_of(agents[-1].pid)[-1]
+    os.kill(victim, signal.SIGKILL)
+
+
+def assert_recovered(out: Path, stdout: str, stderr: str, uninterrupted: dict[str, torch.Tensor]) -> None:
+    assert "exitcode: -9" in stderr  # torchrun saw the death ...
+    resumed = re.search(r"resuming from iteration (\d+)", stdout)  # ... and the restarted group resumed by itself
+    assert resumed and 100 <= int(resumed[1]) < 1200, stdout
+    final = final_weights(out)
+    for k, v in uninterrupted.items():
+        assert torch.equal(final[k], v), k  # bit for bit
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # the records past the checkpoint were replaced, not duplicated
+    assert [r["iteration"] for r in records if "split" not in r] == list(range(1, 1201))
+
+
+def test_a_killed_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    cmd = [*TORCHRUN, "--nproc-per-node=2", "--max-restarts=1", "-m", "innerloop",
+           *train_args("maml-sine", out, INTERRUPTED), "--no-evaluate"]
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    kill_a_worker_midway([agent], out)
+    stdout, stderr = agent.communicate(timeout=300)
+    assert agent.returncode == 0, stderr[-3000:]
+    assert_recovered(out, stdout, stderr, uninterrupted)
+
+
+def start_two_nodes(overrides_per_node, out, extra=(), launch=False) -> list[subprocess.Popen]:
     """Two torchrun invocations (one process each) meeting on a c10d rendezvous on loopback."""
     port = free_port()
     procs = []
     for node, overrides in enumerate(overrides_per_node):
-        cmd = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-               f"--rdzv-id=rehearsal-{port}", f"--rdzv-conf=is_host={int(node == 0)},join_timeout=120", *extra,
-               "-m", "innerloop", *train_args("maml-sine", out, overrides)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))
-    return [(p.wait(timeout=300), *p.communicate()) for p in procs]
+        options = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                   f"--rdzv-id=rehearsal-{port}", f"--rdzv-conf=is_host={int(node == 0)},join_timeout=120", *extra]
+        launcher = [*INNERLOOP, "launch", *options, "--"] if launch else [*TORCHRUN, *options, "-m", "innerloop"]
+        procs.append(subprocess.Popen([*launcher, *train_args("maml-sine", out, overrides)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    return procs
+
+
+def two_nodes(overrides_per_node, out, extra=()):
+    return [(p.wait(timeout=300), *p.communicate()) for p in start_two_nodes(overrides_per_node, out, extra)]
+
+
+def test_a_node_whose_worker_dies_rejoins_and_the_run_matches_an_uninterrupted_one(tmp_path, uninterrupted):
+    out = tmp_path / "killed-node"
+    nodes = start_two_nodes([[*INTERRUPTED, "--no-evaluate"]] * 2, out, extra=["--max-restarts=1"], launch=True)
+    kill_a_worker_midway(nodes, out)
+    results = [(p.wait(timeout=300), *p.communicate()) for p in nodes]
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
+    assert_recovered(out, results[0][1], results[1][2], uninterrupted)
 
 
 def test_two_node_rehearsal_on_loopback_matches_one_process(tmp_path):
     overrides = [*EXACT, *GRADIENT, "train.meta_batch_size=6"]
     out = tmp_path / "two-nodes"
-    results = two_nodes(tmp_path, [overrides, overrides], out)
+    results = two_nodes([overrides, overrides], out)
     for code, stdout, stderr in results:
         assert code == 0, stderr[-3000:]
     assert "on 2 processes" in results[0][1] + results[1][1]
@@ -189,7 +218,7 @@ def test_two_node_rehearsal_on_loopback_matches_one_process(tmp_path):
 
 def test_mismatched_configs_across_nodes_fail_clearly(tmp_path):
     base = [*EXACT, "train.iterations=2", "train.meta_batch_size=4"]
-    results = two_nodes(tmp_path, [base, [*base, "train.meta_lr=0.01"]], tmp_path / "mismatch")
+    results = two_nodes([base, [*base, "train.meta_lr=0.01"]], tmp_path / "mismatch")
     for code, _, stderr in results:
         assert code != 0
         assert "different configurations" in stderr and "train.meta_lr: rank 0 0.001 vs rank 1 0.01" in stderr, stderr[-2000:]

@@ -46,9 +46,13 @@ def train(
     cfg = load_config(config, overrides or [], out_dir=out)
     trainer = make_trainer(cfg, resume=resume)
     group = trainer.group
+    if trainer.start_iteration and trainer.is_main:
+        typer.echo(f"resuming from iteration {trainer.start_iteration} ({trainer.last_checkpoint})")
     try:
         summary = trainer.fit()
         results = evaluate_config(trainer.learner, cfg, build_tasks, group=group) if evaluate else None
+        if group is not None:
+            group.barrier()  # tear the group down together, not while a peer still talks to it
     finally:
         if group is not None:
             group.close()

@@ -47,6 +47,23 @@ def shard(num_tasks: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
+def attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """The key-value store for this attempt's process group, or None to let torch build it.
+
+    torchrun's agent keeps one store across ``--max-restarts`` attempts on a node, so a
+    restarted worker can read the connection keys its dead predecessors wrote and wait
+    forever for a peer that is gone (pytorch/pytorch#135712). On one node every worker
+    of an attempt has the same ``TORCHELASTIC_RESTART_COUNT``, so it names a fresh key
+    space. Across nodes the counts can differ; there the agents must not share their store
+    (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which ``innerloop launch`` sets), so that
+    rank 0 of every attempt hosts a new one.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1:
+        return None
+    shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"innerloop/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", shared)
+
+
 @dataclass
 class ProcessGroup:
     """This process's place in the group (``rank`` of ``world_size``) and the collectives innerloop uses."""
@@ -75,8 +92,13 @@ class ProcessGroup:
                 )
             torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU
         if not dist.is_initialized():
+            timeout = datetime.timedelta(seconds=timeout_s)
             try:
-                dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+                store = attempt_store(timeout)
+                dist.init_process_group(
+                    "nccl" if cuda else "gloo", timeout=timeout, store=store,
+                    **({"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"])} if store else {}),
+                )
             except (dist.DistError, RuntimeError, TimeoutError) as err:
                 raise DistributedError(
                     f"rank {env['RANK']} could not join the process group at {env['MASTER_ADDR']}:{env['MASTER_PORT']} "
@@ -112,6 +134,9 @@ class ProcessGroup:
         for t in tensors:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
+
+    def barrier(self) -> None:
+        dist.barrier()
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -153,7 +178,11 @@ class DistributedTrainer(Trainer):
                 "or start fewer processes"
             )
         check_same_config(group, config)
-        super().__init__(config, learner=learner, resume=resume, progress=progress)
+        # A group torchrun restarted after a failure resumes by itself. Each node's agent
+        # counts its own restarts (a node whose workers were healthy may still say 0), so
+        # the group restarted if any rank says so.
+        restarted = max(group.gather(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))) > 0
+        super().__init__(config, learner=learner, resume=resume or restarted, progress=progress)
         # Identical start on every rank (a resumed run is already identical; this makes it certain).
         for tensor in self.learner.state_dict().values():
             dist.broadcast(tensor.data, src=0)
@@ -208,23 +237,26 @@ class DistributedTrainer(Trainer):
 def make_trainer(config: Config, resume: bool = False) -> Trainer:
     """A plain :class:`Trainer`, or a :class:`DistributedTrainer` when launched by torchrun.
 
-    A group torchrun restarted after a failure (``TORCHELASTIC_RESTART_COUNT > 0``)
-    always resumes: the run directory already holds its checkpoints.
+    A group that torchrun restarted after a failure always resumes: the run directory
+    already holds its checkpoints.
     """
     if not launched_by_torchrun():
         return Trainer(config, resume=resume)
     group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    return DistributedTrainer(config, group, resume=resume or restarted)
+    return DistributedTrainer(config, group, resume=resume)
 
 
 def torchrun(options: list[str], command: list[str]) -> None:
     """``torchrun OPTIONS -m innerloop COMMAND``, with rendezvous and worker failures as one clear error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
+    from torch.distributed.elastic.rendezvous.api import RendezvousClosedError, RendezvousError, RendezvousTimeoutError
     from torch.distributed.run import parse_args, run
 
     args = parse_args([*options, "-m", "innerloop", *command])
+    # With the agent's store shared, a c10d rendezvous reuses one store across restarts and
+    # restart counts differ between nodes, so a restarted worker can read stale connection
+    # keys (pytorch/pytorch#135712). Unshared, rank 0 of each attempt hosts a fresh store.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     where = f"{args.rdzv_backend} rendezvous at {args.rdzv_endpoint or 'localhost'} (id {args.rdzv_id!r})"
     try:
         run(args)
@@ -232,6 +264,11 @@ def torchrun(options: list[str], command: list[str]) -> None:
         raise DistributedError(
             f"timed out waiting for the other nodes at the {where}: not all of --nnodes={args.nnodes} joined. Start the "
             "same command on every node (same --rdzv-endpoint and --rdzv-id), or raise join_timeout (--rdzv-conf join_timeout=S)"
+        ) from None
+    except RendezvousClosedError:
+        raise DistributedError(
+            f"the {where} was closed: another node gave up (its own error is printed on that node) or the run had "
+            "already finished. Fix that node's error and start every node again."
         ) from None
     except RendezvousError as err:
         raise DistributedError(
