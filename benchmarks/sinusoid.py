@@ -18,15 +18,22 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from innerloop.training.checkpoint import find_checkpoint, load_checkpoint
 
 PRESETS = ["maml-sine", "fomaml-sine", "reptile-sine", "metasgd-sine", "anil-sine", "pretrained-sine"]
+# The model-based family beside MAML and Meta-SGD (issue 4): learned update rules and a black-box learner.
+MODEL_BASED = ["maml-sine", "metasgd-sine", "maml-lslr-sine", "maml-metacurvature-sine", "maml-lstm-optimizer-sine",
+               "maml-meta-lstm-sine", "cnp-sine"]
+FORWARD_PASS = {"cnp-sine"}  # adapts in one forward pass: evaluated at "0 steps" only
 PAPER = {"maml-sine": "0.67 / 0.38 / 0.35", "pretrained-sine": "2.41 / 2.23 / 2.19"}
 
 
@@ -35,7 +42,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=70000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-sine")
-    parser.add_argument("--presets", nargs="*", default=PRESETS)
+    parser.add_argument("--presets", nargs="*", default=PRESETS, help=f"default: the MAML family; or {' '.join(MODEL_BASED)}")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     args = parser.parse_args()
     out = Path(args.out)
@@ -58,27 +65,41 @@ def main() -> None:
         else:
             start = time.perf_counter()
             with open(out / f"{preset}.log", "w") as log:
-                subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory, even with runs side by side
+                proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise SystemExit(f"{preset} failed; see {out / f'{preset}.log'}")
             wall = time.perf_counter() - start
+            summary.setdefault(preset, {})["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
         # Evaluate the final checkpoint with `innerloop eval` (the same command a user runs).
-        evaluation = [sys.executable, "-m", "innerloop", "eval", str(run_dir), "--tasks", "1000",
-                      "--shots", "5", "--shots", "10", "--steps", "0", "--steps", "1", "--steps", "5", "--steps", "10",
-                      "--output", str(run_dir / "eval-final.json")]
+        steps = ["0"] if preset in FORWARD_PASS else ["0", "1", "5", "10"]
+        evaluation = [sys.executable, "-m", "innerloop", "eval", str(run_dir), "--tasks", "1000", "--shots", "5", "--shots", "10",
+                      *(arg for step in steps for arg in ("--steps", step)), "--output", str(run_dir / "eval-final.json")]
         subprocess.run(evaluation, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
         results = json.loads((run_dir / "eval-final.json").read_text())["results"]
-        summary[preset] = {"wall_s": round(wall, 1), "iterations": args.iterations, "seed": args.seed, "threads": 1,
+        meta_batch = OmegaConf.load(run_dir / "config.yaml").train.meta_batch_size
+        rates = [r["tasks_per_s"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                 if "tasks_per_s" in r]
+        summary[preset] = {**summary.get(preset, {}), "wall_s": round(wall, 1), "iterations": args.iterations,
+                           "seed": args.seed, "threads": 1, "ms_per_iteration": round(1e3 * meta_batch / statistics.median(rates), 2),
                            "command": "OMP_NUM_THREADS=1 " + " ".join(["innerloop", *command[3:]]), "results": results}
         summary_path.write_text(json.dumps(summary, indent=2))
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, args.presets))
     print(f"machine: {platform.processor() or platform.machine()}, {platform.node()}, date {date.today()}")
-    print("| preset | paper, 5-shot 1 / 5 / 10 steps | 5-shot: 1 / 5 / 10 steps | 10-shot: 1 / 5 / 10 steps | iterations | wall (train+eval) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for preset in [p for p in PRESETS if p in summary]:
+    print("| preset | paper, 5-shot 1 / 5 / 10 steps | 5-shot: 1 / 5 / 10 steps | 10-shot: 1 / 5 / 10 steps "
+          "| iterations | ms / iteration (median) | peak RSS | wall (train+eval) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for preset in [p for p in args.presets if p in summary]:
         row = summary[preset]
-        cells = [" / ".join(cell(row["results"][k][s]["loss"]) for s in ("1", "5", "10")) for k in ("5", "10")]
-        print(f"| `{preset}` | {PAPER.get(preset, '-')} | {cells[0]} | {cells[1]} | {row['iterations']} | {row['wall_s'] / 60:.1f} min |")
+        steps = ("0",) if preset in FORWARD_PASS else ("1", "5", "10")
+        cells = [" / ".join(cell(row["results"][k][s]["loss"]) for s in steps) for k in ("5", "10")]
+        if preset in FORWARD_PASS:
+            cells = [f"forward pass: {c}" for c in cells]
+        print(f"| `{preset}` | {PAPER.get(preset, '-')} | {cells[0]} | {cells[1]} | {row['iterations']} "
+              f"| {row.get('ms_per_iteration', '-')} | {row.get('peak_rss_mb', '-')} MB | {row['wall_s'] / 60:.1f} min |")
 
 
 def cell(summary: dict) -> str:

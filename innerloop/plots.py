@@ -112,3 +112,32 @@ def episode_figure(learner, task, path: str | Path, max_query: int = 20) -> Path
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def adaptation_curves(curves: dict[str, dict[int, dict]], path: str | Path, metric: str = "loss",
+                      title: str = "query MSE against inner steps") -> Path:
+    """Query ``metric`` (median, and the mean ± 95% CI band) against the number of adaptation steps.
+
+    ``curves`` maps a learner's name to ``{steps: {metric: summary}}`` as ``evaluate`` returns it.
+    The median is drawn because a few diverging tasks can swamp a mean.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, per_step in curves.items():
+        steps = sorted(per_step)
+        median = [per_step[s][metric]["median"] for s in steps]
+        (line,) = ax.plot(steps, median, "o-", ms=3, label=name)
+        mean = torch.tensor([per_step[s][metric]["mean"] for s in steps])
+        ci = torch.tensor([per_step[s][metric]["ci95"] for s in steps])
+        if torch.isfinite(mean).all():
+            ax.fill_between(steps, mean - ci, mean + ci, color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("inner steps on the support set")
+    ax.set_ylabel(f"query {metric} (median; band: mean ± 95% CI)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -7,22 +7,12 @@ import sys
 
 import pytest
 
-from innerloop.cli.main import main
 from innerloop.training.checkpoint import load_checkpoint
+
+from cli_runner import cli  # tests/cli_runner.py
 
 FAST = ["train.iterations=4", "train.log_every=1", "train.val_every=2", "train.val_tasks=5", "train.checkpoint_every=2",
         "train.progress=false", "eval.tasks=20", "eval.steps=[0,1]"]
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["innerloop", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

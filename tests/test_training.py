@@ -29,7 +29,10 @@ def weights(trainer):
     return {k: v.clone() for k, v in trainer.learner.state_dict().items()}
 
 
-@pytest.mark.parametrize("preset", ["maml-sine", "metasgd-sine", "reptile-sine", "anil-sine", "pretrained-sine"])
+@pytest.mark.parametrize("preset", [
+    "maml-sine", "metasgd-sine", "reptile-sine", "anil-sine", "pretrained-sine", "maml-lslr-sine",
+    "maml-metacurvature-sine", "maml-lstm-optimizer-sine", "maml-meta-lstm-sine", "cnp-sine",
+])
 def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, preset):
     full = Trainer(config(tmp_path, "full", preset, ["train.iterations=6", "train.checkpoint_every=3"]))
     full.fit()

@@ -129,7 +129,7 @@ class GradientLearner(MetaLearner):
         if not isinstance(update_rule, UpdateRule):
             raise TypeError(f"update_rule must be an innerloop UpdateRule, got {type(update_rule).__name__}")
         params = self.model_params()
-        update_rule.setup({n: params[n].shape for n in self.adapted_names}, max(inner_steps, 1), params[self.adapted_names[0]])
+        update_rule.bind({n: params[n].shape for n in self.adapted_names}, max(inner_steps, 1), params[self.adapted_names[0]])
         self.update_rule = update_rule
 
     # -- hooks ANIL overrides ---------------------------------------------------------

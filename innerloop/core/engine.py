@@ -3,7 +3,8 @@
 ``inner_loop`` is the pure function ``(params, support batch) -> adapted params`` at
 the heart of every optimization-based algorithm, built on ``torch.func.grad``:
 
-    theta'_{k+1} = rule(theta'_k, grad_theta L_support(theta'_k), k),   theta'_0 = theta
+    theta'_{k+1}, s_{k+1} = rule(theta'_k, grad_theta L_support(theta'_k), k, s_k, L_support(theta'_k)),
+    theta'_0 = theta,  s_0 = rule.init_state(theta)   (s: a learned optimizer's state, else None)
 
 Second order (MAML) keeps the graph of each inner gradient, so the outer backward
 differentiates through the inner loop; first order treats each inner gradient as a
@@ -77,16 +78,18 @@ def inner_loop(
     after 0, 1, ..., ``steps`` steps.
     """
 
-    def support_loss(fast_params: Params) -> torch.Tensor:
-        return loss_fn(forward({**shared, **fast_params}, x), y)
+    def support_loss(fast_params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = loss_fn(forward({**shared, **fast_params}, x), y)
+        return loss, loss  # the loss itself too: learned optimizers read it
 
-    support_grad = grad(support_loss)
+    support_grad = grad(support_loss, has_aux=True)
     path = [{**shared, **fast}] if trajectory else None
+    state = rule.init_state(fast)
     for step in range(steps):
-        grads = support_grad(fast)
+        grads, loss = support_grad(fast)
         if first_order:
-            grads = {n: g.detach() for n, g in grads.items()}
-        fast = rule(fast, grads, step)
+            grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
+        fast, state = rule.update(fast, grads, step, state, loss)
         if trajectory:
             path.append({**shared, **fast})
     return path if trajectory else {**shared, **fast}

@@ -80,7 +80,7 @@ def build_model(config: Config) -> nn.Module:
         return MLP(1, model.hidden, 1)
     from ..models import Conv4, ResNet12
 
-    head = None if config.algorithm.name == "protonets" else task.ways
+    head = None if config.algorithm.name in ("protonets", "snail") else task.ways  # embeddings only
     size = task.image_size or IMAGE_SIZES.get(task.name, 84)
     channels = CHANNELS.get(task.name, 3)
     if model.name == "conv4":
@@ -96,25 +96,40 @@ LEARNERS = {
     "reptile": algorithms.Reptile,
     "pretrained": algorithms.Pretrained,
     "protonets": algorithms.ProtoNets,
+    "cnp": algorithms.CNP,
+    "snail": algorithms.SNAIL,
 }
 
 
 def build_learner(config: Config, model: nn.Module | None = None) -> algorithms.MetaLearner:
     a = config.algorithm
+    if a.name == "cnp":
+        # A CNP is its own network (encoder h and decoder g, widths model.hidden), not a model handed to an algorithm.
+        if model is not None:
+            raise ValueError("cnp builds its encoder and decoder from model.hidden; pass no model (or build algorithms.CNP yourself)")
+        learner = algorithms.CNP(hidden=list(config.model.hidden), strategy=a.strategy)
+        return learner.to(device=config.train.device, dtype=DTYPES[config.train.dtype])
     model = build_model(config) if model is None else model
     if a.name not in LEARNERS:
         raise ConfigError(f"unknown algorithm algorithm.name={a.name!r}; available: {', '.join(LEARNERS)}")
     kwargs = dict(strategy=a.strategy, eval_steps=a.eval_steps)
+    rule = None if a.update_rule == "sgd" else RULES[a.update_rule](a.inner_lr)
     if a.name in ("maml", "fomaml"):
-        rule = None if a.update_rule == "sgd" else RULES[a.update_rule](a.inner_lr)
         learner = LEARNERS[a.name](
             model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, adapt=a.adapt, update_rule=rule,
             **({} if a.name == "fomaml" else {"first_order": a.first_order}), **kwargs,
         )
-    elif a.name in ("metasgd", "anil"):
-        learner = LEARNERS[a.name](model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, **kwargs)
+    elif a.name == "anil":
+        learner = algorithms.ANIL(
+            model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, update_rule=rule, **kwargs
+        )
+    elif a.name == "metasgd":
+        learner = algorithms.MetaSGD(model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, **kwargs)
     elif a.name == "protonets":
         learner = algorithms.ProtoNets(model, strategy=a.strategy)
+    elif a.name == "snail":
+        # The embedding (no head) is read as a sequence of task.ways * task.shots + 1 elements.
+        learner = algorithms.SNAIL(model, ways=config.task.ways, shots=config.task.shots, strategy=a.strategy)
     elif a.name == "reptile":
         learner = algorithms.Reptile(model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, **kwargs)
     else:

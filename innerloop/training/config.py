@@ -15,18 +15,19 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..core.update_rules import RULES
 from ..errors import ConfigError
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets
+    name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets | cnp | snail
     inner_lr: float = 0.01
     inner_steps: int = 1
     eval_steps: Optional[int] = None  # default adaptation steps for `adapt` (None: inner_steps)
     first_order: bool = False
     adapt: str = "all"  # all | head | a regular expression over parameter names
-    update_rule: str = "sgd"  # sgd | metasgd | lslr
+    update_rule: str = "sgd"  # sgd | metasgd | lslr | metacurvature | lstm-optimizer | meta-lstm (core.update_rules.RULES)
     strategy: str = "auto"  # vmap | loop | auto
 
 
@@ -152,14 +153,17 @@ def _explain(err: OmegaConfBaseException) -> str:
 
 
 CHOICES = {
-    "algorithm.name": ("maml", "fomaml", "metasgd", "anil", "reptile", "pretrained", "protonets"),
-    "algorithm.update_rule": ("sgd", "metasgd", "lslr"),
+    "algorithm.name": ("maml", "fomaml", "metasgd", "anil", "reptile", "pretrained", "protonets", "cnp", "snail"),
+    "algorithm.update_rule": tuple(RULES),
     "algorithm.strategy": ("vmap", "loop", "auto"),
     "task.name": ("sinusoid", "omniglot", "mini_imagenet", "cifar_fs", "fc100", "image_folder"),
     "model.name": ("mlp", "conv4", "resnet12"),
     "train.optimizer": ("adam", "sgd"),
     "train.dtype": ("float32", "float64", "bfloat16"),
 }
+FORWARD_PASS_LEARNERS = ("cnp", "snail")  # black-box learners: adapt in a forward pass, no inner loop
+FORWARD_PASS_PRESETS = {"cnp": "cnp-sine", "snail": "snail-omniglot-5w1s"}  # named in the fixes of their errors
+RULE_USERS = ("maml", "fomaml", "anil")  # the learners whose inner loop takes algorithm.update_rule
 POSITIVE = (
     "task.shots", "task.queries", "task.ways", "train.iterations", "train.meta_batch_size", "train.val_every",
     "train.val_tasks", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
@@ -185,6 +189,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"algorithm.inner_steps must be >= 0, got {config.algorithm.inner_steps}")
     if config.algorithm.inner_lr <= 0:
         raise ConfigError(f"algorithm.inner_lr must be positive, got {config.algorithm.inner_lr}")
+    if config.algorithm.update_rule != "sgd" and config.algorithm.name not in RULE_USERS:
+        raise ConfigError(
+            f"algorithm.update_rule={config.algorithm.update_rule!r} does not apply to algorithm.name="
+            f"{config.algorithm.name!r}: only {', '.join(RULE_USERS)} take an inner-loop update rule "
+            "(metasgd has its own); use algorithm.name=maml with this rule"
+        )
     if config.train.meta_lr <= 0:
         raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
     if config.train.lr_decay_every is not None and config.train.lr_decay_every < 1:
@@ -200,6 +210,8 @@ def validate(config: Config) -> None:
         raise ConfigError("model.hidden, model.widths and model.filters must be positive")
     if config.eval.ways is not None and config.eval.ways < 1:
         raise ConfigError(f"eval.ways must be a positive integer, got {config.eval.ways}")
+    if config.algorithm.name in FORWARD_PASS_LEARNERS:
+        _check_forward_pass_learner(config)
     image_task = config.task.name != "sinusoid"
     if image_task == (config.model.name == "mlp"):
         raise ConfigError(
@@ -211,6 +223,59 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{config.algorithm.name} has an output layer of task.ways={config.task.ways} classes, so it cannot be "
             f"evaluated on eval.ways={config.eval.ways}; set them equal (only protonets tests with other ways)"
+        )
+
+
+def _check_forward_pass_learner(config: Config) -> None:
+    """A learner that adapts in one forward pass (cnp, snail) has no inner loop: refuse any config asking for one.
+
+    Silently ignoring inner steps would print a table of identical "1 step", "5 steps"
+    columns, or train something other than what the config says.
+    """
+    a = config.algorithm
+    problems = []  # (what the config asks for, how to fix it)
+    if a.inner_steps != 0:
+        problems.append((f"algorithm.inner_steps={a.inner_steps}", "set algorithm.inner_steps=0"))
+    if a.eval_steps not in (None, 0):
+        problems.append((f"algorithm.eval_steps={a.eval_steps}", "leave algorithm.eval_steps unset"))
+    if a.update_rule != "sgd":
+        problems.append((f"algorithm.update_rule={a.update_rule}", "leave algorithm.update_rule=sgd"))
+    if any(s != 0 for s in config.eval.steps):
+        problems.append((f"eval.steps={list(config.eval.steps)}", "set eval.steps=[0]"))
+    if problems:
+        raise ConfigError(
+            f"algorithm.name={a.name} adapts to a task in one forward pass, with no inner gradient steps, but the config "
+            f"asks for {', '.join(p for p, _ in problems)}; {', '.join(f for _, f in problems)} "
+            f"(the {FORWARD_PASS_PRESETS[a.name]} preset does)"
+        )
+    if a.name == "cnp" and config.task.name != "sinusoid":
+        raise ConfigError(
+            f"algorithm.name={a.name} is implemented for regression only; use task.name=sinusoid "
+            f"(got task.name={config.task.name!r}), or protonets for classification"
+        )
+    if a.name == "snail":
+        _check_snail(config)
+
+
+def _check_snail(config: Config) -> None:
+    """SNAIL classifies images, reading sequences of task.ways * task.shots + 1 elements.
+
+    Its output layer has task.ways classes (the eval.ways check of ``validate`` applies) and
+    its temporal-convolution depth is built for that sequence length, on which it is trained:
+    evaluating other shots would feed it sequences it never saw, so it is refused.
+    """
+    task = config.task
+    if task.name == "sinusoid":
+        raise ConfigError(
+            "algorithm.name=snail is a few-shot image classifier; use an image task with an image model "
+            "(task.name=omniglot model.name=conv4, as the snail-omniglot-5w1s preset does), or cnp for regression "
+            "(got task.name='sinusoid')"
+        )
+    if list(config.eval.shots) != [task.shots]:
+        raise ConfigError(
+            f"algorithm.name=snail reads sequences of task.ways * task.shots + 1 = {task.ways * task.shots + 1} "
+            f"elements and is evaluated on the shots it was trained with; set eval.shots=[{task.shots}] "
+            f"(got eval.shots={list(config.eval.shots)}), or train another model with task.shots=K for K-shot tasks"
         )
 
 

@@ -1,0 +1,167 @@
+"""Conditional Neural Processes.
+
+Garnelo, Rosenbaum, Maddison, Ramalho, Saxton, Shanahan, Teh, Rezende & Eslami (2018),
+"Conditional Neural Processes", ICML. https://arxiv.org/abs/1807.01613
+
+A black-box (model-based) meta-learner: a network reads a task's support set (the
+paper's observations O = {(x_i, y_i)}) in one forward pass and predicts a Gaussian at
+every query input x* (the paper's targets). There is no inner gradient step; what
+"adapts" to the task is the representation r::
+
+    r_i = h_theta(x_i, y_i)                      encoder, each support pair on its own
+    r   = (1/K) sum_i r_i                         aggregation: a mean, so the prediction
+                                                  cannot depend on the order of the support set
+    (mu*, raw*) = g_theta(x*, r)                  decoder, each query input on its own
+    sigma* = 0.1 + 0.9 * softplus(raw*)           bounded below, as in the authors' code
+
+Meta-training minimizes the Gaussian negative log-likelihood of the query targets,
+averaged over the query points of a task and the tasks of a meta-batch::
+
+    L(theta) = - mean_tasks mean_queries log N(y* ; mu*, sigma*^2)
+
+(summed over the output dimensions: a diagonal Gaussian over y*). The floor 0.1 on
+sigma keeps a few well-fitted points from driving sigma to 0 and the likelihood to
+infinity early in training.
+
+Implementation notes:
+
+* The task protocol is innerloop's, shared with the MAML family so results tables
+  compare: context = the K support points, targets = the disjoint query points. The
+  paper instead draws the number of context points at random per batch and includes
+  them among the targets.
+* Reported metrics: ``loss`` is the query MSE of mu (what ``MetaLearner.task_metrics``
+  reports for regression in the MAML family, so a CNP row compares like with like) and ``nll`` the
+  Gaussian NLL above. ``meta_loss`` *returns* the NLL, the objective, while its metrics
+  dict carries both.
+* ``evaluate(batch, steps)`` accepts adaptation step counts only to share the
+  evaluation protocol of the other learners; with no inner loop every requested step
+  gets the same per-task metrics. Configs for ``cnp`` must ask for step 0 only
+  (``training.config.validate`` refuses inner steps), so tables hold no repeated columns.
+* The encoder and decoder act on the last dimension and the aggregation is a mean over
+  the point dimension, so :class:`CNPNet` itself accepts leading task dimensions; the
+  learner still maps tasks with ``vmap`` or a loop (``strategy``) like every other one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import MLP
+from ..tasks.batch import TaskBatch
+from .base import MetaLearner, _check_positive_int
+
+SIGMA_FLOOR = 0.1
+
+
+def gaussian_nll(y: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """-log N(y; mu, sigma^2) of each point ``(..., P, D) -> (..., P)``, summed over the D outputs.
+
+    Written out rather than via ``torch.distributions.Normal``, whose argument checks
+    branch on tensor values and so cannot run under ``vmap``.
+    """
+    z = (y - mu) / sigma
+    return (0.5 * z.pow(2) + sigma.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class CNPNet(nn.Module):
+    """Encoder h and decoder g of a CNP; ``forward(support_x, support_y, query_x) -> (mu, sigma)``.
+
+    ``widths`` are the sizes of the encoder's layers, the last one being the size of r;
+    the decoder mirrors them (``len(widths)`` layers, ReLU between). Inputs are
+    ``(..., points, x_dim)`` and ``(..., points, y_dim)``; leading dimensions are batched.
+    """
+
+    def __init__(self, x_dim: int = 1, y_dim: int = 1, widths: Sequence[int] = (128, 128, 128)) -> None:
+        super().__init__()
+        widths = [_check_positive_int("width", w) for w in widths]
+        if not widths:
+            raise ValueError("a CNP needs at least one layer: widths must not be empty")
+        self.x_dim = _check_positive_int("x_dim", x_dim)
+        self.y_dim = _check_positive_int("y_dim", y_dim)
+        self.encoder = MLP(x_dim + y_dim, widths[:-1], widths[-1])
+        self.decoder = MLP(x_dim + widths[-1], widths[:-1], 2 * y_dim)  # mu and the raw sigma
+
+    def encode(self, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+        """r = mean_i h(x_i, y_i): ``(..., K, x_dim), (..., K, y_dim) -> (..., R)``."""
+        return self.encoder(torch.cat([support_x, support_y], -1)).mean(-2)
+
+    def decode(self, r: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, sigma) = g(x*, r) at every query input: ``(..., R), (..., Q, x_dim) -> 2 x (..., Q, y_dim)``."""
+        r = r.unsqueeze(-2).expand(*query_x.shape[:-1], r.shape[-1])
+        mu, raw_sigma = self.decoder(torch.cat([query_x, r], -1)).split(self.y_dim, -1)
+        return mu, SIGMA_FLOOR + (1 - SIGMA_FLOOR) * F.softplus(raw_sigma)
+
+    def forward(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(self.encode(support_x, support_y), query_x)
+
+
+class CNP(MetaLearner):
+    """Conditional Neural Process: adapts to a task in one forward pass over its support set.
+
+    Args:
+        x_dim, y_dim: sizes of an input and a target (1 and 1 for sinusoids).
+        hidden: the width of each layer of the encoder and decoder, or a list of
+            widths, one per layer (then ``layers`` is not used). The last width is the
+            size of the representation r.
+        layers: the number of layers of the encoder and of the decoder (default 3 of
+            128 each, the paper's 1-D regression encoder).
+        strategy: ``"vmap"``, ``"loop"`` or ``"auto"``: how tasks are mapped.
+
+    ``parameters()`` are exactly the meta-parameters (encoder and decoder).
+    ``adapt(support_x, support_y)`` returns r, ``predict(support_x, support_y, query_x)``
+    the ``(mu, sigma)`` of one task, ``learner.decode(r, query_x)`` the same from r.
+    """
+
+    eval_steps = 0  # no inner loop: the trainer validates at step 0
+
+    def __init__(
+        self, x_dim: int = 1, y_dim: int = 1, hidden: int | Sequence[int] = 128, layers: int = 3, strategy: str = "auto"
+    ) -> None:
+        widths = [hidden] * _check_positive_int("layers", layers) if isinstance(hidden, int) else list(hidden)
+        super().__init__(CNPNet(x_dim, y_dim, widths), loss_fn=None, strategy=strategy)
+
+    # -- one task ---------------------------------------------------------------------------
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """The representation r ``(R,)`` of one task's support set. ``steps`` is ignored (no inner loop)."""
+        return self.model.encode(support_x, support_y)
+
+    def decode(self, r: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.decode(r, query_x)
+
+    def predict(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, sigma)``, each ``(Q, y_dim)``, at the query inputs of one task."""
+        return self.model(support_x, support_y, query_x)
+
+    def forward(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predict(support_x, support_y, query_x)
+
+    def query_metrics(self, mu, sigma, query_y) -> dict[str, torch.Tensor]:
+        """Query ``loss`` (MSE of mu, the MAML family's regression metric) and ``nll`` of one task."""
+        return {"loss": F.mse_loss(mu, query_y), "nll": gaussian_nll(query_y, mu, sigma).mean()}
+
+    # -- the MetaLearner interface ------------------------------------------------------------
+    def episode_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Per-task query ``loss`` (MSE) and ``nll``, each ``(T,)``."""
+
+        def task(support_x, support_y, query_x, query_y):
+            return self.query_metrics(*self.model(support_x, support_y, query_x), query_y)
+
+        return self.map_tasks(task, batch)
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean query NLL (the objective) and the batch means of ``loss`` (MSE) and ``nll``."""
+        per_task = self.episode_metrics(batch)
+        return per_task["nll"].mean(), {name: value.detach().mean() for name, value in per_task.items()}
+
+    @torch.no_grad()
+    def evaluate(self, batch: TaskBatch, steps: Sequence[int] = (0,)) -> dict[int, dict[str, torch.Tensor]]:
+        """``{s: {"loss": (T,), "nll": (T,)}}`` for each ``s`` in ``steps``, all the same metrics:
+        a CNP has no adaptation steps; ``steps`` only exists to share the evaluation protocol."""
+        steps = sorted({_check_positive_int("steps", s, allow_zero=True) for s in steps})
+        per_task = self.episode_metrics(batch)
+        return {s: dict(per_task) for s in steps}
