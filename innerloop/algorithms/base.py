@@ -89,6 +89,13 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
 
+def check_class_labels(learner: str, *labels: torch.Tensor) -> None:
+    """Classification learners index by label: refuse float, complex and boolean labels clearly."""
+    for y in labels:
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"{learner} needs integer class labels 0..N-1, got dtype {y.dtype}")
+
+
 def _check_positive_int(name: str, value: int, allow_zero: bool = False) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
         bound = "a non-negative" if allow_zero else "a positive"

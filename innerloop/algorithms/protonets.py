@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..core.batchnorm import TransductiveBatchNorm
 from ..core.params import Params
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner
+from .base import MetaLearner, check_class_labels
 
 
 def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,12 +89,6 @@ def _episode(z_support, y_support, z_query, y_query, ways: int) -> dict[str, tor
     loss = -log_p.gather(-1, y_query.unsqueeze(-1)).squeeze(-1).mean(-1)
     accuracy = (logits.argmax(-1) == y_query).to(logits.dtype).mean(-1)
     return {"loss": loss, "accuracy": accuracy}
-
-
-def _check_labels(*labels: torch.Tensor) -> None:
-    for y in labels:
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"ProtoNets needs integer class labels 0..N-1, got dtype {y.dtype}")
 
 
 class ProtoNets(MetaLearner):
@@ -136,7 +130,7 @@ class ProtoNets(MetaLearner):
 
         ``ways`` defaults to ``support_y.max() + 1``; every class must have a support example.
         """
-        _check_labels(support_y)
+        check_class_labels("ProtoNets", support_y)
         prototypes, counts = class_prototypes(self.embed(support_x), support_y, self._ways(support_y, ways))
         if bool((counts == 0).any()):
             missing = (counts == 0).nonzero().flatten().tolist()
@@ -166,7 +160,7 @@ class ProtoNets(MetaLearner):
 
     def episode_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Per-task query ``loss`` (NLL of eq. 2) and ``accuracy``, each ``(T,)``."""
-        _check_labels(batch.support_y, batch.query_y)
+        check_class_labels("ProtoNets", batch.support_y, batch.query_y)
         ways = self._ways(batch.support_y, None, batch.query_y)
         params = self.model_params()
         shots = batch.support_x.shape[1]

@@ -100,7 +100,7 @@ from torch import nn
 
 from ..core.batchnorm import TransductiveBatchNorm
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, _check_positive_int
+from .base import MetaLearner, _check_positive_int, check_class_labels
 
 SUPPORT_ORDERS = ("content", "batch")
 #: The few-shot classification network of the paper's appendix: ("attention", key size, value size)
@@ -392,12 +392,6 @@ def content_order(support_x: torch.Tensor) -> torch.Tensor:
     return keys.argsort(dim=-1, stable=True)
 
 
-def _check_labels(*labels: torch.Tensor) -> None:
-    for y in labels:
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"SNAIL needs integer class labels 0..N-1, got dtype {y.dtype}")
-
-
 class SNAIL(MetaLearner):
     """SNAIL: adapts to an N-way K-shot task in one causal forward pass over its support set.
 
@@ -463,7 +457,7 @@ class SNAIL(MetaLearner):
     def _check(self, support_y: torch.Tensor, query_y: torch.Tensor | None = None) -> None:
         """Integer labels in 0..N-1 (one host sync) and a support set of N*K examples."""
         labels = (support_y,) if query_y is None else (support_y, query_y)
-        _check_labels(*labels)
+        check_class_labels("SNAIL", *labels)
         size = support_y.shape[-1]
         if size != self.ways * self.shots:
             raise ValueError(
