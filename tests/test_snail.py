@@ -358,6 +358,7 @@ def test_train_the_preset_from_the_command_line(tmp_path, monkeypatch, capsys):
                          "eval.tasks=4", "eval.queries=2", "eval.batch_size=4")
     assert code == 0, err
     assert "trained snail for 2 iterations" in out and "1-shot, 0 steps" in out and "validation: loss=" in out
+    assert "batch norm from each task's support set" in out and "transductive" not in out
     assert load_checkpoint(run).iteration == 2
     result = json.loads((run / "eval.json").read_text())["results"]["1"]["0"]
     assert result["accuracy"]["n"] == 4 and 0 <= result["accuracy"]["mean"] <= 1

@@ -73,12 +73,14 @@ def train(
 def _report(learner, cfg, results, output: Path, format_table) -> None:
     metric = "accuracy" if any("accuracy" in m for r in results.values() for m in r.values()) else "loss"
     title = "accuracy %" if metric == "accuracy" else "query MSE"
-    bn = " batch norm transductive (batch statistics)," if any("BatchNorm" in type(m).__name__ for m in learner.modules()) else ""
+    kinds = {type(m).__name__ for m in learner.modules()}
+    bn = (" batch norm transductive (batch statistics)," if "TransductiveBatchNorm" in kinds
+          else " batch norm from each task's support set," if "SupportBatchNorm" in kinds else "")
     typer.echo(f"{cfg.algorithm.name} on {cfg.task.name}, {cfg.eval.tasks} test tasks,{bn} mean ± 95% CI (1.96 std/sqrt(n)):")
     typer.echo(format_table({cfg.algorithm.name: results}, metric=metric, title=title))
     payload = {
         "algorithm": cfg.algorithm.name, "task": cfg.task.name, "tasks": cfg.eval.tasks, "seed": cfg.eval.seed,
-        "transductive_batch_norm": bool(bn),
+        "transductive_batch_norm": "TransductiveBatchNorm" in kinds, "support_batch_norm": "SupportBatchNorm" in kinds,
         "results": {str(k): {str(s): v for s, v in r.items()} for k, r in results.items()},
     }
     output.write_text(json.dumps(payload, indent=2))
