@@ -1,7 +1,6 @@
 """The command line: smoke tests and a clear one-line error for every bad input."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 from innerloop.training.checkpoint import load_checkpoint
 
 from cli_runner import cli  # tests/cli_runner.py
+from shared_data import needs_omniglot  # tests/shared_data.py
 
 FAST = ["train.iterations=4", "train.log_every=1", "train.val_every=2", "train.val_tasks=5", "train.checkpoint_every=2",
         "train.progress=false", "eval.tasks=20", "eval.steps=[0,1]"]
@@ -114,10 +114,7 @@ def test_module_entry_point_runs():
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown preset 'nope'")
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
-
-
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data/omniglot")
+@needs_omniglot
 def test_protonets_learns_real_omniglot_from_the_cli(tmp_path, monkeypatch, capsys):
     """The README's command on the real data: a short run already beats chance (20%) by far."""
     run = tmp_path / "pn"

@@ -18,8 +18,9 @@ from PIL import Image
 from innerloop.data import ChecksumError, EpisodicTasks, cifar_fs, fc100, image_folder, mini_imagenet
 from innerloop.data import _common
 
+from shared_data import SHARED  # tests/shared_data.py
+
 folders = importlib.import_module("innerloop.data.folders")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPLITS = Path(folders.__file__).parent / "splits"
 
 

@@ -16,9 +16,10 @@ from innerloop.data import ChecksumError, EpisodicTasks, omniglot
 from innerloop.data import _common
 from innerloop.data.omniglot import convert_omniglot, vinyals_split
 
+from shared_data import SHARED  # tests/shared_data.py
+
 omniglot_module = importlib.import_module("innerloop.data.omniglot")  # the package attribute is the function
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL = SHARED / "omniglot"
 needs_real = pytest.mark.skipif(not (REAL / "background.npz").is_file() or not (REAL / "evaluation.npz").is_file(),
                                 reason=f"the prepared Omniglot copy is not at {REAL}")

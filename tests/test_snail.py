@@ -3,7 +3,6 @@ sequences), queries independent of each other, the support labels are read, batc
 learning, the config guards, and the command line."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import load_config
 
 from cli_runner import cli  # tests/cli_runner.py
+from shared_data import needs_omniglot  # tests/shared_data.py
 
 
 def snail64(ways=3, shots=2, hidden=4, seed=0, **kwargs) -> SNAIL:
@@ -346,10 +346,7 @@ def test_bad_configs_are_refused_with_the_fix(preset, overrides, words):
 # --------------------------------------------------------------------------- command line
 
 
-OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
-
-
-@pytest.mark.skipif(not OMNIGLOT.exists(), reason="needs ../shared/data/omniglot")
+@needs_omniglot
 def test_train_the_preset_from_the_command_line(tmp_path, monkeypatch, capsys):
     run = tmp_path / "snail"
     code, out, err = cli(monkeypatch, capsys, "train", "--config", "snail-omniglot-5w1s", "--out", run,

@@ -1,11 +1,9 @@
 """Training engine: exact resume, atomic checkpoints, divergence, learning."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

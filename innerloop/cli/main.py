@@ -151,7 +151,9 @@ def main() -> None:
     try:
         app()
     except InnerloopError as err:
-        rank = f" (rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        from ..training.distributed import launched_by_torchrun
+
+        rank = f" (rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']})" if launched_by_torchrun() else ""
         typer.echo(f"error{rank}: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:

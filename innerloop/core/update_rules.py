@@ -211,6 +211,12 @@ def flatten(params: Params) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in params.values()])
 
 
+def coordinate_zeros(params: Params, width: int) -> torch.Tensor:
+    """A zero state of ``width`` features for every coordinate of ``params`` (in ``flatten`` order)."""
+    like = next(iter(params.values()))
+    return like.new_zeros(sum(t.numel() for t in params.values()), width)
+
+
 def unflatten(flat: torch.Tensor, like: Params) -> Params:
     out, offset = {}, 0
     for name, t in like.items():
@@ -249,9 +255,7 @@ class LearnedOptimizerLSTM(UpdateRule):
         self.to(dtype=like.dtype, device=like.device)
 
     def init_state(self, params):
-        n = sum(t.numel() for t in params.values())
-        like = next(iter(params.values()))
-        zeros = like.new_zeros(n, self.layers[0].hidden)
+        zeros = coordinate_zeros(params, self.layers[0].hidden)
         return [(zeros, zeros) for _ in self.layers]
 
     def update(self, params, grads, step, state, loss):
@@ -307,10 +311,7 @@ class MetaLearnerLSTM(UpdateRule):
             self.forget_gate.bias.fill_(self.forget_bias)
 
     def init_state(self, params):
-        n = sum(t.numel() for t in params.values())
-        like = next(iter(params.values()))
-        zeros = like.new_zeros(n, self.encoder.hidden)
-        gates = like.new_zeros(n, 1)
+        zeros, gates = coordinate_zeros(params, self.encoder.hidden), coordinate_zeros(params, 1)
         # i_0 = 0, f_0 = 1: no earlier step (the paper leaves these unspecified).
         return {"encoder": (zeros, zeros), "i": gates, "f": gates + 1}
 
