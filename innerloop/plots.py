@@ -1,4 +1,4 @@
-"""Figures: the MAML paper's sinusoid figure, training curves."""
+"""Figures: the MAML paper's sinusoid and 2D-navigation figures, training curves, adaptation curves."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def training_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
     """Loss (and accuracy when logged) against iteration, training and validation."""
     run_dir = Path(run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    metrics = [m for m in ("loss", "accuracy") if any(m in r for r in records)]
+    metrics = [m for m in ("loss", "accuracy", "return_before", "return_after") if any(m in r for r in records)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for split, style in (("train", "-"), ("val", "o-")):
@@ -136,6 +136,59 @@ def adaptation_curves(curves: dict[str, dict[int, dict]], path: str | Path, metr
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def return_curve(results: dict[int, dict], path: str | Path, paper: dict[int, float] | None = None,
+                 title: str = "return against adaptation steps") -> Path:
+    """Mean return (± standard error over tasks) after each number of policy-gradient steps."""
+    steps = sorted(results)
+    mean = [results[s]["return"]["mean"] for s in steps]
+    err = [results[s]["return"]["stderr"] for s in steps]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.errorbar(steps, mean, yerr=err, fmt="o-", capsize=3, label="innerloop")
+    if paper:
+        ax.plot(sorted(paper), [paper[s] for s in sorted(paper)], "s--", color="gray", label="Finn et al. 2017")
+    ax.set_xlabel("policy-gradient adaptation steps")
+    ax.set_ylabel("average return (± s.e. over tasks)")
+    ax.set_xticks(steps)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), episodes: int = 3) -> Path:
+    """2D navigation before and after adaptation, goal marked (Finn et al. 2017, Figure 4).
+
+    ``draw`` is an :class:`~innerloop.rl.learner.Adaptation` whose ``episodes[k]`` were
+    played after ``k`` steps; the goal is the one of task ``task``.
+    """
+    goal = draw.tasks[task]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for k in [k for k in steps if k < len(draw.episodes)]:
+        positions = draw.episodes[k].observations[task].float()  # [E, H, 2]
+        label = "pre-update" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
+        for e in range(min(episodes, positions.shape[0])):  # a few sampled episodes, thin
+            ax.plot(positions[e, :, 0].numpy(), positions[e, :, 1].numpy(), "-", lw=0.6, alpha=0.35, color=f"C{k}")
+        mean = positions.mean(0)  # the average path over all episodes, thick
+        ax.plot(mean[:, 0].numpy(), mean[:, 1].numpy(), "-", lw=2.5, color=f"C{k}", label=f"{label} (mean of {positions.shape[0]})")
+    ax.plot([float(goal[0])], [float(goal[1])], "*", color="gold", markeredgecolor="black", ms=18, label="goal")
+    ax.plot([0], [0], "ko", ms=4)
+    ax.set_xlim(-0.6, 0.6)
+    ax.set_ylim(-0.6, 0.6)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("2D navigation: trajectories before and after adaptation")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -39,11 +39,13 @@ def train(
     """Meta-train from a preset or config file (under torchrun: data-parallel over the ranks)."""
     from ..plots import episode_figure, training_curves
     from ..training.builders import build_tasks
-    from ..training.config import load_config
+    from ..training.config import is_rl, load_config
     from ..training.distributed import make_trainer
     from ..training.evaluate import evaluate_config, format_table
 
     cfg = load_config(config, overrides or [], out_dir=out)
+    if is_rl(cfg):
+        return _train_rl(cfg, resume, evaluate)
     trainer = make_trainer(cfg, resume=resume)
     group = trainer.group
     if trainer.start_iteration and trainer.is_main:
@@ -68,6 +70,53 @@ def train(
         typer.echo(f"an evaluation episode: {picture}")
     if results is not None:
         _report(trainer.learner, cfg, results, Path(cfg.out_dir) / "eval.json", format_table)
+
+
+def _train_rl(cfg, resume: bool, evaluate: bool) -> None:
+    from ..plots import training_curves
+    from ..rl.evaluate import evaluate_rl
+    from ..training.distributed import make_trainer
+
+    trainer = make_trainer(cfg, resume=resume)
+    group = trainer.group
+    if trainer.start_iteration and trainer.is_main:
+        typer.echo(f"resuming from iteration {trainer.start_iteration} ({trainer.last_checkpoint})")
+    try:
+        summary = trainer.fit()
+        if group is not None:
+            group.barrier()
+    finally:
+        if group is not None:
+            group.close()
+    if not trainer.is_main:
+        return
+    ranks = f" on {group.world_size} processes" if group else ""
+    typer.echo(f"trained {cfg.algorithm.name} on {cfg.task.name} for {cfg.train.iterations} iterations{ranks}; "
+               f"last checkpoint {trainer.last_checkpoint}")
+    if "val" in summary:
+        typer.echo("validation: " + ", ".join(f"{k}={v:.2f}" for k, v in summary["val"].items() if k != "iteration"))
+    training_curves(cfg.out_dir)
+    if evaluate:  # on rank 0: the evaluation's tasks are few and each is its own random stream
+        _report_rl(cfg, *evaluate_rl(trainer.learner, cfg, keep=True), Path(cfg.out_dir))
+
+
+def _report_rl(cfg, results, draws, out_dir: Path, output: Path | None = None) -> None:
+    """Print the returns table of the MAML protocol, write eval.json and the figures."""
+    from ..plots import navigation_figure, return_curve
+    from ..rl.evaluate import PAPER, format_returns
+
+    e, r = cfg.eval, cfg.rl
+    typer.echo(f"{cfg.algorithm.name} on {cfg.task.name}: return after adaptation steps, {e.tasks} test tasks, "
+               f"{r.eval_episodes} episodes per step, step sizes {list(r.eval_lrs)}; mean ± standard error over tasks")
+    typer.echo(format_returns(results, cfg.task.name))
+    output = output or out_dir / "eval.json"
+    payload = {"algorithm": cfg.algorithm.name, "task": cfg.task.name, "tasks": e.tasks, "seed": e.seed,
+               "episodes": r.eval_episodes, "lrs": list(r.eval_lrs), "results": {str(k): v for k, v in results.items()}}
+    output.write_text(json.dumps(payload, indent=2))
+    figures = [return_curve(results, out_dir / "returns.png", PAPER.get(cfg.task.name))]
+    if cfg.task.name == "nav2d":
+        figures.append(navigation_figure(draws[0], out_dir / "trajectories.png", steps=[s for s in e.steps if s <= 3]))
+    typer.echo(f"results written to {output}; figures: {', '.join(map(str, figures))}")
 
 
 def _report(learner, cfg, results, output: Path, format_table) -> None:
@@ -102,6 +151,9 @@ def evaluate_checkpoint(
     from ..training.config import validate
     from ..training.evaluate import evaluate_config, format_table
 
+    from ..errors import ConfigError
+    from ..training.config import is_rl
+
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
     if tasks is not None:
@@ -111,10 +163,17 @@ def evaluate_checkpoint(
     if steps:
         cfg.eval.steps = list(steps)
     if shots:
+        if is_rl(cfg):
+            raise ConfigError("--shots does not apply to meta-RL; episodes per adaptation step are the config's rl.eval_episodes")
         cfg.eval.shots = list(shots)
     validate(cfg)
     learner = build_learner(cfg)
     restore_learner(learner, ckpt, cfg)
+    if is_rl(cfg):
+        from ..rl.evaluate import evaluate_rl
+
+        out_dir = ckpt.path.parent.parent
+        return _report_rl(cfg, *evaluate_rl(learner, cfg, keep=True), out_dir, output)
     learner.chooser.choices.update(ckpt.state.get("strategy_choices", {}))
     results = evaluate_config(learner, cfg, build_tasks)
     _report(learner, cfg, results, output or ckpt.path.parent.parent / "eval.json", format_table)

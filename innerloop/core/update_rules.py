@@ -19,7 +19,7 @@ rule value can be created before the model it will serve.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -64,19 +64,26 @@ class UpdateRule(nn.Module):
 
 
 class SGD(UpdateRule):
-    """Plain gradient descent with a fixed rate (MAML): theta' = theta - alpha * g."""
+    """Plain gradient descent (MAML): theta'_{k+1} = theta'_k - alpha_k * g.
 
-    def __init__(self, lr: float) -> None:
+    ``lr`` is one fixed rate, or a schedule of rates per step (the last one repeats for
+    later steps), such as the MAML paper's meta-RL evaluation: 0.1, then 0.05.
+    """
+
+    def __init__(self, lr: float | Sequence[float]) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"inner learning rate must be positive, got {lr}")
-        self.lr = float(lr)
+        rates = [float(lr)] if isinstance(lr, (int, float)) else [float(r) for r in lr]
+        if not rates or not all(r > 0 for r in rates):
+            raise ValueError(f"inner learning rates must be positive (and at least one given), got {lr}")
+        self.rates = rates
+        self.lr = rates[0]
 
     def forward(self, params: Params, grads: Params, step: int) -> Params:
-        return {n: p - self.lr * grads[n] for n, p in params.items()}
+        lr = self.rates[min(step, len(self.rates) - 1)]
+        return {n: p - lr * grads[n] for n, p in params.items()}
 
     def describe(self) -> str:
-        return f"SGD(lr={self.lr})"
+        return f"SGD(lr={self.lr if len(self.rates) == 1 else self.rates})"
 
 
 class MetaSGDRates(UpdateRule):

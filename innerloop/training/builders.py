@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..models import MLP
 from ..tasks import SinusoidTasks
 from ..tasks.seeding import derive_seed
-from .config import Config
+from .config import Config, is_rl
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -32,6 +32,10 @@ def build_tasks(config: Config, split: str = "train", shots: int | None = None, 
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
+    if is_rl(config):
+        from ..rl.trainer import RLTasks
+
+        return RLTasks(build_family(config), config, split)
     task = config.task
     seed = config.train.seed if split == "train" else derive_seed(config.train.seed, split)
     if split == "test":
@@ -101,8 +105,42 @@ LEARNERS = {
 }
 
 
+def build_family(config: Config):
+    """The meta-RL task family of ``config.task.name`` (``innerloop.rl.envs``)."""
+    from ..rl.envs import make_family
+
+    options = {"horizon": config.rl.horizon} if config.rl.horizon else {}
+    if config.task.name == "bandit":
+        options["arms"] = config.rl.arms
+    if config.task.name in ("halfcheetah-vel", "halfcheetah-dir", "ant-dir"):
+        options["workers"] = config.rl.workers
+    return make_family(config.task.name, **options)
+
+
+def build_rl_learner(config: Config, model: nn.Module | None = None):
+    """MAML-TRPO or ProMP over a policy for the config's task family."""
+    from ..rl import MAMLTRPO, ProMP, make_policy
+
+    a, r = config.algorithm, config.rl
+    family = build_family(config)
+    policy = make_policy(family, hidden=tuple(config.model.hidden), init_std=r.init_std) if model is None else model
+    common = dict(inner_lr=a.inner_lr, inner_steps=a.inner_steps, episodes=r.episodes, first_order=a.first_order,
+                  gamma=r.gamma, gae_lambda=r.gae_lambda)
+    if r.estimator:
+        common["estimator"] = r.estimator
+    if a.name == "maml-trpo":
+        learner = MAMLTRPO(policy, family, max_kl=r.max_kl, cg_iterations=r.cg_iterations, cg_damping=r.cg_damping,
+                           backtrack_ratio=r.backtrack_ratio, max_backtracks=r.max_backtracks, **common)
+    else:
+        learner = ProMP(policy, family, clip=r.clip, outer_steps=r.outer_steps, inner_kl_target=r.inner_kl_target,
+                        inner_kl_coef=r.inner_kl_coef, **common)
+    return learner.to(device=config.train.device, dtype=DTYPES[config.train.dtype])
+
+
 def build_learner(config: Config, model: nn.Module | None = None) -> algorithms.MetaLearner:
     a = config.algorithm
+    if is_rl(config):
+        return build_rl_learner(config, model)
     if a.name == "cnp":
         # A CNP is its own network (encoder h and decoder g, widths model.hidden), not a model handed to an algorithm.
         if model is not None:
@@ -137,8 +175,11 @@ def build_learner(config: Config, model: nn.Module | None = None) -> algorithms.
     return learner.to(device=config.train.device, dtype=DTYPES[config.train.dtype])
 
 
-def build_optimizer(config: Config, learner: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, learner: nn.Module) -> torch.optim.Optimizer | None:
+    """The meta-optimizer (None for maml-trpo, whose TRPO step is its own optimizer)."""
     t = config.train
+    if config.algorithm.name == "maml-trpo":
+        return None
     if t.optimizer == "adam":
         return torch.optim.Adam(learner.parameters(), lr=t.meta_lr)
     return torch.optim.SGD(learner.parameters(), lr=t.meta_lr)

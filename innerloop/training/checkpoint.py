@@ -138,10 +138,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 # Options that do not change what a run computes, so they may differ on resume.
-HARMLESS = {"algorithm.strategy", "task.root", "task.download"}
+HARMLESS = {"algorithm.strategy", "task.root", "task.download", "rl.workers", "rl.eval_episodes", "rl.eval_lrs"}
 
 
-def config_differences(config: Config, other: Config, sections=("algorithm", "model", "task")) -> list[str]:
+def config_differences(config: Config, other: Config, sections=("algorithm", "model", "task", "rl")) -> list[str]:
     ours, theirs = to_dict(config), to_dict(other)
     return [
         f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}"

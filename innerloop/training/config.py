@@ -17,11 +17,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..core.update_rules import RULES
 from ..errors import ConfigError
+from ..rl.envs import FAMILIES as RL_FAMILIES
+from ..rl.estimators import ESTIMATORS as RL_ESTIMATORS
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets | cnp | snail
+    name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets | cnp | snail | maml-trpo | promp
     inner_lr: float = 0.01
     inner_steps: int = 1
     eval_steps: Optional[int] = None  # default adaptation steps for `adapt` (None: inner_steps)
@@ -33,7 +35,7 @@ class AlgorithmConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "sinusoid"  # sinusoid | omniglot | mini_imagenet | cifar_fs | fc100 | image_folder
+    name: str = "sinusoid"  # sinusoid | omniglot | mini_imagenet | cifar_fs | fc100 | image_folder | a meta-RL family (rl section)
     shots: int = 10
     queries: int = 10
     ways: int = 5  # classification only: ways of the meta-training tasks
@@ -88,12 +90,42 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """Meta-reinforcement learning (task.name a family of ``innerloop.rl.envs``, algorithm maml-trpo or promp).
+
+    train.meta_batch_size is the number of tasks per meta-batch, algorithm.inner_lr and
+    algorithm.inner_steps the inner loop, eval.tasks / eval.steps / eval.seed the protocol.
+    """
+
+    episodes: int = 20  # episodes per task per adaptation step (the MAML paper's fast batch size)
+    horizon: Optional[int] = None  # default: the family's (nav2d 100, MuJoCo 200, bandit 10)
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    estimator: Optional[str] = None  # dice | lvc | vpg (default: dice for maml-trpo, lvc for promp)
+    init_std: float = 1.0  # initial standard deviation of the Gaussian policy
+    max_kl: float = 0.01  # maml-trpo: the trust region
+    cg_iterations: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+    clip: float = 0.3  # promp: clipped objective
+    outer_steps: int = 5  # promp: Adam steps per meta-batch
+    inner_kl_target: float = 0.01  # promp
+    inner_kl_coef: float = 5e-4  # promp: initial weight of the inner KL penalty
+    arms: int = 5  # bandit
+    workers: int = 1  # MuJoCo: processes stepping the environments (1: in this process)
+    eval_episodes: int = 20  # episodes per task per adaptation step at evaluation
+    eval_lrs: list[float] = field(default_factory=lambda: [0.1, 0.05])  # evaluation step sizes (the last repeats)
+
+
+@dataclass
 class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     out_dir: str = MISSING
 
 
@@ -152,11 +184,12 @@ def _explain(err: OmegaConfBaseException) -> str:
     return f"invalid value for {key!r}: {message}"
 
 
+RL_ALGORITHMS = ("maml-trpo", "promp")
 CHOICES = {
-    "algorithm.name": ("maml", "fomaml", "metasgd", "anil", "reptile", "pretrained", "protonets", "cnp", "snail"),
+    "algorithm.name": ("maml", "fomaml", "metasgd", "anil", "reptile", "pretrained", "protonets", "cnp", "snail", *RL_ALGORITHMS),
     "algorithm.update_rule": tuple(RULES),
     "algorithm.strategy": ("vmap", "loop", "auto"),
-    "task.name": ("sinusoid", "omniglot", "mini_imagenet", "cifar_fs", "fc100", "image_folder"),
+    "task.name": ("sinusoid", "omniglot", "mini_imagenet", "cifar_fs", "fc100", "image_folder", *RL_FAMILIES),
     "model.name": ("mlp", "conv4", "resnet12"),
     "train.optimizer": ("adam", "sgd"),
     "train.dtype": ("float32", "float64", "bfloat16"),
@@ -212,6 +245,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"eval.ways must be a positive integer, got {config.eval.ways}")
     if config.algorithm.name in FORWARD_PASS_LEARNERS:
         _check_forward_pass_learner(config)
+    if (config.algorithm.name in RL_ALGORITHMS) or (config.task.name in RL_FAMILIES):
+        _check_rl(config)
+        return
     image_task = config.task.name != "sinusoid"
     if image_task == (config.model.name == "mlp"):
         raise ConfigError(
@@ -277,6 +313,41 @@ def _check_snail(config: Config) -> None:
             f"elements and is evaluated on the shots it was trained with; set eval.shots=[{task.shots}] "
             f"(got eval.shots={list(config.eval.shots)}), or train another model with task.shots=K for K-shot tasks"
         )
+
+
+def is_rl(config: Config) -> bool:
+    return config.task.name in RL_FAMILIES
+
+
+def _check_rl(config: Config) -> None:
+    """Meta-RL needs a meta-RL algorithm on a task family, a policy MLP, and sane RL settings."""
+    a, r = config.algorithm, config.rl
+    if a.name not in RL_ALGORITHMS or config.task.name not in RL_FAMILIES:
+        raise ConfigError(
+            f"algorithm.name={a.name!r} with task.name={config.task.name!r}: meta-RL pairs an algorithm of "
+            f"{', '.join(RL_ALGORITHMS)} with a task family of {', '.join(RL_FAMILIES)} "
+            "(e.g. the maml-trpo-nav2d preset); supervised tasks take the other algorithms"
+        )
+    if config.model.name != "mlp":
+        raise ConfigError(f"meta-RL policies are MLPs (model.name=mlp, widths model.hidden); got model.name={config.model.name!r}")
+    if a.inner_steps < 1:
+        raise ConfigError(f"meta-RL adapts with at least one policy-gradient step; set algorithm.inner_steps >= 1 (got {a.inner_steps})")
+    if a.update_rule != "sgd":
+        raise ConfigError(f"meta-RL uses plain SGD inner steps (rates algorithm.inner_lr, rl.eval_lrs); got algorithm.update_rule={a.update_rule!r}")
+    if r.estimator is not None and r.estimator not in RL_ESTIMATORS:
+        raise ConfigError(f"rl.estimator={r.estimator!r} is not supported; choose one of: {', '.join(RL_ESTIMATORS)}")
+    for name in ("episodes", "eval_episodes", "cg_iterations", "outer_steps", "arms", "workers", "max_backtracks"):
+        if getattr(r, name) < 1:
+            raise ConfigError(f"rl.{name} must be a positive integer, got {getattr(r, name)}")
+    if r.horizon is not None and r.horizon < 1:
+        raise ConfigError(f"rl.horizon must be a positive integer (or null for the family's), got {r.horizon}")
+    for name in ("max_kl", "init_std", "clip", "inner_kl_target"):
+        if not getattr(r, name) > 0:
+            raise ConfigError(f"rl.{name} must be positive, got {getattr(r, name)}")
+    if not (0 < r.gamma <= 1 and 0 <= r.gae_lambda <= 1 and 0 < r.backtrack_ratio < 1):
+        raise ConfigError(f"need 0 < rl.gamma <= 1, 0 <= rl.gae_lambda <= 1, 0 < rl.backtrack_ratio < 1; got {r.gamma}, {r.gae_lambda}, {r.backtrack_ratio}")
+    if not r.eval_lrs or any(lr <= 0 for lr in r.eval_lrs):
+        raise ConfigError(f"rl.eval_lrs must be a non-empty list of positive step sizes, got {list(r.eval_lrs)}")
 
 
 def to_dict(config: Config) -> dict:

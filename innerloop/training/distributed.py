@@ -197,7 +197,7 @@ class DistributedTrainer(Trainer):
             # After the first step each rank has timed vmap against the loop ("auto") on its own
             # shard; from now on all use rank 0's choices, which the checkpoints record, so a
             # resumed group batches exactly as the uninterrupted one did.
-            self.learner.chooser.choices.update(self.group.broadcast(dict(self.learner.chooser.choices)))
+            self.strategy_choices.update(self.group.broadcast(dict(self.strategy_choices)))
             self._strategies_agreed = True
         return metrics
 
@@ -207,6 +207,11 @@ class DistributedTrainer(Trainer):
         weighted = torch.tensor([metrics[k] * share for k in names], dtype=torch.float64, device=self.device)
         self.group.all_reduce_([*grads, weighted])
         return dict(zip(names, weighted.tolist()))
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        summed = tensor.detach().clone()
+        dist.all_reduce(summed)
+        return summed
 
     def load_existing(self, resume: bool):
         """Rank 0 finds and reads the checkpoint; every rank gets it (or rank 0's error)."""
@@ -240,6 +245,15 @@ def make_trainer(config: Config, resume: bool = False) -> Trainer:
     A group that torchrun restarted after a failure always resumes: the run directory
     already holds its checkpoints.
     """
+    from .config import is_rl
+
+    if is_rl(config):
+        from ..rl.trainer import DistributedRLTrainer, RLTrainer
+
+        if not launched_by_torchrun():
+            return RLTrainer(config, resume=resume)
+        group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
+        return DistributedRLTrainer(config, group, resume=resume)
     if not launched_by_torchrun():
         return Trainer(config, resume=resume)
     group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)

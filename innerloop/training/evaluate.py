@@ -12,7 +12,7 @@ from ..tasks.fixed import fixed_tasks
 
 
 def summarize(values: torch.Tensor) -> dict[str, float]:
-    """Mean, standard deviation and 95% CI half-width (1.96 std / sqrt(n)) over tasks.
+    """Mean, standard deviation, standard error and 95% CI half-width (1.96 std / sqrt(n)) over tasks.
 
     Also the median and how many tasks gave a non-finite value (a diverging adaptation
     makes the mean meaningless; the median and that count still say what happened).
@@ -21,7 +21,7 @@ def summarize(values: torch.Tensor) -> dict[str, float]:
     n = v.numel()
     std = float(v.std(unbiased=True)) if n > 1 else 0.0
     return {
-        "mean": float(v.mean()), "std": std, "ci95": 1.96 * std / math.sqrt(n), "n": n,
+        "mean": float(v.mean()), "std": std, "stderr": std / math.sqrt(n), "ci95": 1.96 * std / math.sqrt(n), "n": n,
         "median": float(v.nanmedian()), "nonfinite": int((~torch.isfinite(v)).sum()),
     }
 

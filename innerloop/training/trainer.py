@@ -94,6 +94,10 @@ class Trainer:
         """Combine the shards' gradients and metrics (a single process holds the whole batch)."""
         return metrics
 
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over the processes of a distributed run (here: itself)."""
+        return tensor
+
     def load_existing(self, resume: bool) -> Checkpoint | None:
         existing = find_checkpoint(self.run_dir)
         if existing is not None and not resume:
@@ -109,20 +113,27 @@ class Trainer:
         return self.group is None or self.group.is_main
 
     # -- state ------------------------------------------------------------------------
+    @property
+    def strategy_choices(self) -> dict[str, str]:
+        """The vmap/loop choices of ``strategy="auto"`` (kept across resumes); meta-RL learners always vmap."""
+        chooser = getattr(self.learner, "chooser", None)
+        return chooser.choices if chooser is not None else {}
+
     def _resume_from(self, checkpoint: Checkpoint) -> None:
         restore_learner(self.learner, checkpoint, self.config)
-        self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint.state["optimizer"])
         torch.set_rng_state(checkpoint.state["torch_rng"])
         if checkpoint.state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint.state["cuda_rng"])
-        self.learner.chooser.choices.update(checkpoint.state.get("strategy_choices", {}))
+        self.strategy_choices.update(checkpoint.state.get("strategy_choices", {}))
         self.start_iteration = checkpoint.iteration
         self.last_checkpoint = checkpoint.path
 
     def save(self, iteration: int) -> Path:
         self.last_checkpoint = save_checkpoint(
             self.run_dir, iteration, self.learner, self.optimizer, self.config,
-            extra={"strategy_choices": dict(self.learner.chooser.choices)}, keep=self.config.train.keep_checkpoints,
+            extra={"strategy_choices": dict(self.strategy_choices)}, keep=self.config.train.keep_checkpoints,
         )
         return self.last_checkpoint
 
@@ -161,6 +172,10 @@ class Trainer:
         metrics["grad_norm"] = float(norm)
         return metrics
 
+    def progress_fields(self, record: dict) -> dict[str, str]:
+        """What the progress bar shows after each logged iteration."""
+        return {"loss": f"{record['loss']:.4f}", "tasks_s": f"{record['tasks_per_s']:.0f}"}
+
     def validate(self) -> dict[str, float]:
         steps = [getattr(self.learner, "eval_steps", 0)]
         c = self.config.train
@@ -181,18 +196,21 @@ class Trainer:
             desc=f"{self.config.algorithm.name} {self.config.task.name}", dynamic_ncols=True,
         )
         summary: dict = {}
-        tick, tasks_seen = time.perf_counter(), 0
+        tick, tasks_seen, env_steps = time.perf_counter(), 0, 0
         try:
             for iteration in range(self.start_iteration, c.iterations):
                 metrics = self.step(iteration)
                 tasks_seen += c.meta_batch_size
+                env_steps += metrics.get("env_steps", 0)
                 done = iteration + 1
                 bar.update(1)
                 if done % c.log_every == 0 or done == c.iterations:
-                    elapsed = time.perf_counter() - tick
-                    record = {"iteration": done, **metrics, "tasks_per_s": tasks_seen / max(elapsed, 1e-9)}
-                    tick, tasks_seen = time.perf_counter(), 0
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tasks_s=f"{record['tasks_per_s']:.0f}")
+                    elapsed = max(time.perf_counter() - tick, 1e-9)
+                    record = {"iteration": done, **metrics, "tasks_per_s": tasks_seen / elapsed}
+                    if env_steps:  # meta-RL: environment steps of every rollout
+                        record["env_steps_per_s"] = env_steps / elapsed
+                    tick, tasks_seen, env_steps = time.perf_counter(), 0, 0
+                    bar.set_postfix(self.progress_fields(record))
                     if log:
                         log.write(record)
                     summary["train"] = record

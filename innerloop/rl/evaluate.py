@@ -1,0 +1,71 @@
+"""The MAML paper's meta-RL evaluation protocol.
+
+On fixed held-out tasks (seeded: the same tasks every time), sample episodes with the
+meta-learned policy, take a policy-gradient step, sample again, and so on: the return
+after 0, 1, 2, ... adaptation steps, averaged over episodes, then summarised over tasks
+(mean and standard error). Finn et al. (2017) use 40 tasks, 20-40 episodes per step and
+step size 0.1 for the first step, 0.05 for later ones.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..core.update_rules import SGD
+from ..tasks.seeding import derive_seed
+from ..training.evaluate import summarize
+from .learner import Adaptation
+
+# Finn et al. (2017), Figure 5 (2D navigation): MAML's average return after 0-3 steps.
+PAPER = {"nav2d": {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}}
+
+
+def evaluate_adaptation(learner, tasks: torch.Tensor, steps: Sequence[int], episodes: int, lrs: Sequence[float],
+                        seed: int, batch_size: int = 40, keep: bool = False) -> dict:
+    """Returns after each number of ``steps`` on ``tasks``: ``{step: summary over tasks}``.
+
+    Tasks are processed ``batch_size`` at a time (each with its own random stream, so the
+    results do not depend on ``batch_size``); ``keep=True`` also returns the
+    :class:`~innerloop.rl.learner.Adaptation` of each batch (for figures).
+    """
+    most = max(steps)
+    rule = SGD(list(lrs))
+    per_task: dict[int, list[torch.Tensor]] = {s: [] for s in steps}
+    draws: list[Adaptation] = []
+    was_training = learner.training
+    learner.eval()
+    try:
+        for start in range(0, len(tasks), batch_size):
+            chunk = range(start, min(start + batch_size, len(tasks)))
+            draw = learner.sample(tasks[chunk.start : chunk.stop], seed, steps=most, episodes=episodes, rule=rule, task_ids=chunk)
+            for s in steps:
+                per_task[s].append(draw.episodes[s].returns().mean(-1))
+            if keep:
+                draws.append(draw)
+    finally:
+        learner.train(was_training)
+    results = {s: {"return": summarize(torch.cat(v))} for s, v in per_task.items()}
+    return (results, draws) if keep else results
+
+
+def evaluate_rl(learner, config, keep: bool = False):
+    """The protocol as configured: eval.tasks test tasks, eval.steps, rl.eval_episodes, rl.eval_lrs, eval.seed."""
+    from ..training.builders import build_tasks
+
+    e, r = config.eval, config.rl
+    tasks = build_tasks(config, "test").fixed(e.tasks)
+    return evaluate_adaptation(learner, tasks, e.steps, r.eval_episodes, r.eval_lrs, derive_seed(e.seed, "rl-test"),
+                               batch_size=e.batch_size, keep=keep)
+
+
+def format_returns(results: dict, family: str) -> str:
+    """Aligned table: step, mean return ± standard error, the paper's figure when there is one."""
+    paper = PAPER.get(family, {})
+    lines = [f"{'steps':>5}  {'return':>10}  {'std. error':>10}  {'tasks':>5}" + ("  paper (Finn et al. 2017)" if paper else "")]
+    for step, metrics in sorted(results.items()):
+        s = metrics["return"]
+        extra = f"  {paper[step]:>10.2f}" if step in paper else ""
+        lines.append(f"{step:>5}  {s['mean']:>10.2f}  {s['stderr']:>10.2f}  {s['n']:>5}{extra}")
+    return "\n".join(lines)

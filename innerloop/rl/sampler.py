@@ -1,0 +1,85 @@
+"""Rollouts: every episode of every task of a batch, stepped together.
+
+``rollout`` plays a :class:`~innerloop.rl.envs.TaskFamily`'s batched environment with a
+policy whose parameters are either shared by all tasks (the meta-learned initialization)
+or carry a leading task dimension (each task's adapted parameters, applied with
+``torch.func.vmap``). Sampling is driven by one generator seeded per call, so a rollout
+is a pure function of ``(parameters, tasks, seed)``: training resumes bit for bit. The
+action noise of each task comes from its own stream (seeded by the task's id), so a task
+plays the same episodes whatever else is in its batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch.func import vmap
+
+from ..core.params import Params
+from ..tasks.seeding import derive_seed
+from .envs.base import task_streams
+
+
+@dataclass
+class Episodes:
+    """``E`` episodes of each of ``T`` tasks, ``H`` steps long."""
+
+    observations: torch.Tensor  # [T, E, H, obs_dim]
+    actions: torch.Tensor  # [T, E, H, act_dim] (continuous) or [T, E, H] (discrete)
+    rewards: torch.Tensor  # [T, E, H]
+    mask: torch.Tensor  # [T, E, H]: 1 where the step happened (0 after an early termination)
+    seconds: float = 0.0  # wall time of the rollout
+
+    @property
+    def num_tasks(self) -> int:
+        return self.rewards.shape[0]
+
+    @property
+    def steps(self) -> int:
+        """Environment steps taken."""
+        return int(self.mask.sum())
+
+    def returns(self) -> torch.Tensor:
+        """Undiscounted return of each episode, ``[T, E]``."""
+        return (self.rewards * self.mask).sum(-1)
+
+
+@torch.no_grad()
+def rollout(family, tasks: torch.Tensor, policy_fn, params: Params, episodes: int, seed: int,
+            per_task: bool = False, deterministic: bool = False, task_ids: Sequence[int] | None = None) -> Episodes:
+    """Play ``episodes`` episodes of each task in ``tasks`` for the family's horizon.
+
+    ``policy_fn(params, observations)`` returns the policy's raw outputs (distribution
+    parameters); ``per_task=True`` means ``params`` has a leading task dimension.
+    ``deterministic`` acts with the distribution's mode instead of sampling. ``task_ids``
+    name the tasks' random streams (default ``range(len(tasks))``).
+    """
+    start = time.perf_counter()
+    distribution = policy_fn.distribution
+    dtype = next(iter(params.values())).dtype
+    task_ids = range(len(tasks)) if task_ids is None else task_ids
+    act = vmap(policy_fn) if per_task else policy_fn
+    env = family.make(tasks, episodes, seed, task_ids)
+    try:
+        observation = env.reset()
+        alive = torch.ones(observation.shape[:2])
+        trajectory = {"observations": [], "actions": [], "rewards": [], "mask": []}
+        noise = None
+        for step in range(family.horizon):
+            out = act(params, observation.to(dtype))
+            if noise is None and not deterministic:  # each task's noise for the whole rollout, from its own stream
+                shape = (family.horizon, *out.shape[1:])
+                noise = torch.stack([distribution.noise(shape, g) for g in task_streams(derive_seed(seed, "actions"), task_ids)])
+            action = distribution.mode(out) if deterministic else distribution.sample(out, noise[:, step])
+            next_observation, reward, terminated = env.step(action)
+            for key, value in zip(trajectory, (observation, action, reward, alive)):
+                trajectory[key].append(value)
+            alive = alive * (~terminated).float()
+            observation = next_observation
+    finally:
+        env.close()
+    stacked = {k: torch.stack(v, dim=2) for k, v in trajectory.items()}
+    return Episodes(**stacked, seconds=time.perf_counter() - start)
