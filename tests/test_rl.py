@@ -255,7 +255,7 @@ def test_navigation_reward_is_minus_the_distance_after_a_clipped_move():
 
 def test_batched_rollouts_and_adaptation_match_a_per_task_loop(f64):
     family, policy = small_nav()
-    learner = MAMLTRPO(policy, family, inner_lr=0.2, inner_steps=2, episodes=3)
+    learner = MAMLTRPO(policy, family, inner_lr=[0.2, 0.1], inner_steps=2, episodes=3)  # per-step rates
     tasks = family.sample_tasks(3, torch.Generator().manual_seed(0))
     params = {n: p.detach() + 0.1 * torch.randn(3, *p.shape) for n, p in learner.params().items()}
     batched = rollout(family, tasks, learner, params, 2, seed=0, per_task=True, deterministic=True)
@@ -272,6 +272,12 @@ def test_batched_rollouts_and_adaptation_match_a_per_task_loop(f64):
             assert torch.allclose(adapted[n][i], one[n][0], atol=1e-10)
     for n in theta:  # the adapted parameters of sampling and of the replay agree
         assert torch.allclose(adapted[n].detach(), draw.adapted[n], atol=1e-10)
+    path = learner.adapt(theta, draw.inner, first_order=True, trajectory=True)  # theta, theta'_1, theta'_2
+    first = {n: p[0].detach() for n, p in path[1].items()}
+    data = {k: v[0] for k, v in draw.inner[1].items()}
+    grads = torch.func.grad(learner.inner_loss)(first, data)
+    for n in theta:  # the second step used the second rate
+        assert torch.allclose(path[2][n][0], first[n] - 0.1 * grads[n], atol=1e-12)
 
 
 # -- learning -----------------------------------------------------------------------------
@@ -337,6 +343,7 @@ def test_cli_trains_and_evaluates_navigation(tmp_path, monkeypatch, capsys):
     (["rl.gamma=1.5"], "rl.gamma"),
     (["model.name=conv4"], "policies are MLPs"),
     (["rl.eval_lrs=[]"], "rl.eval_lrs"),
+    (["rl.inner_lrs=[0.1,0.05]"], "rl.inner_lrs must hold 1 to algorithm.inner_steps=1"),
 ])
 def test_bad_rl_configs_get_clear_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -124,7 +124,7 @@ def build_rl_learner(config: Config, model: nn.Module | None = None):
     a, r = config.algorithm, config.rl
     family = build_family(config)
     policy = make_policy(family, hidden=tuple(config.model.hidden), init_std=r.init_std) if model is None else model
-    common = dict(inner_lr=a.inner_lr, inner_steps=a.inner_steps, episodes=r.episodes, first_order=a.first_order,
+    common = dict(inner_lr=list(r.inner_lrs) if r.inner_lrs else a.inner_lr, inner_steps=a.inner_steps, episodes=r.episodes, first_order=a.first_order,
                   gamma=r.gamma, gae_lambda=r.gae_lambda)
     if r.estimator:
         common["estimator"] = r.estimator

@@ -102,6 +102,7 @@ class RLConfig:
     gamma: float = 0.99
     gae_lambda: float = 1.0
     estimator: Optional[str] = None  # dice | lvc | vpg (default: dice for maml-trpo, lvc for promp)
+    inner_lrs: Optional[list[float]] = None  # per-step inner rates at meta-training (default: algorithm.inner_lr every step)
     init_std: float = 1.0  # initial standard deviation of the Gaussian policy
     max_kl: float = 0.01  # maml-trpo: the trust region
     cg_iterations: int = 10
@@ -346,6 +347,11 @@ def _check_rl(config: Config) -> None:
             raise ConfigError(f"rl.{name} must be positive, got {getattr(r, name)}")
     if not (0 < r.gamma <= 1 and 0 <= r.gae_lambda <= 1 and 0 < r.backtrack_ratio < 1):
         raise ConfigError(f"need 0 < rl.gamma <= 1, 0 <= rl.gae_lambda <= 1, 0 < rl.backtrack_ratio < 1; got {r.gamma}, {r.gae_lambda}, {r.backtrack_ratio}")
+    if r.inner_lrs is not None and (not r.inner_lrs or any(lr <= 0 for lr in r.inner_lrs) or len(r.inner_lrs) > a.inner_steps):
+        raise ConfigError(
+            f"rl.inner_lrs must hold 1 to algorithm.inner_steps={a.inner_steps} positive rates (the last repeats), "
+            f"got {list(r.inner_lrs)}; or leave it null to use algorithm.inner_lr at every step"
+        )
     if not r.eval_lrs or any(lr <= 0 for lr in r.eval_lrs):
         raise ConfigError(f"rl.eval_lrs must be a non-empty list of positive step sizes, got {list(r.eval_lrs)}")
 
