@@ -106,15 +106,24 @@ LEARNERS = {
 
 
 def build_family(config: Config):
-    """The meta-RL task family of ``config.task.name`` (``innerloop.rl.envs``)."""
-    from ..rl.envs import make_family
+    """The meta-RL task family of ``config.task.name`` (``innerloop.rl.envs``).
 
+    One object per setting, shared by the learner and the task splits, so that MuJoCo
+    families build their simulators once.
+    """
     options = {"horizon": config.rl.horizon} if config.rl.horizon else {}
     if config.task.name == "bandit":
         options["arms"] = config.rl.arms
     if config.task.name in ("halfcheetah-vel", "halfcheetah-dir", "ant-dir"):
         options["workers"] = config.rl.workers
-    return make_family(config.task.name, **options)
+    return _family(config.task.name, tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _family(name: str, options: tuple):
+    from ..rl.envs import make_family
+
+    return make_family(name, **dict(options))
 
 
 def build_rl_learner(config: Config, model: nn.Module | None = None):
