@@ -129,28 +129,31 @@ class MetaPolicyLearner(nn.Module):
     def log_prob(self, params: Params, data: StepData) -> torch.Tensor:
         return self.distribution.log_prob(self.forward(params, data["observations"]), data["actions"])
 
-    def inner_loss(self, params: Params, data: StepData) -> torch.Tensor:
-        """L_inner of one task (no task dimension)."""
-        return ESTIMATORS[self.estimator](self.log_prob(params, data), data["advantages"], data["mask"])
+    def inner_loss(self, params: Params, data: StepData, estimator: str | None = None) -> torch.Tensor:
+        """L_inner of one task (no task dimension), with the learner's estimator unless another is named."""
+        return ESTIMATORS[estimator or self.estimator](self.log_prob(params, data), data["advantages"], data["mask"])
 
     # -- the inner loop ------------------------------------------------------------------
-    def _step(self, params: Params, data: StepData, step: int, rule, first_order: bool) -> Params:
-        grads = grad(self.inner_loss)(params, data)
+    def _step(self, params: Params, data: StepData, step: int, rule, first_order: bool, estimator: str | None = None) -> Params:
+        grads = grad(self.inner_loss)(params, data, estimator)
         if first_order:
             grads = {n: g.detach() for n, g in grads.items()}
         return rule(params, grads, step)
 
-    def adapt(self, theta: Params, inner: list[StepData], first_order: bool | None = None, trajectory: bool = False):
+    def adapt(self, theta: Params, inner: list[StepData], first_order: bool | None = None, trajectory: bool = False,
+              estimator: str | None = None):
         """Per-task adapted parameters (leading task dimension) from shared ``theta`` over the recorded steps.
 
         With ``trajectory=True`` returns the list of parameters before each step and after the last.
+        ``estimator`` overrides the learner's inner objective: all give the same adapted values and
+        differ only in the second derivatives the outer step sees.
         """
         first_order = self.first_order if first_order is None else first_order
 
         def one_task(steps: list[StepData]):
             fast, path = theta, [theta]
             for k, data in enumerate(steps):
-                fast = self._step(fast, data, k, self.rule, first_order)
+                fast = self._step(fast, data, k, self.rule, first_order, estimator)
                 path.append(fast)
             return path if trajectory else fast
 

@@ -1,0 +1,118 @@
+"""The speed suite (benchmarks/speed.py): its gradient-agreement check catches a wrong
+implementation, and ``--quick`` on one small workload runs and reports every field."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_suite():
+    name = "innerloop_speed_suite"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "speed.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+speed = load_suite()
+
+
+def tiny_sine(steps=1, first_order=False, tasks=3):
+    return speed.build_maml("sine", steps, first_order, tasks=tasks)
+
+
+def test_every_implementation_agrees_on_a_small_sine_batch():
+    workload = tiny_sine(steps=2)
+    errors = speed.check_gradients(workload, tasks=3)
+    expected = {"innerloop vmap", "innerloop loop", "innerloop auto"} | ({"higher"} if speed.higher else set())
+    assert set(errors) == expected
+    assert all(e["rel_err"] < 1e-10 for e in errors.values())
+
+
+@pytest.mark.parametrize("wrong", ["first order", "inner rate", "no 1/T"])
+def test_gradient_check_fails_loudly_on_a_wrong_implementation(wrong):
+    workload = tiny_sine(steps=1)
+    if wrong == "first order":  # drops MAML's second-order term: a small but real difference
+        workload.impls["wrong"] = lambda m: speed.PlainMAML(m, 0.01, 1, first_order=True)
+    elif wrong == "inner rate":
+        workload.impls["wrong"] = lambda m: speed.PlainMAML(m, 0.011, 1, first_order=False)
+    else:
+        class Summed(speed.PlainMAML):  # sums the task losses instead of averaging them
+            def step(self, batch):
+                for i in range(batch.num_tasks):
+                    super().step(batch[i])
+        workload.impls["wrong"] = lambda m: Summed(m, 0.01, 1, first_order=False)
+    with pytest.raises(speed.GradientMismatch, match="wrong: relative error") as err:
+        speed.check_gradients(workload, tasks=3)
+    assert "innerloop" not in str(err.value)  # only the wrong one is named
+
+
+def test_gradient_check_catches_maml_posing_as_anil():
+    """A 'naive ANIL' that adapts the body too is MAML, not ANIL: the check must say so."""
+    workload = speed.build_anil(steps=1, tasks=1, quick=True)
+    workload.impls = {name: workload.impls[name] for name in ("plain loop", "naive ANIL", "innerloop loop")}
+    assert set(speed.check_gradients(workload, tasks=1)) == {"naive ANIL", "innerloop loop"}
+    workload.impls["naive ANIL"] = lambda m: speed.PlainMAML(m, 0.4, 1, first_order=False)
+    with pytest.raises(speed.GradientMismatch, match="naive ANIL"):
+        speed.check_gradients(workload, tasks=1)
+
+
+def test_main_exits_nonzero_before_timing_on_a_mismatch(monkeypatch, capsys):
+    def broken(**kwargs):
+        workload = tiny_sine(**{k: v for k, v in kwargs.items() if k == "tasks" and v})
+        workload.impls["broken"] = lambda m: speed.PlainMAML(m, 0.02, 1, first_order=False)
+        return workload
+
+    monkeypatch.setitem(speed.WORKLOADS, "sine-maml-1step-2nd", broken)
+    monkeypatch.setattr(speed, "measure_peaks", lambda device, quick: {"matmul": 1.0, "conv": 1.0})
+    with pytest.raises(SystemExit) as exit_:
+        speed.main(["--quick", "--workloads", "sine-maml-1step-2nd", "--tasks", "3"])
+    assert exit_.value.code == 2
+    assert "GRADIENT MISMATCH" in capsys.readouterr().err
+
+
+def test_higher_column_is_skipped_with_a_note_when_higher_is_missing(monkeypatch):
+    monkeypatch.setattr(speed, "higher", None)
+    monkeypatch.setattr(speed, "HIGHER_MISSING", "higher is not installed")
+    workload = tiny_sine()
+    assert "higher" not in workload.impls
+    assert workload.skipped["higher"] == "higher is not installed"
+
+
+def test_quick_run_on_one_small_workload_reports_every_field(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    report = speed.main(["--quick", "--workloads", "sine-maml-1step-2nd", "--tasks", "5", "--repeats", "2",
+                         "--json", str(out), "--markdown"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["quick"] and report["device"] == "cpu" and report["torch"] == torch.__version__
+    assert report["command"].startswith("python benchmarks/speed.py --quick")
+    assert report["peak"]["matmul"] > 0 and report["peak"]["conv"] > 0
+    (workload,) = report["workloads"]
+    assert workload["name"] == "sine-maml-1step-2nd" and workload["tasks"] == 5
+    assert workload["gradient_check"]["dtype"] == "float64" and workload["gradient_check"]["errors"]
+    impls = {r["impl"]: r for r in workload["results"]}
+    assert {"innerloop vmap", "innerloop loop", "innerloop auto", "plain loop"} <= set(impls)
+    assert ("higher" in impls) == (speed.higher is not None)
+    for row in impls.values():
+        assert len(row["times_ms"]) == 2 and row["median_ms"] > 0
+        assert row["tasks_per_s"] == pytest.approx(5e3 / row["median_ms"])
+        assert row["peak_mem_mib"] >= 0 and row["memory_method"]
+        assert row["gflop_per_task"] > 0 and row["gflops"] > 0 and 0 < row["fraction_of_peak"]
+        assert row["speedup_innerloop_auto"] > 0 and row["speedup_innerloop_best"] > 0
+    assert impls["innerloop auto"]["speedup_innerloop_auto"] == 1.0
+    (chosen,) = set(impls["innerloop auto"]["chosen"].values())  # which strategy auto picked
+    # Counted after auto has chosen: the FLOPs of that strategy, not of its timing trial.
+    assert impls["innerloop auto"]["gflop_per_task"] == pytest.approx(impls[f"innerloop {chosen}"]["gflop_per_task"])
+    # The same FLOPs for the same algorithm (matrix products of a per-task loop).
+    assert impls["plain loop"]["gflop_per_task"] == pytest.approx(impls["innerloop loop"]["gflop_per_task"])
+    table = capsys.readouterr().out
+    assert "| workload | implementation | ms / step (median) | tasks/s |" in table
+    assert "`sine-maml-1step-2nd` | plain loop |" in table and "torch " + torch.__version__ in table
