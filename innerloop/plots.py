@@ -12,6 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def _save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write and close ``fig``."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def sinusoid_figure(learners: dict, tasks, path: str | Path, steps=(1, 10), draw: int = 0, task: int = 0) -> Path:
     """One panel per learner: true curve, support points, prediction before and after ``steps``.
 
@@ -37,12 +47,7 @@ def sinusoid_figure(learners: dict, tasks, path: str | Path, steps=(1, 10), draw
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("y")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def training_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
@@ -62,11 +67,7 @@ def training_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = Path(path) if path else run_dir / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path or run_dir / "curves.png")
 
 
 def _show(ax, image: torch.Tensor) -> None:
@@ -107,11 +108,7 @@ def episode_figure(learner, task, path: str | Path, max_query: int = 20) -> Path
         ax.set_title(f"pred {int(predicted[i])} / true {int(qy[i])}", fontsize=7, color="tab:green" if right else "tab:red")
     accuracy = float((predicted == qy).float().mean())
     fig.suptitle(f"{sx.shape[0]} support images (top), query predictions (bottom): query accuracy {accuracy:.0%}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def adaptation_curves(curves: dict[str, dict[int, dict]], path: str | Path, metric: str = "loss",
@@ -136,11 +133,7 @@ def adaptation_curves(curves: dict[str, dict[int, dict]], path: str | Path, metr
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def return_curve(results: dict[int, dict], path: str | Path, paper: dict[int, float] | None = None,
@@ -159,11 +152,7 @@ def return_curve(results: dict[int, dict], path: str | Path, paper: dict[int, fl
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), episodes: int = 3) -> Path:
@@ -189,8 +178,4 @@ def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), ep
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("2D navigation: trajectories before and after adaptation")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

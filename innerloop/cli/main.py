@@ -37,34 +37,23 @@ def train(
     evaluate: bool = typer.Option(True, help="Evaluate on test tasks at the end (the config's eval section)."),
 ) -> None:
     """Meta-train from a preset or config file (under torchrun: data-parallel over the ranks)."""
-    from ..plots import episode_figure, training_curves
+    from ..plots import episode_figure
     from ..training.builders import build_tasks
     from ..training.config import is_rl, load_config
-    from ..training.distributed import make_trainer
     from ..training.evaluate import evaluate_config, format_table
 
     cfg = load_config(config, overrides or [], out_dir=out)
     if is_rl(cfg):
-        return _train_rl(cfg, resume, evaluate)
-    trainer = make_trainer(cfg, resume=resume)
-    group = trainer.group
-    if trainer.start_iteration and trainer.is_main:
-        typer.echo(f"resuming from iteration {trainer.start_iteration} ({trainer.last_checkpoint})")
-    try:
-        summary = trainer.fit()
-        results = evaluate_config(trainer.learner, cfg, build_tasks, group=group) if evaluate else None
-        if group is not None:
-            group.barrier()  # tear the group down together, not while a peer still talks to it
-    finally:
-        if group is not None:
-            group.close()
+        from ..rl.evaluate import evaluate_rl
+
+        # on rank 0 only: the evaluation tasks are few, and each task is its own random stream
+        trainer, results = _fit(cfg, resume, evaluate and (lambda t: evaluate_rl(t.learner, cfg, keep=True) if t.is_main else None))
+        if trainer.is_main and results is not None:
+            _report_rl(cfg, *results, Path(cfg.out_dir))
+        return
+    trainer, results = _fit(cfg, resume, evaluate and (lambda t: evaluate_config(t.learner, cfg, build_tasks, group=t.group)))
     if not trainer.is_main:
         return
-    ranks = f" on {group.world_size} processes" if group else ""
-    typer.echo(f"trained {cfg.algorithm.name} for {cfg.train.iterations} iterations{ranks}; last checkpoint {trainer.last_checkpoint}")
-    if "val" in summary:
-        typer.echo("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["val"].items() if k != "iteration"))
-    training_curves(cfg.out_dir)
     if cfg.task.name != "sinusoid":
         picture = episode_figure(trainer.learner, build_tasks(cfg, "test").sample(0, [0]), Path(cfg.out_dir) / "episode.png")
         typer.echo(f"an evaluation episode: {picture}")
@@ -72,9 +61,12 @@ def train(
         _report(trainer.learner, cfg, results, Path(cfg.out_dir) / "eval.json", format_table)
 
 
-def _train_rl(cfg, resume: bool, evaluate: bool) -> None:
+def _fit(cfg, resume: bool, evaluate):
+    """Meta-train (under torchrun on every rank), run ``evaluate(trainer)`` if given, tear the group down.
+
+    Rank 0 reports what was trained and draws the training curves. Returns ``(trainer, results)``.
+    """
     from ..plots import training_curves
-    from ..rl.evaluate import evaluate_rl
     from ..training.distributed import make_trainer
 
     trainer = make_trainer(cfg, resume=resume)
@@ -83,21 +75,20 @@ def _train_rl(cfg, resume: bool, evaluate: bool) -> None:
         typer.echo(f"resuming from iteration {trainer.start_iteration} ({trainer.last_checkpoint})")
     try:
         summary = trainer.fit()
+        results = evaluate(trainer) if evaluate else None
         if group is not None:
-            group.barrier()
+            group.barrier()  # tear the group down together, not while a peer still talks to it
     finally:
         if group is not None:
             group.close()
-    if not trainer.is_main:
-        return
-    ranks = f" on {group.world_size} processes" if group else ""
-    typer.echo(f"trained {cfg.algorithm.name} on {cfg.task.name} for {cfg.train.iterations} iterations{ranks}; "
-               f"last checkpoint {trainer.last_checkpoint}")
-    if "val" in summary:
-        typer.echo("validation: " + ", ".join(f"{k}={v:.2f}" for k, v in summary["val"].items() if k != "iteration"))
-    training_curves(cfg.out_dir)
-    if evaluate:  # on rank 0: the evaluation's tasks are few and each is its own random stream
-        _report_rl(cfg, *evaluate_rl(trainer.learner, cfg, keep=True), Path(cfg.out_dir))
+    if trainer.is_main:
+        ranks = f" on {group.world_size} processes" if group else ""
+        typer.echo(f"trained {cfg.algorithm.name} on {cfg.task.name} for {cfg.train.iterations} iterations{ranks}; "
+                   f"last checkpoint {trainer.last_checkpoint}")
+        if "val" in summary:
+            typer.echo("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["val"].items() if k != "iteration"))
+        training_curves(cfg.out_dir)
+    return trainer, results
 
 
 def _report_rl(cfg, results, draws, out_dir: Path, output: Path | None = None) -> None:

@@ -415,16 +415,17 @@ class HalfCheetahVelocity(_MujocoFamily):
         return f"goal velocity {float(task[0]):.2f}"
 
 
-def _sample_directions(num_tasks: int, generator: torch.Generator) -> torch.Tensor:
-    """+1 or -1 with equal probability, ``[num_tasks, 1]``."""
-    return torch.randint(0, 2, (num_tasks, 1), generator=generator).to(torch.float64) * 2 - 1
+class _DirectionFamily(_MujocoFamily):
+    """Tasks are a direction, +1 (forward) or -1 (backward) with equal probability, ``[T, 1]``."""
+
+    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, 2, (num_tasks, 1), generator=generator).to(torch.float64) * 2 - 1
+
+    def describe_task(self, task: torch.Tensor) -> str:
+        return "forward" if float(task[0]) > 0 else "backward"
 
 
-def _describe_direction(task: torch.Tensor) -> str:
-    return "forward" if float(task[0]) > 0 else "backward"
-
-
-class HalfCheetahDirection(_MujocoFamily):
+class HalfCheetahDirection(_DirectionFamily):
     """Half-cheetah running forward or backward (MAML paper, section 5.3).
 
     Task: direction ``d``, +1 or -1 with equal probability (``task_dim = 1``). Reward per
@@ -440,14 +441,8 @@ class HalfCheetahDirection(_MujocoFamily):
     env_id = "HalfCheetah-v5"
     reward = staticmethod(halfcheetah_direction_reward)
 
-    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
-        return _sample_directions(num_tasks, generator)
 
-    def describe_task(self, task: torch.Tensor) -> str:
-        return _describe_direction(task)
-
-
-class AntDirection(_MujocoFamily):
+class AntDirection(_DirectionFamily):
     """Ant running forward or backward (MAML paper, section 5.3).
 
     Task: direction ``d``, +1 or -1 with equal probability (``task_dim = 1``). Reward per
@@ -475,12 +470,6 @@ class AntDirection(_MujocoFamily):
     name = "ant-dir"
     env_id = "Ant-v5"
     reward = staticmethod(ant_direction_reward)
-
-    def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
-        return _sample_directions(num_tasks, generator)
-
-    def describe_task(self, task: torch.Tensor) -> str:
-        return _describe_direction(task)
 
 
 __all__ = [
