@@ -243,6 +243,14 @@ def test_navigation_reward_is_minus_the_distance_after_a_clipped_move():
     assert torch.allclose(position, moved)
     assert torch.allclose(reward, -(moved - goals[:, None].float()).norm(dim=-1))
     assert not terminated.any()
+    # within 0.01 of the goal in both coordinates the episode ends: no more reward, no more moves
+    env = family.make(torch.tensor([[0.05, -0.095]]), episodes=2, seed=0)
+    env.reset()
+    position, reward, terminated = env.step(torch.tensor([[[0.05, -0.1], [0.05, 0.1]]]))
+    assert terminated.tolist() == [[True, False]]
+    position, reward, terminated = env.step(torch.tensor([[[0.1, 0.1], [0.0, 0.0]]]))
+    assert torch.allclose(position[0, 0], torch.tensor([0.05, -0.1])) and reward[0, 0] == 0 and terminated[0, 0]
+    assert reward[0, 1] < 0 and not terminated[0, 1]
     samples = family.sample_tasks(1000, torch.Generator().manual_seed(0))
     assert samples.abs().max() <= 0.5 and samples.abs().max() > 0.45
     assert torch.equal(family.test_tasks(5, seed=1), family.test_tasks(5, seed=1))

@@ -3,8 +3,10 @@
 A point starts at the origin and must reach a goal drawn uniformly from
 ``[-0.5, 0.5]^2``. The observation is its position, the action a displacement clipped
 to ``[-0.1, 0.1]`` per coordinate, the reward minus the Euclidean distance to the goal
-after the move, and an episode lasts 100 steps. Written in batched torch: all tasks and
-all episodes move in one tensor operation.
+after the move; an episode ends when the point is within 0.01 of the goal in both
+coordinates (as in the paper's code, ``cbfinn/maml_rl``'s ``PointEnvRandGoal``, kept by
+pytorch-maml-rl) or after 100 steps. Written in batched torch: all tasks and all
+episodes move in one tensor operation.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ class Navigation2D(TaskFamily):
     action_dim = 2
     task_dim = 2
 
-    def __init__(self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1) -> None:
+    def __init__(self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1, tolerance: float = 0.01) -> None:
         self.horizon = horizon
         self.goal_range = goal_range
         self.max_action = max_action
+        self.tolerance = tolerance
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         return (torch.rand(num_tasks, 2, generator=generator, dtype=torch.float64) * 2 - 1) * self.goal_range
 
     def make(self, tasks: torch.Tensor, episodes: int, seed: int, task_ids=None) -> BatchedEnv:
-        return _Navigation(tasks, episodes, self.max_action)
+        return _Navigation(tasks, episodes, self.max_action, self.tolerance)
 
     def action_bounds(self) -> tuple[float, float]:
         return (-self.max_action, self.max_action)
@@ -39,16 +42,20 @@ class Navigation2D(TaskFamily):
 
 
 class _Navigation(BatchedEnv):
-    def __init__(self, goals: torch.Tensor, episodes: int, max_action: float) -> None:
+    def __init__(self, goals: torch.Tensor, episodes: int, max_action: float, tolerance: float) -> None:
         self.num_tasks, self.episodes = goals.shape[0], episodes
         self.goals = goals.to(torch.float32)[:, None, :]  # [T, 1, 2], broadcast over episodes
-        self.max_action = max_action
+        self.max_action, self.tolerance = max_action, tolerance
 
     def reset(self) -> torch.Tensor:
         self.position = torch.zeros(self.num_tasks, self.episodes, 2)
+        self.done = torch.zeros(self.num_tasks, self.episodes, dtype=torch.bool)
         return self.position.clone()
 
     def step(self, actions: torch.Tensor):
-        self.position = self.position + actions.to(torch.float32).clamp(-self.max_action, self.max_action)
-        reward = -torch.linalg.vector_norm(self.position - self.goals, dim=-1)
-        return self.position.clone(), reward, torch.zeros(reward.shape, dtype=torch.bool)
+        moved = self.position + actions.to(torch.float32).clamp(-self.max_action, self.max_action)
+        self.position = torch.where(self.done[..., None], self.position, moved)  # a finished episode stays put
+        offset = self.position - self.goals
+        reward = torch.where(self.done, 0.0, -torch.linalg.vector_norm(offset, dim=-1))
+        self.done = self.done | (offset.abs() < self.tolerance).all(-1)
+        return self.position.clone(), reward, self.done.clone()
