@@ -94,7 +94,7 @@ class MetaPolicyLearner(nn.Module):
     """
 
     def __init__(self, policy: nn.Module, family, inner_lr=0.1, inner_steps: int = 1, episodes: int = 20,
-                 estimator: str = "dice", first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0) -> None:
+                 estimator: str = "vpg", first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0) -> None:
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")

@@ -26,6 +26,12 @@ Jacobian holds no such terms. Its Fisher-vector products therefore go through th
 REINFORCE inner step (same values, same first derivative); with DiCE's Jacobian instead,
 the quadratic model overstates the KL several-fold (measured: steps ending at KL 0.001-0.003
 for a bound of 0.01) and meta-training crawls.
+
+The default inner objective is REINFORCE (``"vpg"``), the MAML paper's: its meta-gradient
+is the exact gradient of the recorded-sample surrogate that TRPO's line search checks.
+DiCE's is an unbiased estimate of the true meta-gradient but not the gradient of that
+surrogate, so the line search rejects more of its steps; on 2D navigation it learned more
+slowly (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

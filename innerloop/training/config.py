@@ -101,7 +101,7 @@ class RLConfig:
     horizon: Optional[int] = None  # default: the family's (nav2d 100, MuJoCo 200, bandit 10)
     gamma: float = 0.99
     gae_lambda: float = 1.0
-    estimator: Optional[str] = None  # dice | lvc | vpg (default: dice for maml-trpo, lvc for promp)
+    estimator: Optional[str] = None  # vpg | dice | lvc (default: vpg for maml-trpo, lvc for promp)
     inner_lrs: Optional[list[float]] = None  # per-step inner rates at meta-training (default: algorithm.inner_lr every step)
     init_std: float = 1.0  # initial standard deviation of the Gaussian policy
     max_kl: float = 0.01  # maml-trpo: the trust region
