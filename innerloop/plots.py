@@ -162,7 +162,7 @@ def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), ep
     played after ``k`` steps; the goal is the one of task ``task``.
     """
     goal = draw.tasks[task]
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5.8))
     for k in [k for k in steps if k < len(draw.episodes)]:
         positions = draw.episodes[k].observations[task].float()  # [E, H, 2]
         label = "pre-update" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
@@ -176,6 +176,6 @@ def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), ep
     ax.set_ylim(-0.6, 0.6)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)  # below: never over the goal
     ax.set_title("2D navigation: trajectories before and after adaptation")
     return _save(fig, path)

@@ -83,8 +83,7 @@ def _fit(cfg, resume: bool, evaluate):
             group.close()
     if trainer.is_main:
         ranks = f" on {group.world_size} processes" if group else ""
-        typer.echo(f"trained {cfg.algorithm.name} on {cfg.task.name} for {cfg.train.iterations} iterations{ranks}; "
-                   f"last checkpoint {trainer.last_checkpoint}")
+        typer.echo(f"trained {cfg.algorithm.name} for {cfg.train.iterations} iterations{ranks}; last checkpoint {trainer.last_checkpoint}")
         if "val" in summary:
             typer.echo("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["val"].items() if k != "iteration"))
         training_curves(cfg.out_dir)

@@ -18,8 +18,9 @@ from ..tasks.seeding import derive_seed
 from ..training.evaluate import summarize
 from .learner import Adaptation
 
-# Finn et al. (2017), Figure 5 (2D navigation): MAML's average return after 0-3 steps.
-PAPER = {"nav2d": {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}}
+# Finn et al. (2017): MAML's average return after 0-3 steps on 2D navigation (Figure 5) and
+# before / after one step on HalfCheetah direction (as quoted by the meta-RL issue, 500+ iterations).
+PAPER = {"nav2d": {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}, "halfcheetah-dir": {0: -50.69, 1: 293.19}}
 
 
 def evaluate_adaptation(learner, tasks: torch.Tensor, steps: Sequence[int], episodes: int, lrs: Sequence[float],
