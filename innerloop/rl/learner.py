@@ -88,7 +88,7 @@ class MetaPolicyLearner(nn.Module):
         inner_lr: alpha, or a list of per-step rates.
         inner_steps: adaptation steps at meta-training time (each samples new episodes).
         episodes: episodes per task per step (the MAML paper's "fast batch size", 20).
-        estimator: the inner objective, ``"dice"``, ``"lvc"`` or ``"vpg"``.
+        estimator: the inner objective: ``"vpg"`` (REINFORCE, the default), ``"dice"`` or ``"lvc"``.
         first_order: treat inner gradients as constants in the outer gradient.
         gamma, gae_lambda: discount and GAE parameter of the advantages.
     """
