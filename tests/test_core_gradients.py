@@ -175,3 +175,28 @@ def test_batch_norm_is_transductive_and_works_under_vmap():
     # Batch statistics: the output for one example depends on the others in its batch.
     x = b.support_x[0]
     assert not torch.allclose(learner(x)[:1], learner(x[:2])[:1])
+
+
+def test_loop_meta_backward_frees_each_task_and_gives_the_batch_gradient(f64):
+    """With the loop strategy meta_backward back-propagates task by task; the gradient is the batch's."""
+    from innerloop import MAML, SinusoidTasks
+    from innerloop.algorithms import ANIL
+    from innerloop.models import MLP
+
+    batch = SinusoidTasks(shots=5, queries=5, seed=0).sample(0, range(6)).to(dtype=torch.float64)
+    for cls in (MAML, ANIL):
+        grads = {}
+        for strategy in ("vmap", "loop"):
+            torch.manual_seed(0)
+            learner = cls(MLP(1, [16, 16], 1), inner_lr=0.05, inner_steps=2, strategy=strategy).double()
+            metrics = learner.meta_backward(batch, weight=0.5)
+            grads[strategy] = ([p.grad.clone() for p in learner.parameters()], {k: float(v) for k, v in metrics.items()})
+        for a, b in zip(grads["vmap"][0], grads["loop"][0]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert grads["vmap"][1] == pytest.approx(grads["loop"][1], rel=1e-10)
+    calls = []
+    learner = MAML(MLP(1, [8], 1), inner_lr=0.05, strategy="loop").double()
+    original = learner.meta_loss
+    learner.meta_loss = lambda b: calls.append(b.num_tasks) or original(b)
+    learner.meta_backward(batch)
+    assert calls == [1] * 6  # one task at a time

@@ -112,6 +112,24 @@ class GradientLearner(MetaLearner):
     frozen body runs once per task instead of once per inner step.
     """
 
+    def meta_backward(self, batch: TaskBatch, weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """Accumulate ``weight * d meta_loss / d theta`` into ``.grad``.
+
+        The meta-loss is a mean over tasks, so with the per-task loop each task's share
+        is back-propagated as soon as it is computed and its graph freed: one backward of
+        the summed loss would hold every task's second-order graph at once (measured on
+        Conv-4, 32 tasks: ~10x the memory). Same gradient, to rounding.
+        """
+        if self.chooser.known(batch) != "loop" or batch.num_tasks == 1:
+            return super().meta_backward(batch, weight)
+        totals: dict[str, torch.Tensor] = {}
+        for i in range(batch.num_tasks):
+            loss, metrics = self.meta_loss(batch[i : i + 1])
+            (loss * (weight / batch.num_tasks)).backward()
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0) + value.detach() / batch.num_tasks
+        return totals
+
     def __init__(
         self,
         model: nn.Module,

@@ -130,6 +130,14 @@ class StrategyChooser:
         self.sample_tasks = sample_tasks
         self.choices: dict[str, str] = {}
 
+    @staticmethod
+    def training_key(batch: TaskBatch) -> str:
+        return f"{tuple(batch.support_x.shape[1:])}|{tuple(batch.query_x.shape[1:])}|train"
+
+    def known(self, batch: TaskBatch) -> str | None:
+        """The strategy training batches like ``batch`` use, if already decided (None before the first one)."""
+        return self.strategy if self.strategy != "auto" else self.choices.get(self.training_key(batch))
+
     def resolve(self, run: Callable[[str, TaskBatch], torch.Tensor], batch: TaskBatch, params: list[torch.Tensor]) -> str:
         if self.strategy != "auto":
             return self.strategy
@@ -139,7 +147,7 @@ class StrategyChooser:
         # A training workload is keyed by its per-task shapes alone: the ranks of a distributed
         # run hold shards of different sizes and adopt rank 0's choice for all of them.
         shapes = f"{tuple(batch.support_x.shape[1:])}|{tuple(batch.query_x.shape[1:])}"
-        key = f"{shapes}|train" if training else f"{shapes}|tasks={batch.num_tasks}|eval"
+        key = self.training_key(batch) if training else f"{shapes}|tasks={batch.num_tasks}|eval"
         if key not in self.choices:
             self.choices[key] = self._measure(run, batch[: self.sample_tasks], params)
         return self.choices[key]
