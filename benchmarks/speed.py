@@ -239,13 +239,17 @@ class _Split:
         self.head_prefix = f"{len(model) - 1}."
 
 
-class PlainANIL(Impl, _Split):
-    """ANIL in the plain loop: the body runs once per set, the head adapts with autograd.grad."""
+class _ANILPeer(Impl, _Split):
+    """A hand-written ANIL: the model split into body and head, inner SGD on the head."""
 
     def __init__(self, model, lr: float, steps: int, first_order: bool) -> None:
         Impl.__init__(self, model)
         _Split.__init__(self, model)
         self.lr, self.steps, self.first_order = lr, steps, first_order
+
+
+class PlainANIL(_ANILPeer):
+    """ANIL in the plain loop: the body runs once per set, the head adapts with autograd.grad."""
 
     def step(self, batch):
         for sx, sy, qx, qy in _tasks(batch):
@@ -258,13 +262,8 @@ class PlainANIL(Impl, _Split):
             (default_loss(functional_call(self.head, fast, (zq,)), qy) / batch.num_tasks).backward()
 
 
-class NaiveANIL(Impl, _Split):
+class NaiveANIL(_ANILPeer):
     """ANIL written as MAML restricted to the head: the frozen body reruns at every inner step."""
-
-    def __init__(self, model, lr: float, steps: int, first_order: bool) -> None:
-        Impl.__init__(self, model)
-        _Split.__init__(self, model)
-        self.lr, self.steps, self.first_order = lr, steps, first_order
 
     def step(self, batch):
         theta = dict(self.model.named_parameters())

@@ -3,10 +3,10 @@
 ``rollout`` plays a :class:`~innerloop.rl.envs.TaskFamily`'s batched environment with a
 policy whose parameters are either shared by all tasks (the meta-learned initialization)
 or carry a leading task dimension (each task's adapted parameters, applied with
-``torch.func.vmap``). Sampling is driven by one generator seeded per call, so a rollout
-is a pure function of ``(parameters, tasks, seed)``: training resumes bit for bit. The
-action noise of each task comes from its own stream (seeded by the task's id), so a task
-plays the same episodes whatever else is in its batch.
+``torch.func.vmap``). The action noise of each task comes from its own stream, seeded by
+``(seed, task id)``, so a rollout is a pure function of ``(parameters, tasks, seed)``
+(training resumes bit for bit) and a task plays the same episodes whatever else is in
+its batch.
 """
 
 from __future__ import annotations
@@ -32,10 +32,6 @@ class Episodes:
     rewards: torch.Tensor  # [T, E, H]
     mask: torch.Tensor  # [T, E, H]: 1 where the step happened (0 after an early termination)
     seconds: float = 0.0  # wall time of the rollout
-
-    @property
-    def num_tasks(self) -> int:
-        return self.rewards.shape[0]
 
     @property
     def steps(self) -> int:

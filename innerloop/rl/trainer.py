@@ -70,7 +70,7 @@ class RLTrainer(Trainer):
         c, a = self.config, self.config.algorithm
         steps = [0, a.inner_steps]
         results = evaluate_adaptation(self.learner, self.val_tasks.fixed(c.train.val_tasks), steps, c.rl.eval_episodes,
-                                      [a.inner_lr], derive_seed(self.val_tasks.seed, "rollouts"), c.eval.batch_size)
+                                      self.learner.rule.rates, derive_seed(self.val_tasks.seed, "rollouts"), c.eval.batch_size)
         return {f"return_{s}": results[s]["return"]["mean"] for s in steps}
 
 
