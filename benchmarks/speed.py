@@ -426,20 +426,23 @@ def omniglot_batch(tasks: int, ways: int = 5, shots: int = 1, queries: int = 15,
     )
 
 
-def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = None, quick: bool = False) -> Workload:
+def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = None, quick: bool = False,
+               queries: int | None = None) -> Workload:
     if domain == "sine":
         torch.manual_seed(0)
-        model, lr, tasks = MLP(1, (40, 40), 1), 0.01, tasks or 25
-        batch, peak = sine_batch(tasks), "matmul"
-        what = f"MLP 1-40-40-1, {tasks} tasks, 10 support / 10 query"
+        model, lr, tasks, queries = MLP(1, (40, 40), 1), 0.01, tasks or 25, queries or 10
+        batch, peak = sine_batch(tasks, queries=queries), "matmul"
+        what = f"MLP 1-40-40-1, {tasks} tasks, 10 support / {queries} query"
     else:
         torch.manual_seed(0)
-        model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.4, tasks or (2 if quick else 32), 5 if quick else 15
+        model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.4, tasks or (2 if quick else 32), queries or (5 if quick else 15)
         batch, peak = omniglot_batch(tasks, queries=queries), "conv"
         what = f"Conv-4-64, 5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)"
     order = "first" if first_order else "second"
     Learner = FOMAML if first_order else MAML
     impls = _innerloop_strategies(lambda m, s: Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=s))
+    if not first_order:  # the memory option: inner steps recomputed in the backward pass
+        impls["innerloop loop+checkpoint"] = lambda m: InnerloopImpl(MAML(m, inner_lr=lr, inner_steps=steps, checkpoint_steps=True))
     skipped: dict[str, str] = {}
     _with_higher(impls, skipped, lambda m: HigherMAML(m, lr, steps, first_order))
     impls[REFERENCE] = lambda m: PlainMAML(m, lr, steps, first_order)
@@ -448,9 +451,9 @@ def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = N
                     model, batch, peak, impls, skipped)
 
 
-def build_anil(steps: int = 5, tasks: int | None = None, quick: bool = False) -> Workload:
+def build_anil(steps: int = 5, tasks: int | None = None, quick: bool = False, queries: int | None = None) -> Workload:
     torch.manual_seed(0)
-    model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.4, tasks or (2 if quick else 32), 5 if quick else 15
+    model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.4, tasks or (2 if quick else 32), queries or (5 if quick else 15)
     impls = _innerloop_strategies(lambda m, s: ANIL(m, inner_lr=lr, inner_steps=steps, strategy=s))
     skipped: dict[str, str] = {}
     _with_higher(impls, skipped, lambda m: HigherANIL(m, lr, steps, False))
@@ -462,13 +465,13 @@ def build_anil(steps: int = 5, tasks: int | None = None, quick: bool = False) ->
                     "conv", impls, skipped)
 
 
-def build_reptile(domain: str, steps: int = 5, tasks: int | None = None, quick: bool = False) -> Workload:
+def build_reptile(domain: str, steps: int = 5, tasks: int | None = None, quick: bool = False, queries: int | None = None) -> Workload:
     torch.manual_seed(0)
     if domain == "sine":
-        model, lr, tasks = MLP(1, (40, 40), 1), 0.01, tasks or 25
-        batch, peak, what = sine_batch(tasks), "matmul", f"MLP 1-40-40-1, {tasks} tasks of 10 + 10 points"
+        model, lr, tasks, queries = MLP(1, (40, 40), 1), 0.01, tasks or 25, queries or 10
+        batch, peak, what = sine_batch(tasks, queries=queries), "matmul", f"MLP 1-40-40-1, {tasks} tasks of 10 + {queries} points"
     else:
-        model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.1, tasks or (2 if quick else 32), 5 if quick else 15
+        model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.1, tasks or (2 if quick else 32), queries or (5 if quick else 15)
         batch, peak = omniglot_batch(tasks, queries=queries), "conv"
         what = f"Conv-4-64, 5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)"
     impls = _innerloop_strategies(lambda m, s: Reptile(m, inner_lr=lr, inner_steps=steps, strategy=s))
@@ -479,8 +482,10 @@ def build_reptile(domain: str, steps: int = 5, tasks: int | None = None, quick: 
                     f"Reptile pseudo-gradient, {steps} SGD steps of {lr} on support + query; {what}", model, batch, peak, impls, skipped)
 
 
-def build_protonets(ways: int | None = None, shots: int = 5, queries: int = 5, tasks: int | None = None, quick: bool = False) -> Workload:
+def build_protonets(ways: int | None = None, shots: int = 5, queries: int | None = None, tasks: int | None = None,
+                    quick: bool = False) -> Workload:
     torch.manual_seed(0)
+    queries = queries or 5
     ways = ways or (10 if quick else 60)
     tasks = tasks or 1
     model = Conv4(1, 64)
@@ -796,7 +801,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="print a markdown table for benchmarks/RESULTS.md")
     parser.add_argument("--json", metavar="PATH", help="write every measurement to PATH")
     parser.add_argument("--workloads", nargs="*", metavar="NAME", help=f"names or glob patterns; all: {', '.join(WORKLOADS)}")
+    parser.add_argument("--impls", nargs="*", metavar="NAME",
+                        help="glob patterns over implementation names (the plain-loop reference always runs)")
     parser.add_argument("--tasks", type=int, help="override the meta-batch size of every workload")
+    parser.add_argument("--queries", type=int, help="override the query examples per class (per task for sine) of every workload")
     parser.add_argument("--repeats", type=int, help="timed steps per impl (default 10, quick 3)")
     parser.add_argument("--warmup", type=int, help="untimed steps per impl before the probe (default 2, quick 1)")
     parser.add_argument("--check-tasks", type=int, help="tasks of the float64 gradient check (default 4; quick: 2 MLP, 1 conv)")
@@ -839,7 +847,10 @@ def _run(args: argparse.Namespace, log=None) -> dict:
     start_peak = measure_peaks(device, args.quick)
     for name in names:
         t0 = time.perf_counter()
-        workload = WORKLOADS[name](tasks=args.tasks, quick=args.quick)
+        workload = WORKLOADS[name](tasks=args.tasks, quick=args.quick, queries=args.queries)
+        if args.impls:
+            workload.impls = {n: f for n, f in workload.impls.items()
+                              if n == workload.reference or any(fnmatch.fnmatch(n, p) for p in args.impls)}
         report["workloads"].append(run_workload(workload, device, warmup, repeats, check_tasks, args.rtol, args.channels_last, log,
                                                 flop_tasks=4 if args.quick else None))
         report["workloads"][-1]["wall_s"] = time.perf_counter() - t0

@@ -64,6 +64,9 @@ def test_presets_lists_every_preset(monkeypatch, capsys):
         (["--config", "maml-sine", "train.iterations=many"], "invalid value for 'train.iterations'"),
         (["--config", "maml-sine", "iterations"], "is not of the form section.key=value"),
         (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
+        (["--config", "fomaml-sine", "algorithm.checkpoint_steps=true"], "keeps no second-order inner graph"),
+        (["--config", "maml-sine", "algorithm.checkpoint_steps=true", "algorithm.strategy=vmap"],
+         "set algorithm.strategy=loop or auto"),
     ],
 )
 def test_bad_train_input_gets_one_clear_line(tmp_path, monkeypatch, capsys, args, message):

@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from innerloop import ANIL, FOMAML, MAML, MetaSGD, PerLayerPerStepRates, SinusoidTasks
+from innerloop.core.update_rules import RULES
 from innerloop.models import MLP
 
 
@@ -200,3 +201,49 @@ def test_loop_meta_backward_frees_each_task_and_gives_the_batch_gradient(f64):
     learner.meta_loss = lambda b: calls.append(b.num_tasks) or original(b)
     learner.meta_backward(batch)
     assert calls == [1] * 6  # one task at a time
+
+
+def _graph_size(tensor):
+    """Autograd nodes reachable from ``tensor`` (what a backward pass has kept alive)."""
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: MAML(small_mlp(), inner_lr=0.05, inner_steps=4, **kw),
+        lambda **kw: MetaSGD(small_mlp(), inner_lr=0.05, inner_steps=4, **kw),
+        lambda **kw: MAML(small_mlp(), update_rule=PerLayerPerStepRates(0.05), inner_steps=4, **kw),
+        lambda **kw: ANIL(small_mlp(), inner_lr=0.05, inner_steps=4, **kw),
+        lambda **kw: MAML(small_mlp(), update_rule=RULES["lstm-optimizer"](0.05), inner_steps=4, **kw),
+    ],
+    ids=["maml", "metasgd", "lslr", "anil", "lstm-optimizer"],
+)
+def test_checkpointed_inner_steps_give_the_same_meta_gradient_and_keep_no_inner_graph(make):
+    """checkpoint_steps recomputes the inner steps in backward: same gradient, far smaller stored graph."""
+    b = batch(n=3)
+    plain, ckpt = make(strategy="loop"), make(checkpoint_steps=True)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.chooser.strategy == "loop"  # auto means the loop with recomputation
+    g_plain, g_ckpt = analytic(plain, b), analytic(ckpt, b)
+    assert g_plain.abs().max() > 0
+    torch.testing.assert_close(g_ckpt, g_plain, rtol=1e-12, atol=1e-14)
+    # With meta_backward (the trainer's call) too.
+    plain.zero_grad(), ckpt.zero_grad()
+    plain.meta_backward(b), ckpt.meta_backward(b)
+    torch.testing.assert_close(parameters_to_vector([p.grad for p in ckpt.parameters()]),
+                               parameters_to_vector([p.grad for p in plain.parameters()]), rtol=1e-12, atol=1e-14)
+    stored = {name: _graph_size(learner.meta_loss(b[:1])[0]) for name, learner in (("plain", plain), ("ckpt", ckpt))}
+    assert stored["ckpt"] * 2 < stored["plain"], stored
+
+
+def test_checkpointed_inner_steps_refuse_vmap():
+    with pytest.raises(ValueError, match="strategy='loop'"):
+        MAML(small_mlp(), inner_lr=0.05, checkpoint_steps=True, strategy="vmap")

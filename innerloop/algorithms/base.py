@@ -141,8 +141,16 @@ class GradientLearner(MetaLearner):
         eval_steps: int | None = None,
         loss_fn=None,
         strategy: str = "auto",
+        checkpoint_steps: bool = False,
     ) -> None:
-        super().__init__(model, loss_fn, strategy)
+        if checkpoint_steps and strategy == "vmap":
+            raise ValueError(
+                "checkpoint_steps recomputes inner steps with torch.utils.checkpoint, which cannot run under vmap: "
+                "use strategy='loop' (or 'auto', which then means loop)"
+            )
+        # Recomputation only pays where memory is the limit: the per-task loop on big models.
+        super().__init__(model, loss_fn, "loop" if checkpoint_steps else strategy)
+        self.checkpoint_steps = bool(checkpoint_steps)
         self.inner_steps = _check_positive_int("inner_steps", inner_steps, allow_zero=True)
         self.eval_steps = _check_positive_int("eval_steps", eval_steps if eval_steps is not None else inner_steps, True)
         self.first_order = bool(first_order)
@@ -171,6 +179,7 @@ class GradientLearner(MetaLearner):
         return inner_loop(
             self.head_forward, self.loss_fn, self.update_rule, fast, shared, x, y, steps,
             first_order=self.first_order if first_order is None else first_order, trajectory=trajectory,
+            checkpoint=self.checkpoint_steps,
         )
 
     def adapt(self, support_x, support_y, steps: int | None = None) -> Params:

@@ -37,6 +37,8 @@ class MAML(GradientLearner):
         eval_steps: default number of steps for :meth:`adapt` (defaults to inner_steps).
         loss_fn: task loss; default cross-entropy for integer labels, else MSE.
         strategy: ``"vmap"``, ``"loop"`` or ``"auto"`` (measure both, keep the faster).
+        checkpoint_steps: second order only: store no inner-step graph, recompute each step
+            in the backward pass (less memory, one more forward; loop strategy, ``.backward()``).
     """
 
     def meta_loss(self, batch):

@@ -8,7 +8,9 @@ the heart of every optimization-based algorithm, built on ``torch.func.grad``:
 
 Second order (MAML) keeps the graph of each inner gradient, so the outer backward
 differentiates through the inner loop; first order treats each inner gradient as a
-constant (``detach``), so d theta' / d theta = I.
+constant (``detach``), so d theta' / d theta = I. Second order can also recompute each
+inner step during the backward pass instead of storing its graph (``checkpoint=True``):
+memory of one step instead of all of them, for one more forward and inner gradient.
 
 ``map_tasks`` runs a per-task function over a meta-batch either with
 ``torch.func.vmap`` over the task dimension or with a per-task Python loop. Both give
@@ -32,6 +34,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ..tasks.batch import TaskBatch
 from .batchnorm import use_transductive_batch_norm_
@@ -69,30 +73,66 @@ def inner_loop(
     steps: int,
     first_order: bool = False,
     trajectory: bool = False,
+    checkpoint: bool = False,
 ) -> Params | list[Params]:
     """Adapt the ``fast`` parameters on one task's support set ``(x, y)``.
 
     ``shared`` parameters take part in the forward pass but are not adapted; they
     still receive the outer (meta) gradient through it. Returns the adapted
     parameters (fast and shared merged), or with ``trajectory=True`` the list of them
-    after 0, 1, ..., ``steps`` steps.
+    after 0, 1, ..., ``steps`` steps. ``checkpoint=True`` recomputes each second-order
+    step in the backward pass (see :func:`recomputed_in_backward`); it does not run under vmap.
     """
 
-    def support_loss(fast_params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    def support_loss(fast_params: Params, shared: Params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss = loss_fn(forward({**shared, **fast_params}, x), y)
         return loss, loss  # the loss itself too: learned optimizers read it
 
     support_grad = grad(support_loss, has_aux=True)
+
+    def one_step(fast: Params, state, step: int, shared: Params, x: torch.Tensor):
+        grads, loss = support_grad(fast, shared, x)
+        if first_order:
+            grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
+        return rule.update(fast, grads, step, state, loss)
+
+    # First order keeps no inner graph worth recomputing, and without autograd there is nothing to store.
+    # shared and x are explicit inputs so a recomputed step hands their gradients back (they may be
+    # non-leaf, e.g. ANIL's embedding) instead of back-propagating into the rest of the graph itself.
+    recompute = checkpoint and not first_order and torch.is_grad_enabled()
+    step_fn = (lambda *args: recomputed_in_backward(one_step, *args)) if recompute else one_step
     path = [{**shared, **fast}] if trajectory else None
     state = rule.init_state(fast)
     for step in range(steps):
-        grads, loss = support_grad(fast)
-        if first_order:
-            grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
-        fast, state = rule.update(fast, grads, step, state, loss)
+        fast, state = step_fn(fast, state, step, shared, x)
         if trajectory:
             path.append({**shared, **fast})
     return path if trajectory else {**shared, **fast}
+
+
+def recomputed_in_backward(fn: Callable, *args):
+    """``fn(*args)`` (pytrees of tensors in and out) that keeps only its inputs for the backward pass.
+
+    Uses torch.utils.checkpoint's reentrant form: its non-reentrant form works through
+    saved-tensor hooks, which ``torch.func.grad`` inside ``fn`` refuses. The reentrant form
+    runs ``fn`` without autograd, then again with it when the backward pass reaches it, so the
+    result supports ``.backward()`` (gradients reach leaves ``fn`` closes over, such as learned
+    inner rates) but not ``torch.autograd.grad``, and it cannot run under vmap.
+    """
+    leaves, spec = tree_flatten(args)
+    tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    out_spec = []
+
+    def flat_fn(*tensors):
+        full = list(leaves)
+        for i, t in zip(tensor_at, tensors):
+            full[i] = t
+        out_leaves, spec_out = tree_flatten(fn(*tree_unflatten(full, spec)))
+        out_spec[:] = [spec_out]
+        return tuple(out_leaves)
+
+    outputs = torch_checkpoint(flat_fn, *(leaves[i] for i in tensor_at), use_reentrant=True)
+    return tree_unflatten(list(outputs), out_spec[0])
 
 
 TaskFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], object]

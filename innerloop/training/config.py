@@ -31,6 +31,7 @@ class AlgorithmConfig:
     adapt: str = "all"  # all | head | a regular expression over parameter names
     update_rule: str = "sgd"  # sgd | metasgd | lslr | metacurvature | lstm-optimizer | meta-lstm (core.update_rules.RULES)
     strategy: str = "auto"  # vmap | loop | auto
+    checkpoint_steps: bool = False  # recompute second-order inner steps in the backward pass (memory for time)
 
 
 @dataclass
@@ -229,6 +230,19 @@ def validate(config: Config) -> None:
             f"{config.algorithm.name!r}: only {', '.join(RULE_USERS)} take an inner-loop update rule "
             "(metasgd has its own); use algorithm.name=maml with this rule"
         )
+    if config.algorithm.checkpoint_steps:
+        a = config.algorithm
+        if a.name not in ("maml", "metasgd", "anil") or a.first_order:
+            raise ConfigError(
+                f"algorithm.checkpoint_steps recomputes second-order inner steps, but algorithm.name={a.name!r}"
+                f"{' with algorithm.first_order=true' if a.first_order else ''} keeps no second-order inner graph; "
+                "drop algorithm.checkpoint_steps (it applies to maml, metasgd and anil, second order)"
+            )
+        if a.strategy == "vmap":
+            raise ConfigError(
+                "algorithm.checkpoint_steps runs the per-task loop (torch.utils.checkpoint cannot run under vmap); "
+                "set algorithm.strategy=loop or auto"
+            )
     if config.train.meta_lr <= 0:
         raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
     if config.train.lr_decay_every is not None and config.train.lr_decay_every < 1:
