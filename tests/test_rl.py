@@ -233,22 +233,23 @@ def test_linear_baseline_fits_each_task_its_own_returns(f64):
 
 # -- environments -------------------------------------------------------------------------
 def test_navigation_reward_is_minus_the_distance_after_a_clipped_move():
+    """Normalized actions as in the paper's code (rllab's normalize): the move is 0.1 * clip(a, -1, 1)."""
     family = make_family("nav2d")
     goals = torch.tensor([[0.3, -0.2], [-0.5, 0.5]], dtype=torch.float64)
     env = family.make(goals, episodes=2, seed=0)
     assert torch.equal(env.reset(), torch.zeros(2, 2, 2))
-    actions = torch.tensor([[[0.5, 0.05], [-0.02, 0.0]], [[0.0, 0.0], [-1.0, 1.0]]])
+    actions = torch.tensor([[[5.0, 0.5], [-0.2, 0.0]], [[0.0, 0.0], [-10.0, 10.0]]])
     position, reward, terminated = env.step(actions)
-    moved = actions.clamp(-0.1, 0.1)
+    moved = torch.tensor([[[0.1, 0.05], [-0.02, 0.0]], [[0.0, 0.0], [-0.1, 0.1]]])
     assert torch.allclose(position, moved)
     assert torch.allclose(reward, -(moved - goals[:, None].float()).norm(dim=-1))
     assert not terminated.any()
     # within 0.01 of the goal in both coordinates the episode ends: no more reward, no more moves
     env = family.make(torch.tensor([[0.05, -0.095]]), episodes=2, seed=0)
     env.reset()
-    position, reward, terminated = env.step(torch.tensor([[[0.05, -0.1], [0.05, 0.1]]]))
+    position, reward, terminated = env.step(torch.tensor([[[0.5, -1.0], [0.5, 1.0]]]))
     assert terminated.tolist() == [[True, False]]
-    position, reward, terminated = env.step(torch.tensor([[[0.1, 0.1], [0.0, 0.0]]]))
+    position, reward, terminated = env.step(torch.tensor([[[1.0, 1.0], [0.0, 0.0]]]))
     assert torch.allclose(position[0, 0], torch.tensor([0.05, -0.1])) and reward[0, 0] == 0 and terminated[0, 0]
     assert reward[0, 1] < 0 and not terminated[0, 1]
     samples = family.sample_tasks(1000, torch.Generator().manual_seed(0))

@@ -73,7 +73,7 @@ class TaskFamily(ABC):
         return self.sample_tasks(num_tasks, torch.Generator().manual_seed(derive_seed(seed, self.name, "test")))
 
     def action_bounds(self) -> tuple[float, float] | None:
-        """Where continuous actions are clipped by the environment (None: unbounded or discrete)."""
+        """Where the environment clips continuous actions, in the policy's units (None: unbounded or discrete)."""
         return None
 
     def describe_task(self, task: torch.Tensor) -> str:
