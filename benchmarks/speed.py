@@ -59,7 +59,9 @@ Measured per impl:
 Workloads (sizes of the full run; ``--quick`` runs the ones marked Q at the sizes given):
 
 * ``sine-maml-{1,5}step-{2nd,1st}``: MLP 1-40-40-1, 25 tasks, 10 support / 10 query points,
-  inner SGD 0.01 (Finn et al. 2017, 5.1). Q: the 1-step ones, full size.
+  inner SGD 0.01 (Finn et al. 2017, 5.1). Q: the 1-step ones, full size. Besides the
+  strategies, ``innerloop vmap+compile`` (``compile=True``; not in --quick, compiling takes
+  a minute) and, second order, ``innerloop loop+checkpoint`` (``checkpoint_steps=True``).
 * ``omniglot-maml-{1,5}step-{2nd,1st}``: Conv-4-64 (batch norm, transductive), 5-way 1-shot
   15 queries per class, 28x28, 32 tasks, inner SGD 0.4 (Finn et al. 2017, 5.2).
   Q: 1 step, 2nd order, 2 tasks of 5 queries per class.
@@ -441,6 +443,9 @@ def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = N
     order = "first" if first_order else "second"
     Learner = FOMAML if first_order else MAML
     impls = _innerloop_strategies(lambda m, s: Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=s))
+    if domain == "sine" and not quick:  # small ops: torch.compile fuses them (compiling takes too long for --quick)
+        impls["innerloop vmap+compile"] = lambda m: InnerloopImpl(
+            Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="vmap", compile=True))
     if not first_order:  # the memory option: inner steps recomputed in the backward pass
         impls["innerloop loop+checkpoint"] = lambda m: InnerloopImpl(MAML(m, inner_lr=lr, inner_steps=steps, checkpoint_steps=True))
     skipped: dict[str, str] = {}

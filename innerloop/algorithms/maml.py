@@ -39,6 +39,7 @@ class MAML(GradientLearner):
         strategy: ``"vmap"``, ``"loop"`` or ``"auto"`` (measure both, keep the faster).
         checkpoint_steps: second order only: store no inner-step graph, recompute each step
             in the backward pass (less memory, one more forward; loop strategy, ``.backward()``).
+        compile: ``torch.compile`` the meta-loss (a fixed strategy; the first step compiles).
     """
 
     def meta_loss(self, batch):

@@ -159,7 +159,7 @@ def build_learner(config: Config, model: nn.Module | None = None) -> algorithms.
     model = build_model(config) if model is None else model
     if a.name not in LEARNERS:
         raise ConfigError(f"unknown algorithm algorithm.name={a.name!r}; available: {', '.join(LEARNERS)}")
-    kwargs = dict(strategy=a.strategy, eval_steps=a.eval_steps, checkpoint_steps=a.checkpoint_steps)
+    kwargs = dict(strategy=a.strategy, eval_steps=a.eval_steps, checkpoint_steps=a.checkpoint_steps, compile=a.compile)
     rule = None if a.update_rule == "sgd" else RULES[a.update_rule](a.inner_lr)
     if a.name in ("maml", "fomaml"):
         learner = LEARNERS[a.name](

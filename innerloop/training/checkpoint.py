@@ -138,7 +138,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 # Options that do not change what a run computes, so they may differ on resume.
-HARMLESS = {"algorithm.strategy", "algorithm.checkpoint_steps", "task.root", "task.download", "rl.workers", "rl.eval_episodes", "rl.eval_lrs"}
+HARMLESS = {"algorithm.strategy", "algorithm.checkpoint_steps", "algorithm.compile", "task.root", "task.download", "rl.workers", "rl.eval_episodes", "rl.eval_lrs"}
 
 
 def config_differences(config: Config, other: Config, sections=("algorithm", "model", "task", "rl")) -> list[str]:

@@ -32,6 +32,7 @@ class AlgorithmConfig:
     update_rule: str = "sgd"  # sgd | metasgd | lslr | metacurvature | lstm-optimizer | meta-lstm (core.update_rules.RULES)
     strategy: str = "auto"  # vmap | loop | auto
     checkpoint_steps: bool = False  # recompute second-order inner steps in the backward pass (memory for time)
+    compile: bool = False  # torch.compile the meta-loss (maml, fomaml, metasgd, anil; strategy vmap or loop)
 
 
 @dataclass
@@ -242,6 +243,14 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 "algorithm.checkpoint_steps runs the per-task loop (torch.utils.checkpoint cannot run under vmap); "
                 "set algorithm.strategy=loop or auto"
+            )
+    if config.algorithm.compile:
+        a = config.algorithm
+        if a.name not in ("maml", "fomaml", "metasgd", "anil") or a.strategy == "auto" or a.checkpoint_steps:
+            raise ConfigError(
+                f"algorithm.compile compiles the meta-loss of maml, fomaml, metasgd or anil for one fixed strategy "
+                f"(got algorithm.name={a.name!r}, strategy={a.strategy!r}, checkpoint_steps={a.checkpoint_steps}); "
+                "set algorithm.strategy=vmap (small models) or loop, without checkpoint_steps"
             )
     if config.train.meta_lr <= 0:
         raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
