@@ -67,6 +67,8 @@ def test_presets_lists_every_preset(monkeypatch, capsys):
         (["--config", "fomaml-sine", "algorithm.checkpoint_steps=true"], "keeps no second-order inner graph"),
         (["--config", "maml-sine", "algorithm.checkpoint_steps=true", "algorithm.strategy=vmap"],
          "set algorithm.strategy=loop or auto"),
+        (["--config", "maml-sine", "algorithm.compile=true"], "set algorithm.strategy=vmap (small models) or loop"),
+        (["--config", "reptile-sine", "algorithm.compile=true", "algorithm.strategy=vmap"], "got algorithm.name='reptile'"),
     ],
 )
 def test_bad_train_input_gets_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
