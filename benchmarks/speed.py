@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from contextlib import nullcontext
 import ctypes
 import fnmatch
 import gc
@@ -387,6 +386,7 @@ class Workload:
     impls: dict[str, Factory]
     skipped: dict[str, str] = field(default_factory=dict)  # impl -> why it is not run
     reference: str = REFERENCE
+    same_flops_as: dict[str, str] = field(default_factory=dict)  # impl -> the impl whose FLOP count it shares
 
     def to(self, device, dtype=None, channels_last: bool = False) -> "Workload":
         """A copy on ``device`` (and ``dtype``), the impls unchanged."""
@@ -399,7 +399,8 @@ class Workload:
             # (T, N, C, H, W) stored as (T, N, H, W, C): every task's (N, C, H, W) slice is channels_last.
             cl = lambda x: x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if x.dim() == 5 else x
             batch = TaskBatch(cl(batch.support_x), batch.support_y, cl(batch.query_x), batch.query_y)
-        return Workload(self.name, self.description, model, batch, self.peak_kind, self.impls, dict(self.skipped), self.reference)
+        return Workload(self.name, self.description, model, batch, self.peak_kind, self.impls, dict(self.skipped), self.reference,
+                        dict(self.same_flops_as))
 
 
 def _innerloop_strategies(make_learner, strategies=("vmap", "loop", "auto")) -> dict[str, Factory]:
@@ -443,9 +444,11 @@ def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = N
     order = "first" if first_order else "second"
     Learner = FOMAML if first_order else MAML
     impls = _innerloop_strategies(lambda m, s: Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=s))
+    same_flops_as = {}
     if domain == "sine" and not quick:  # small ops: torch.compile fuses them (compiling takes too long for --quick)
         impls["innerloop vmap+compile"] = lambda m: InnerloopImpl(
             Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="vmap", compile=True))
+        same_flops_as["innerloop vmap+compile"] = "innerloop vmap"
     if not first_order:  # the memory option: inner steps recomputed in the backward pass
         impls["innerloop loop+checkpoint"] = lambda m: InnerloopImpl(MAML(m, inner_lr=lr, inner_steps=steps, checkpoint_steps=True))
     skipped: dict[str, str] = {}
@@ -453,7 +456,7 @@ def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = N
     impls[REFERENCE] = lambda m: PlainMAML(m, lr, steps, first_order)
     name = f"{domain}-maml-{steps}step-{'1st' if first_order else '2nd'}"
     return Workload(name, f"{'FOMAML' if first_order else 'MAML'} {order} order, {steps} inner step{'s' * (steps > 1)} of SGD {lr}; {what}",
-                    model, batch, peak, impls, skipped)
+                    model, batch, peak, impls, skipped, same_flops_as=same_flops_as)
 
 
 def build_anil(steps: int = 5, tasks: int | None = None, quick: bool = False, queries: int | None = None) -> Workload:
@@ -677,23 +680,15 @@ def run_workload(workload: Workload, device: torch.device, warmup: int, repeats:
     tasks = w.batch.num_tasks
     impls = {name: factory(copy.deepcopy(w.model)) for name, factory in w.impls.items()}
     rows = {name: {"impl": name, "family": impl.family} for name, impl in impls.items()}
-    for name, impl in impls.items():  # warm-up, then one untimed probe: memory and FLOPs
+    for name, impl in impls.items():  # warm-up, then one untimed probe of memory
         for _ in range(warmup):
             impl.zero_grad()
             impl.step(w.batch)
             _sync(device)
         impl.zero_grad()
-        counted = w.batch if not flop_tasks or flop_tasks >= tasks else w.batch[:flop_tasks]
-        with MemoryProbe(device) as mem, (FlopCounterMode(display=False) if counted is w.batch else nullcontext()) as flops:
+        with MemoryProbe(device) as mem:
             impl.step(w.batch)
-        if counted is not w.batch:  # FLOPs of the first tasks only (--quick): counting costs Python time per op
-            impl.zero_grad()
-            impl.step(counted)  # "auto" may key its choice on the number of tasks: resolve it before counting
-            impl.zero_grad()
-            with FlopCounterMode(display=False) as flops:
-                impl.step(counted)
-        rows[name].update(peak_mem_mib=mem.bytes / 2 ** 20, memory_method=mem.method, flop_tasks=counted.num_tasks,
-                          gflop_per_task=flops.get_total_flops() / counted.num_tasks / 1e9, times_ms=[])
+        rows[name].update(peak_mem_mib=mem.bytes / 2 ** 20, memory_method=mem.method, times_ms=[])
     for _ in range(repeats):  # round-robin, so that load changes hit every impl alike
         for name, impl in impls.items():
             impl.zero_grad()
@@ -703,6 +698,21 @@ def run_workload(workload: Workload, device: torch.device, warmup: int, repeats:
             impl.step(w.batch)
             _sync(device)
             rows[name]["times_ms"].append(1e3 * (time.perf_counter() - t0))
+    # FLOPs after the timed steps, and never under torch.compile: once compiled code meets FlopCounterMode's
+    # dispatch mode it runs as slow as eager from then on (measured on the sinusoid: 2.8 -> 7.2 ms per step).
+    counted = w.batch if not flop_tasks or flop_tasks >= tasks else w.batch[:flop_tasks]
+    for name, impl in impls.items():
+        if name in w.same_flops_as:
+            continue
+        if counted is not w.batch:  # FLOPs of the first tasks only (--quick): counting costs Python time per op
+            impl.zero_grad()
+            impl.step(counted)  # "auto" may key its choice on the number of tasks: resolve it before counting
+        impl.zero_grad()
+        with FlopCounterMode(display=False) as flops:
+            impl.step(counted)
+        rows[name].update(flop_tasks=counted.num_tasks, gflop_per_task=flops.get_total_flops() / counted.num_tasks / 1e9)
+    for name, twin in w.same_flops_as.items():
+        rows[name].update(flop_tasks=rows[twin]["flop_tasks"], gflop_per_task=rows[twin]["gflop_per_task"])
     for name, impl in impls.items():
         row = rows[name]
         row["median_ms"] = statistics.median(row["times_ms"])
@@ -854,8 +864,9 @@ def _run(args: argparse.Namespace, log=None) -> dict:
         t0 = time.perf_counter()
         workload = WORKLOADS[name](tasks=args.tasks, quick=args.quick, queries=args.queries)
         if args.impls:
-            workload.impls = {n: f for n, f in workload.impls.items()
-                              if n == workload.reference or any(fnmatch.fnmatch(n, p) for p in args.impls)}
+            keep = {n for n in workload.impls if n == workload.reference or any(fnmatch.fnmatch(n, p) for p in args.impls)}
+            keep |= {workload.same_flops_as[n] for n in keep if n in workload.same_flops_as}  # its FLOPs come from there
+            workload.impls = {n: f for n, f in workload.impls.items() if n in keep}
         report["workloads"].append(run_workload(workload, device, warmup, repeats, check_tasks, args.rtol, args.channels_last, log,
                                                 flop_tasks=4 if args.quick else None))
         report["workloads"][-1]["wall_s"] = time.perf_counter() - t0

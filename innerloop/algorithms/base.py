@@ -169,7 +169,7 @@ class GradientLearner(MetaLearner):
             raise TypeError(f"update_rule must be an innerloop UpdateRule, got {type(update_rule).__name__}")
         if compile:
             # torch.compile traces the inner loop's grad and the task map into one graph and fuses the
-            # many small kernels of small models (2x on the sinusoid MLP, measured); the first call compiles.
+            # many small kernels of small models (2-2.5x vmap on the sinusoid MLP, RESULTS.md); the first call compiles.
             self.meta_loss = torch.compile(self.meta_loss, dynamic=False)  # training shapes are fixed: specialise
         params = self.model_params()
         update_rule.bind({n: params[n].shape for n in self.adapted_names}, max(inner_steps, 1), params[self.adapted_names[0]])
