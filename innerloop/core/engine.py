@@ -171,8 +171,12 @@ class StrategyChooser:
         self.choices: dict[str, str] = {}
 
     @staticmethod
-    def training_key(batch: TaskBatch) -> str:
-        return f"{tuple(batch.support_x.shape[1:])}|{tuple(batch.query_x.shape[1:])}|train"
+    def _shapes(batch: TaskBatch) -> str:
+        return f"{tuple(batch.support_x.shape[1:])}|{tuple(batch.query_x.shape[1:])}"
+
+    @classmethod
+    def training_key(cls, batch: TaskBatch) -> str:
+        return f"{cls._shapes(batch)}|train"
 
     def known(self, batch: TaskBatch) -> str | None:
         """The strategy training batches like ``batch`` use, if already decided (None before the first one)."""
@@ -186,8 +190,7 @@ class StrategyChooser:
             return "loop"  # nothing to batch
         # A training workload is keyed by its per-task shapes alone: the ranks of a distributed
         # run hold shards of different sizes and adopt rank 0's choice for all of them.
-        shapes = f"{tuple(batch.support_x.shape[1:])}|{tuple(batch.query_x.shape[1:])}"
-        key = self.training_key(batch) if training else f"{shapes}|tasks={batch.num_tasks}|eval"
+        key = self.training_key(batch) if training else f"{self._shapes(batch)}|tasks={batch.num_tasks}|eval"
         if key not in self.choices:
             self.choices[key] = self._measure(run, batch[: self.sample_tasks], params)
         return self.choices[key]
