@@ -18,15 +18,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from _train import ms_per_iteration, train_subprocess
 from innerloop.training.checkpoint import find_checkpoint, load_checkpoint
 
 PRESETS = ["maml-sine", "fomaml-sine", "reptile-sine", "metasgd-sine", "anil-sine", "pretrained-sine"]
@@ -64,25 +62,17 @@ def main() -> None:
                 (run_dir / "eval.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime)
         else:
             start = time.perf_counter()
-            with open(out / f"{preset}.log", "w") as log:
-                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory, even with runs side by side
-                proc.returncode = os.waitstatus_to_exitcode(status)
-            if proc.returncode != 0:
-                raise SystemExit(f"{preset} failed; see {out / f'{preset}.log'}")
+            peak = train_subprocess(command, out / f"{preset}.log")
             wall = time.perf_counter() - start
-            summary.setdefault(preset, {})["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
+            summary.setdefault(preset, {})["peak_rss_mb"] = peak
         # Evaluate the final checkpoint with `innerloop eval` (the same command a user runs).
         steps = ["0"] if preset in FORWARD_PASS else ["0", "1", "5", "10"]
         evaluation = [sys.executable, "-m", "innerloop", "eval", str(run_dir), "--tasks", "1000", "--shots", "5", "--shots", "10",
                       *(arg for step in steps for arg in ("--steps", step)), "--output", str(run_dir / "eval-final.json")]
         subprocess.run(evaluation, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
         results = json.loads((run_dir / "eval-final.json").read_text())["results"]
-        meta_batch = OmegaConf.load(run_dir / "config.yaml").train.meta_batch_size
-        rates = [r["tasks_per_s"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-                 if "tasks_per_s" in r]
         summary[preset] = {**summary.get(preset, {}), "wall_s": round(wall, 1), "iterations": args.iterations,
-                           "seed": args.seed, "threads": 1, "ms_per_iteration": round(1e3 * meta_batch / statistics.median(rates), 2),
+                           "seed": args.seed, "threads": 1, "ms_per_iteration": ms_per_iteration(run_dir),
                            "command": "OMP_NUM_THREADS=1 " + " ".join(["innerloop", *command[3:]]), "results": results}
         summary_path.write_text(json.dumps(summary, indent=2))
 
