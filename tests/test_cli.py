@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
+from innerloop.training.builders import build_learner, build_rl_learner
 from innerloop.training.checkpoint import load_checkpoint
+from innerloop.training.config import is_rl, load_config, preset_names
 
 from cli_runner import cli  # tests/cli_runner.py
 from shared_data import needs_omniglot  # tests/shared_data.py
@@ -135,3 +137,12 @@ def test_protonets_learns_real_omniglot_from_the_cli(tmp_path, monkeypatch, caps
     assert (run / "episode.png").stat().st_size > 10000 and (run / "curves.png").exists()
     code, out, err = cli(monkeypatch, capsys, "eval", run, "--tasks", 60)
     assert code == 0 and json.loads((run / "eval.json").read_text())["results"] == result["results"]
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_validates_and_builds_its_learner(preset):
+    # A preset is a promise to users: it must load, pass validation and build a learner with
+    # meta-parameters (a typo in a field or an update rule the model cannot take fails here).
+    config = load_config(preset)
+    learner = build_rl_learner(config) if is_rl(config) else build_learner(config)
+    assert sum(p.numel() for p in learner.parameters()) > 0
