@@ -26,3 +26,7 @@ class DatasetError(InnerloopError, FileNotFoundError):
 
 class DistributedError(InnerloopError, RuntimeError):
     """A process group cannot be formed or has fallen out of step."""
+
+
+class TrainingInterrupted(InnerloopError):
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint of the last finished iteration."""

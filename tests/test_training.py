@@ -99,6 +99,37 @@ def test_kill_during_training_never_corrupts_the_latest_checkpoint(tmp_path):
     resumed.fit()
 
 
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_saves_the_iteration_it_interrupts_and_resume_matches_an_unbroken_run(tmp_path, sig):
+    # No periodic checkpoint would come for 100000 iterations: only the stop handler can save the run.
+    settings = ["train.progress=false", "train.val_every=100000", "train.checkpoint_every=100000", "train.log_every=1",
+                "algorithm.strategy=vmap", "train.meta_batch_size=5"]
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "innerloop", "train", "--config", "maml-sine", "--out", str(out), "--no-evaluate",
+           "train.iterations=100000", *settings]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics, deadline = out / "metrics.jsonl", time.time() + 240
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 5:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    ckpt = load_checkpoint(out)
+    assert proc.returncode == 130 and ckpt.iteration >= 5
+    assert f"stopped by {sig.name} after iteration {ckpt.iteration} of 100000" in err.decode() and "--resume" in err.decode()
+    # The saved state is a whole iteration: resuming gives exactly the weights of an unbroken run.
+    total = [f"train.iterations={ckpt.iteration + 3}", *settings]
+    resumed = Trainer(load_config("maml-sine", total, out_dir=str(out)), resume=True)
+    assert resumed.start_iteration == ckpt.iteration
+    resumed.fit()
+    unbroken = Trainer(load_config("maml-sine", total, out_dir=str(tmp_path / "unbroken")))
+    unbroken.fit()
+    a, b = weights(unbroken), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_existing_run_needs_resume(tmp_path):
     Trainer(config(tmp_path, extra=["train.iterations=1"])).fit()
     with pytest.raises(ConfigError, match="--resume"):

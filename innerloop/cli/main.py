@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import InnerloopError
+from ..errors import InnerloopError, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Meta-learning on PyTorch: train, evaluate and demo.")
 
@@ -199,6 +199,9 @@ def main() -> None:
     """Entry point: user errors become one clear line on stderr and exit status 2."""
     try:
         app()
+    except TrainingInterrupted as stopped:  # asked for (Ctrl-C, SIGTERM), not an error: the run is saved
+        typer.echo(str(stopped), err=True)
+        sys.exit(130)
     except InnerloopError as err:
         from ..training.distributed import launched_by_torchrun
 
