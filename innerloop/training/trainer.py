@@ -16,13 +16,13 @@ checkpoint. ``training.distributed.DistributedTrainer`` overrides them and sets
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -187,32 +187,27 @@ class Trainer:
         )
         return {name: s["mean"] for name, s in results[steps[0]].items()}
 
-    @contextlib.contextmanager
-    def stop_requests(self):
-        """While training, SIGINT (Ctrl-C) and SIGTERM ask for a clean stop: the list yielded gets the signal.
+    def catch_stop_signals(self) -> tuple[list[int], Callable[[], None]]:
+        """While training, SIGINT (Ctrl-C) and SIGTERM ask for a clean stop; returns (requests, restore).
 
-        The loop then finishes the current iteration, writes a checkpoint of it and raises
-        :class:`TrainingInterrupted`, so an interruption loses nothing (without this, up to
-        ``checkpoint_every`` iterations). A second signal interrupts at once. Only a single
-        process on the main thread: the ranks of a distributed run would see the signal at
-        different iterations, so they keep the default (resume from the last periodic checkpoint).
+        A signal is appended to ``requests``; the loop then finishes the current iteration,
+        writes a checkpoint of it and raises :class:`TrainingInterrupted`, so an interruption
+        loses nothing (without this, up to ``checkpoint_every`` iterations). A second signal
+        interrupts at once. Only a single process on the main thread: the ranks of a
+        distributed run would see a signal at different iterations, so they keep the default
+        (resume from the last periodic checkpoint). ``restore()`` puts the old handlers back.
         """
-        stop: list[int] = []
+        requests: list[int] = []
         if self.group is not None or threading.current_thread() is not threading.main_thread():
-            yield stop
-            return
+            return requests, lambda: None
 
         def request(signum, frame):
-            if stop:
+            if requests:
                 raise KeyboardInterrupt
-            stop.append(signum)
+            requests.append(signum)
 
         previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield stop
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        return requests, lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
 
     def fit(self) -> dict:
         c = self.config.train
@@ -227,38 +222,39 @@ class Trainer:
         )
         summary: dict = {}
         tick, tasks_seen, env_steps = time.perf_counter(), 0, 0
-        with self.stop_requests() as stop:
-            try:
-                for iteration in range(self.start_iteration, c.iterations):
-                    metrics = self.step(iteration)
-                    tasks_seen += c.meta_batch_size
-                    env_steps += metrics.get("env_steps", 0)
-                    done = iteration + 1
-                    bar.update(1)
-                    if done % c.log_every == 0 or done == c.iterations:
-                        elapsed = max(time.perf_counter() - tick, 1e-9)
-                        record = {"iteration": done, **metrics, "tasks_per_s": tasks_seen / elapsed}
-                        if env_steps:  # meta-RL: environment steps of every rollout
-                            record["env_steps_per_s"] = env_steps / elapsed
-                        tick, tasks_seen, env_steps = time.perf_counter(), 0, 0
-                        bar.set_postfix(self.progress_fields(record))
-                        if log:
-                            log.write(record)
-                        summary["train"] = record
-                    if done % c.val_every == 0 or done == c.iterations:
-                        val = self.validate()
-                        summary["val"] = {"iteration": done, **val}
-                        if log:
-                            log.write({"iteration": done, "split": "val", **val})
-                    if done % c.checkpoint_every == 0 or done == c.iterations or stop:
-                        self.checkpoint(done)
-                    if stop and done < c.iterations:  # SIGINT/SIGTERM: this iteration is whole and saved; leave
-                        raise TrainingInterrupted(
-                            f"stopped by {signal.Signals(stop[0]).name} after iteration {done} of {c.iterations}; "
-                            f"checkpoint {self.last_checkpoint} written: add --resume to the same command to continue exactly"
-                        )
-            finally:
-                bar.close()
-                if log:
-                    log.close()
+        stop, restore_signals = self.catch_stop_signals()
+        try:
+            for iteration in range(self.start_iteration, c.iterations):
+                metrics = self.step(iteration)
+                tasks_seen += c.meta_batch_size
+                env_steps += metrics.get("env_steps", 0)
+                done = iteration + 1
+                bar.update(1)
+                if done % c.log_every == 0 or done == c.iterations:
+                    elapsed = max(time.perf_counter() - tick, 1e-9)
+                    record = {"iteration": done, **metrics, "tasks_per_s": tasks_seen / elapsed}
+                    if env_steps:  # meta-RL: environment steps of every rollout
+                        record["env_steps_per_s"] = env_steps / elapsed
+                    tick, tasks_seen, env_steps = time.perf_counter(), 0, 0
+                    bar.set_postfix(self.progress_fields(record))
+                    if log:
+                        log.write(record)
+                    summary["train"] = record
+                if done % c.val_every == 0 or done == c.iterations:
+                    val = self.validate()
+                    summary["val"] = {"iteration": done, **val}
+                    if log:
+                        log.write({"iteration": done, "split": "val", **val})
+                if done % c.checkpoint_every == 0 or done == c.iterations or stop:
+                    self.checkpoint(done)
+                if stop and done < c.iterations:  # SIGINT/SIGTERM: this iteration is whole and saved; leave
+                    raise TrainingInterrupted(
+                        f"stopped by {signal.Signals(stop[0]).name} after iteration {done} of {c.iterations}; "
+                        f"checkpoint {self.last_checkpoint} written: add --resume to the same command to continue exactly"
+                    )
+        finally:
+            restore_signals()
+            bar.close()
+            if log:
+                log.close()
         return summary
