@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 
 from innerloop.plots import adaptation_curves
-from innerloop.training.builders import build_learner, build_tasks
-from innerloop.training.checkpoint import load_checkpoint, restore_learner
+from innerloop.training.builders import build_tasks, learner_from_checkpoint
+from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import FORWARD_PASS_LEARNERS
 from innerloop.training.evaluate import evaluate_config
 
@@ -33,8 +33,7 @@ def main() -> None:
     for run in args.runs:
         checkpoint = load_checkpoint(run)
         config = checkpoint.config
-        learner = build_learner(config)
-        restore_learner(learner, checkpoint, config)
+        learner = learner_from_checkpoint(checkpoint)
         forward_pass = config.algorithm.name in FORWARD_PASS_LEARNERS
         steps = [0] if forward_pass else list(range(args.max_steps + 1))
         result = evaluate_config(learner, config, build_tasks, shots=[args.shots], steps=steps, num_tasks=args.tasks)

@@ -18,8 +18,8 @@ import torch
 
 from innerloop.rl.evaluate import evaluate_adaptation, format_returns
 from innerloop.tasks.seeding import derive_seed
-from innerloop.training.builders import build_learner
-from innerloop.training.checkpoint import load_checkpoint, restore_learner
+from innerloop.training.builders import learner_from_checkpoint
+from innerloop.training.checkpoint import load_checkpoint
 
 
 def paper_goals() -> torch.Tensor:
@@ -36,8 +36,7 @@ def main() -> None:
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.config.task.name != "nav2d":
         raise SystemExit(f"{args.checkpoint} is a {ckpt.config.task.name} checkpoint; this script evaluates nav2d ones")
-    learner = build_learner(ckpt.config)
-    restore_learner(learner, ckpt, ckpt.config)
+    learner = learner_from_checkpoint(ckpt)
     results = evaluate_adaptation(learner, paper_goals(), [0, 1, 2, 3], args.episodes, args.lrs,
                                   derive_seed(ckpt.config.eval.seed, "rl-test"))
     print(f"{args.checkpoint}: the paper's 40 goals, {args.episodes} episodes per step, step sizes {args.lrs}")

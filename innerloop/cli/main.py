@@ -136,8 +136,8 @@ def evaluate_checkpoint(
     output: Optional[Path] = typer.Option(None, help="JSON file for the results (default: eval.json beside the checkpoint)."),
 ) -> None:
     """Evaluate a checkpoint on fresh seeded test tasks; print the table and write JSON."""
-    from ..training.builders import build_learner, build_tasks
-    from ..training.checkpoint import load_checkpoint, restore_learner
+    from ..training.builders import build_tasks, learner_from_checkpoint
+    from ..training.checkpoint import load_checkpoint
     from ..training.config import validate
     from ..training.evaluate import evaluate_config, format_table
 
@@ -157,8 +157,7 @@ def evaluate_checkpoint(
             raise ConfigError("--shots does not apply to meta-RL; episodes per adaptation step are the config's rl.eval_episodes")
         cfg.eval.shots = list(shots)
     validate(cfg)
-    learner = build_learner(cfg)
-    restore_learner(learner, ckpt, cfg)
+    learner = learner_from_checkpoint(ckpt)  # cfg is ckpt.config: only its eval section changed above
     if is_rl(cfg):
         from ..rl.evaluate import evaluate_rl
 

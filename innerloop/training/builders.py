@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..models import MLP
 from ..tasks import SinusoidTasks
 from ..tasks.seeding import derive_seed
+from .checkpoint import Checkpoint, restore_learner
 from .config import Config, is_rl
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -182,6 +183,13 @@ def build_learner(config: Config, model: nn.Module | None = None) -> algorithms.
     else:
         learner = algorithms.Pretrained(model, inner_lr=a.inner_lr, strategy=a.strategy, eval_steps=a.eval_steps or 1)
     return learner.to(device=config.train.device, dtype=DTYPES[config.train.dtype])
+
+
+def learner_from_checkpoint(checkpoint: Checkpoint) -> algorithms.MetaLearner:
+    """The learner ``checkpoint`` was trained as (built from its own config), holding its weights."""
+    learner = build_learner(checkpoint.config)
+    restore_learner(learner, checkpoint, checkpoint.config)
+    return learner
 
 
 def build_optimizer(config: Config, learner: nn.Module) -> torch.optim.Optimizer | None:
