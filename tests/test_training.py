@@ -27,6 +27,15 @@ def weights(trainer):
     return {k: v.clone() for k, v in trainer.learner.state_dict().items()}
 
 
+
+def wait_while_running(proc, ready, seconds: float = 240) -> None:
+    """Poll until ``ready()``; fail with the training process's stderr if it exits first, or after ``seconds``."""
+    deadline = time.time() + seconds
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+
 @pytest.mark.parametrize("preset", [
     "maml-sine", "metasgd-sine", "reptile-sine", "anil-sine", "pretrained-sine", "maml-lslr-sine",
     "maml-metacurvature-sine", "maml-lstm-optimizer-sine", "maml-meta-lstm-sine", "cnp-sine",
@@ -83,11 +92,7 @@ def test_kill_during_training_never_corrupts_the_latest_checkpoint(tmp_path):
            "train.iterations=100000", "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.progress=false",
            "train.val_every=100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while find_checkpoint(out) is None or load_checkpoint(out).iteration < 5:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_while_running(proc, lambda: find_checkpoint(out) is not None and load_checkpoint(out).iteration >= 5)
     time.sleep(0.123)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -99,7 +104,6 @@ def test_kill_during_training_never_corrupts_the_latest_checkpoint(tmp_path):
     resumed.fit()
 
 
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_saves_the_iteration_it_interrupts_and_resume_matches_an_unbroken_run(tmp_path, sig):
     # No periodic checkpoint would come for 100000 iterations: only the stop handler can save the run.
@@ -109,11 +113,8 @@ def test_a_stop_signal_saves_the_iteration_it_interrupts_and_resume_matches_an_u
     cmd = [sys.executable, "-m", "innerloop", "train", "--config", "maml-sine", "--out", str(out), "--no-evaluate",
            "train.iterations=100000", *settings]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics, deadline = out / "metrics.jsonl", time.time() + 240
-    while not metrics.exists() or len(metrics.read_text().splitlines()) < 5:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.05)
+    metrics = out / "metrics.jsonl"
+    wait_while_running(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     ckpt = load_checkpoint(out)

@@ -207,7 +207,12 @@ class Trainer:
             requests.append(signum)
 
         previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return requests, lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return requests, restore
 
     def fit(self) -> dict:
         c = self.config.train
