@@ -27,7 +27,6 @@ def weights(trainer):
     return {k: v.clone() for k, v in trainer.learner.state_dict().items()}
 
 
-
 def wait_while_running(proc, ready, seconds: float = 240) -> None:
     """Poll until ``ready()``; fail with the training process's stderr if it exits first, or after ``seconds``."""
     deadline = time.time() + seconds
@@ -35,6 +34,7 @@ def wait_while_running(proc, ready, seconds: float = 240) -> None:
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.time() < deadline
         time.sleep(0.05)
+
 
 @pytest.mark.parametrize("preset", [
     "maml-sine", "metasgd-sine", "reptile-sine", "anil-sine", "pretrained-sine", "maml-lslr-sine",
