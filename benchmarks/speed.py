@@ -64,7 +64,8 @@ Workloads (sizes of the full run; ``--quick`` runs the ones marked Q at the size
   a minute) and, second order, ``innerloop loop+checkpoint`` (``checkpoint_steps=True``).
 * ``omniglot-maml-{1,5}step-{2nd,1st}``: Conv-4-64 (batch norm, transductive), 5-way 1-shot
   15 queries per class, 28x28, 32 tasks, inner SGD 0.4 (Finn et al. 2017, 5.2).
-  Q: 1 step, 2nd order, 2 tasks of 5 queries per class.
+  Q: 1 step, 2nd order, 2 tasks of 5 queries per class. First order, also
+  ``innerloop loop+compile`` (not in --quick).
 * ``omniglot-anil-5step-2nd``: the same Conv-4-64 classifier; only the linear head adapts
   (5 steps of 0.4), the body is shared. Q: 2 tasks of 5 queries per class.
 * ``sine-reptile-5step`` / ``omniglot-reptile-5step``: Reptile, 5 inner SGD steps on
@@ -73,7 +74,8 @@ Workloads (sizes of the full run; ``--quick`` runs the ones marked Q at the size
   extra forward pass the peers do not make, visible in its FLOPs.)
 * ``omniglot-protonets`` (reported as ``omniglot-protonets-60w5s``): ProtoNets training
   episode, 60-way 5-shot 5 queries per class, Conv-4-64 embedding, one episode per
-  meta-batch (the paper's setting). Q: 10-way 5-shot 5 queries.
+  meta-batch (the paper's setting), also with the meta-loss under ``torch.compile``
+  (``innerloop +compile``, not in --quick). Q: 10-way 5-shot 5 queries.
 
 The Omniglot-shaped workloads use random N(0, 1) 28x28 tensors (and correct labels), not
 real characters: the time of a step does not depend on pixel values, and this keeps the
@@ -445,10 +447,13 @@ def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = N
     Learner = FOMAML if first_order else MAML
     impls = _innerloop_strategies(lambda m, s: Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=s))
     same_flops_as = {}
-    if domain == "sine" and not quick:  # small ops: torch.compile fuses them (compiling takes too long for --quick)
-        impls["innerloop vmap+compile"] = lambda m: InnerloopImpl(
-            Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="vmap", compile=True))
-        same_flops_as["innerloop vmap+compile"] = "innerloop vmap"
+    if not quick:  # compiling takes a minute or more: not in --quick
+        # sinusoid: torch.compile fuses vmap's many small ops; Omniglot: the first-order loop (the route the issue names)
+        compiled = "vmap" if domain == "sine" else "loop" if first_order else None
+        if compiled:
+            impls[f"innerloop {compiled}+compile"] = lambda m: InnerloopImpl(
+                Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=compiled, compile=True))
+            same_flops_as[f"innerloop {compiled}+compile"] = f"innerloop {compiled}"
     if not first_order:  # the memory option: inner steps recomputed in the backward pass
         impls["innerloop loop+checkpoint"] = lambda m: InnerloopImpl(MAML(m, inner_lr=lr, inner_steps=steps, checkpoint_steps=True))
     skipped: dict[str, str] = {}
@@ -499,12 +504,21 @@ def build_protonets(ways: int | None = None, shots: int = 5, queries: int | None
     model = Conv4(1, 64)
     # One episode per meta-batch: innerloop embeds it in one pass whatever the strategy.
     impls: dict[str, Factory] = {AUTO: lambda m: InnerloopImpl(ProtoNets(m, strategy="auto"))}
+    same_flops_as = {}
+    if not quick:  # the meta-loss under torch.compile (as MAML(compile=True) does it); compiling takes a minute
+        impls["innerloop +compile"] = lambda m: InnerloopImpl(_compiled(ProtoNets(m, strategy="loop")))
+        same_flops_as["innerloop +compile"] = AUTO
     impls[REFERENCE] = lambda m: PlainProtoNets(m, ways, shots)
     skipped = {"higher": "not applicable: ProtoNets has no inner optimisation loop"}
     return Workload(f"omniglot-protonets-{ways}w{shots}s",
                     f"ProtoNets training episode, {ways}-way {shots}-shot {queries} queries, Conv-4-64 embedding, "
                     f"{tasks} episode(s) per step (random 28x28)",
-                    model, omniglot_batch(tasks, ways, shots, queries, seed=1), "conv", impls, skipped)
+                    model, omniglot_batch(tasks, ways, shots, queries, seed=1), "conv", impls, skipped, same_flops_as=same_flops_as)
+
+
+def _compiled(learner):
+    learner.meta_loss = torch.compile(learner.meta_loss, dynamic=False)
+    return learner
 
 
 WORKLOADS: dict[str, Callable[..., Workload]] = {

@@ -80,6 +80,11 @@ def test_bad_train_input_gets_one_clear_line(tmp_path, monkeypatch, capsys, args
     assert "Traceback" not in err and err.count("\n") == 1
 
 
+def test_rl_protocol_options_refused_for_supervised_checkpoint(trained, monkeypatch, capsys):
+    code, _, err = cli(monkeypatch, capsys, "eval", trained, "--episodes", 40)
+    assert code == 2 and "--episodes and --lrs set the meta-RL adaptation protocol" in err and "Traceback" not in err
+
+
 def test_missing_checkpoint(tmp_path, monkeypatch, capsys):
     code, _, err = cli(monkeypatch, capsys, "eval", tmp_path / "nothing")
     assert code == 2 and "no checkpoint found" in err and "Traceback" not in err

@@ -1,6 +1,7 @@
 """Meta-RL: estimators against exact computations, TRPO, returns, batched vs looped, learning, resume, config errors."""
 
 import itertools
+import json
 import math
 
 import pytest
@@ -338,6 +339,14 @@ def test_cli_trains_and_evaluates_navigation(tmp_path, monkeypatch, capsys):
     assert len(lines) == 2 and all(l.split()[3] == "2" for l in lines)
     code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--shots", "5")
     assert code == 2 and "--shots does not apply to meta-RL" in err
+    # The adaptation protocol can change at evaluation (the paper's code tests with 40 episodes, steps 0.5 then 0.25).
+    code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--tasks", "2", "--episodes", "6", "--lrs", "0.5", "--lrs", "0.25",
+                         "--output", tmp_path / "e.json")
+    assert code == 0 and "6 episodes per step, step sizes [0.5, 0.25]" in out, err
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["episodes"] == 6 and saved["lrs"] == [0.5, 0.25]
+    code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--lrs", "-1")
+    assert code == 2 and "rl.eval_lrs must be a non-empty list of positive step sizes" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -133,6 +133,9 @@ def evaluate_checkpoint(
     steps: Optional[List[int]] = typer.Option(None, "--steps", help="Adaptation steps to report (repeatable)."),
     shots: Optional[List[int]] = typer.Option(None, "--shots", help="Support shots to evaluate (repeatable)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the test tasks (default: the run's eval.seed)."),
+    episodes: Optional[int] = typer.Option(None, min=1, help="Meta-RL: episodes per task and adaptation step (default: rl.eval_episodes)."),
+    lrs: Optional[List[float]] = typer.Option(None, "--lrs", help="Meta-RL: step size of each adaptation step, the last repeating "
+                                              "(repeatable; default: rl.eval_lrs)."),
     output: Optional[Path] = typer.Option(None, help="JSON file for the results (default: eval.json beside the checkpoint)."),
 ) -> None:
     """Evaluate a checkpoint on fresh seeded test tasks; print the table and write JSON."""
@@ -154,8 +157,16 @@ def evaluate_checkpoint(
         cfg.eval.steps = list(steps)
     if shots:
         if is_rl(cfg):
-            raise ConfigError("--shots does not apply to meta-RL; episodes per adaptation step are the config's rl.eval_episodes")
+            raise ConfigError("--shots does not apply to meta-RL: give --episodes, the episodes per task and adaptation step")
         cfg.eval.shots = list(shots)
+    if episodes is not None or lrs:
+        if not is_rl(cfg):
+            raise ConfigError("--episodes and --lrs set the meta-RL adaptation protocol; this checkpoint is not meta-RL "
+                              "(use --shots and --steps)")
+        if episodes is not None:
+            cfg.rl.eval_episodes = episodes
+        if lrs:
+            cfg.rl.eval_lrs = list(lrs)
     validate(cfg)
     learner = learner_from_checkpoint(ckpt)  # cfg is ckpt.config: only its eval section changed above
     if is_rl(cfg):
