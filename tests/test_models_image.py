@@ -100,6 +100,22 @@ def test_maml_conv4_vmap_and_loop_meta_gradients_agree(inner_steps):
         torch.testing.assert_close(gv, gl, rtol=0, atol=1e-10)
 
 
+def test_compiled_conv4_with_batch_norm_traces_whole_and_matches_eager():
+    """compile=True on a batch-norm conv net: one graph (no break at each batch-norm layer), eager's gradient."""
+    from torch._dynamo.utils import counters
+
+    b = image_batch(tasks=2, size=16, dtype=torch.float32)
+    grads = {}
+    for compiled in (False, True):
+        torch.manual_seed(1)
+        learner = innerloop.FOMAML(Conv4(1, 4, out_features=3, image_size=16), inner_lr=0.4, strategy="loop", compile=compiled)
+        counters.clear()
+        grads[compiled] = meta_gradient(learner, b)[1]
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    for ge, gc in zip(grads[False], grads[True]):
+        torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-5)
+
+
 def test_maml_conv4_tasks_are_normalized_separately():
     """Transductive batch norm is per task: a task's loss does not depend on the other tasks."""
     b = image_batch(tasks=3)

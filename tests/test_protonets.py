@@ -128,6 +128,27 @@ def test_vmap_and_loop_agree_on_loss_and_gradients():
         torch.testing.assert_close(gv, gl, rtol=0, atol=1e-10)
 
 
+def test_loop_meta_backward_goes_episode_by_episode_with_the_batch_gradient():
+    """Batch norm + the loop strategy: meta_backward frees each episode's graph; same gradient and metrics."""
+    b = episode_batch(tasks=3, ways=4, shots=2, queries=2)
+    out = {}
+    for strategy in ("vmap", "loop"):
+        learner = conv_learner(strategy=strategy)
+        calls, original = [], learner.meta_loss
+        learner.meta_loss = lambda batch: calls.append(batch.num_tasks) or original(batch)
+        metrics = learner.meta_backward(b, weight=0.5)
+        out[strategy] = ([p.grad for p in learner.parameters()], {k: float(v) for k, v in metrics.items()}, calls)
+    assert out["vmap"][2] == [3] and out["loop"][2] == [1, 1, 1]
+    for gv, gl in zip(out["vmap"][0], out["loop"][0]):
+        torch.testing.assert_close(gl, gv, rtol=1e-10, atol=1e-12)
+    assert out["loop"][1] == pytest.approx(out["vmap"][1], rel=1e-10)
+    flat = ProtoNets(NoBatchNorm().double(), strategy="loop")  # no batch norm: one pass for the whole batch
+    calls, original = [], flat.meta_loss
+    flat.meta_loss = lambda batch: calls.append(batch.num_tasks) or original(batch)
+    flat.meta_backward(b)
+    assert calls == [3]
+
+
 def test_flattened_meta_batch_equals_per_task_mapping_when_exact():
     # no batch norm: the flat path is the default and equals the per-task paths
     b = episode_batch(tasks=3, ways=3, shots=2, queries=2)

@@ -177,6 +177,9 @@ class ProtoNets(MetaLearner):
         return self.map_tasks(task, batch)
 
     # -- the MetaLearner interface ----------------------------------------------------------
+    def backward_per_task(self, batch: TaskBatch) -> bool:
+        return not self.uses_flat_path(batch) and self.chooser.known(batch) == "loop" and batch.num_tasks > 1
+
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         per_task = self.episode_metrics(batch)
         loss = per_task["loss"].mean()

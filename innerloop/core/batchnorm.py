@@ -7,8 +7,8 @@ wrong meta-gradient (about 20% relative error against finite differences in floa
 the per-task loop is exact). Writing the normalisation with elementary ops avoids the
 faulty batching rule, so innerloop swaps every ``nn.BatchNorm{1,2,3}d`` for
 :class:`TransductiveBatchNorm`, reusing the very same ``weight``/``bias`` parameters
-(names and optimizer references are unchanged). Outside ``vmap`` the layer uses the
-fused kernel, which is exact there and about 4x faster on large conv activations.
+(names and optimizer references are unchanged). Outside ``vmap`` (and ``torch.compile``)
+the layer uses the fused kernel, which is exact there and about 4x faster on large conv activations.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ class TransductiveBatchNorm(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _inside_vmap():
+        # Under torch.compile the elementary form is traced (the interpreter-stack query would break the
+        # graph at every layer) and the compiler fuses its elementwise ops itself.
+        if not torch.compiler.is_compiling() and not _inside_vmap():
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dims, keepdim=True)
