@@ -168,7 +168,7 @@ def evaluate_checkpoint(
         if lrs:
             cfg.rl.eval_lrs = list(lrs)
     validate(cfg)
-    learner = learner_from_checkpoint(ckpt)  # cfg is ckpt.config: only its eval section changed above
+    learner = learner_from_checkpoint(ckpt)  # cfg is ckpt.config: only its evaluation protocol changed above
     if is_rl(cfg):
         from ..rl.evaluate import evaluate_rl
 
