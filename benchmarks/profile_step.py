@@ -76,12 +76,11 @@ def profile_impl(workload, name: str, warmup: int) -> dict:
     impl.zero_grad()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         impl.step(workload.batch)
+    ops = [(e.self_cpu_time_total / 1e6, e.key, e.count) for e in prof.key_averages() if e.key.startswith("aten::")]
     seconds = defaultdict(float)
-    for event in prof.key_averages():
-        if event.key.startswith("aten::"):
-            seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6
-    top = sorted(((e.self_cpu_time_total / 1e6, e.key, e.count) for e in prof.key_averages() if e.key.startswith("aten::")),
-                 reverse=True)[:8]
+    for self_seconds, op, _ in ops:
+        seconds[kind_of(op)] += self_seconds
+    top = sorted(ops, reverse=True)[:8]
     return {"impl": name, "seconds": dict(seconds), "total": sum(seconds.values()), "conv_flops": conv_flops,
             "all_flops": counter.get_total_flops(), "top": top}
 

@@ -81,6 +81,10 @@ class MetaLearner(nn.Module):
         mean of independent per-task losses say yes when their tasks run in a loop)."""
         return False
 
+    def runs_tasks_in_a_loop(self, batch: TaskBatch) -> bool:
+        """Several tasks, mapped with the per-task loop (as configured or as ``auto`` chose)."""
+        return self.chooser.known(batch) == "loop" and batch.num_tasks > 1
+
     def meta_backward(self, batch: TaskBatch, weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Accumulate ``weight * d meta_loss / d theta`` into ``.grad``; returns the metrics.
 
@@ -133,7 +137,7 @@ class GradientLearner(MetaLearner):
     """
 
     def backward_per_task(self, batch: TaskBatch) -> bool:
-        return self.chooser.known(batch) == "loop" and batch.num_tasks > 1
+        return self.runs_tasks_in_a_loop(batch)
 
     def __init__(
         self,

@@ -178,7 +178,7 @@ class ProtoNets(MetaLearner):
 
     # -- the MetaLearner interface ----------------------------------------------------------
     def backward_per_task(self, batch: TaskBatch) -> bool:
-        return not self.uses_flat_path(batch) and self.chooser.known(batch) == "loop" and batch.num_tasks > 1
+        return not self.uses_flat_path(batch) and self.runs_tasks_in_a_loop(batch)
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         per_task = self.episode_metrics(batch)
