@@ -164,6 +164,17 @@ def test_nonfinite_gradient_of_a_finite_loss_is_caught(tmp_path, monkeypatch):
         trainer.fit()
 
 
+def test_validation_names_the_tasks_that_diverge(tmp_path):
+    """A NaN mean alone hides what happened: the record adds the median and the non-finite count."""
+    val = ["train.val_tasks=40", "algorithm.eval_steps=10"]
+    calm = Trainer(config(tmp_path, "calm", extra=[*val, "algorithm.inner_lr=0.05"])).validate()
+    assert set(calm) == {"loss"} and calm["loss"] > 0
+    wild = Trainer(config(tmp_path, "wild", extra=[*val, "algorithm.inner_lr=0.2"])).validate()
+    assert not torch.isfinite(torch.tensor(wild["loss"]))
+    assert 0 < wild["loss_nonfinite"] < 40 and isinstance(wild["loss_nonfinite"], int)
+    assert 0 < wild["loss_median"] < float("inf")
+
+
 @pytest.mark.slow
 def test_maml_beats_pretrained_after_one_step(tmp_path):
     """A few hundred MAML iterations already adapt far better in one step than joint training."""

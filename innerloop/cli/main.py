@@ -85,7 +85,8 @@ def _fit(cfg, resume: bool, evaluate):
         ranks = f" on {group.world_size} processes" if group else ""
         typer.echo(f"trained {cfg.algorithm.name} for {cfg.train.iterations} iterations{ranks}; last checkpoint {trainer.last_checkpoint}")
         if "val" in summary:
-            typer.echo("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["val"].items() if k != "iteration"))
+            typer.echo("validation: " + ", ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
+                                                  for k, v in summary["val"].items() if k != "iteration"))
         training_curves(cfg.out_dir)
     return trainer, results
 

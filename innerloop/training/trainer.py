@@ -180,12 +180,23 @@ class Trainer:
         return {"loss": f"{record['loss']:.4f}", "tasks_s": f"{record['tasks_per_s']:.0f}"}
 
     def validate(self) -> dict[str, float]:
+        """Mean of each metric over the validation tasks at the learner's ``eval_steps``.
+
+        Where some tasks give a non-finite value (an update rule meta-trained for one step and
+        validated at ten can blow up on a few tasks), the mean is NaN or inf, so the record also
+        carries the median over the finite tasks and how many were not finite.
+        """
         steps = [getattr(self.learner, "eval_steps", 0)]
         c = self.config.train
         results = evaluate(
             self.learner, self.val_tasks, steps, c.val_tasks, min(c.val_tasks, c.meta_batch_size), self.device, self.dtype, self.group
         )
-        return {name: s["mean"] for name, s in results[steps[0]].items()}
+        record = {}
+        for name, s in results[steps[0]].items():
+            record[name] = s["mean"]
+            if s["nonfinite"]:
+                record |= {f"{name}_median": s["median"], f"{name}_nonfinite": s["nonfinite"]}
+        return record
 
     def catch_stop_signals(self) -> tuple[list[int], Callable[[], None]]:
         """While training, SIGINT (Ctrl-C) and SIGTERM ask for a clean stop; returns (requests, restore).
