@@ -184,7 +184,7 @@ class Trainer:
 
         Where some tasks give a non-finite value (an update rule meta-trained for one step and
         validated at ten can blow up on a few tasks), the mean is NaN or inf, so the record also
-        carries the median over the finite tasks and how many were not finite.
+        carries the median over the tasks (NaNs left out) and how many were not finite.
         """
         steps = [getattr(self.learner, "eval_steps", 0)]
         c = self.config.train
