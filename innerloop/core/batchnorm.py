@@ -9,6 +9,7 @@ faulty batching rule, so innerloop swaps every ``nn.BatchNorm{1,2,3}d`` for
 :class:`TransductiveBatchNorm`, reusing the very same ``weight``/``bias`` parameters
 (names and optimizer references are unchanged). Outside ``vmap`` (and ``torch.compile``)
 the layer uses the fused kernel, which is exact there and about 4x faster on large conv activations.
+Under ``torch.compile`` on CPU the batch statistics are summed in float64 (see :func:`_statistics_dtype`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,26 @@ except ImportError:  # pragma: no cover - other torch versions: always take the 
         return True
 
 
+def _statistics_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype of the batch statistics under ``torch.compile``.
+
+    Inductor's C++ (CPU) reductions add each SIMD lane sequentially over chunks of thousands of elements,
+    where eager's sum is pairwise. On conv outputs with many equal values (the blank background of
+    Omniglot's strokes) that biases a float32 batch mean by far more than eager's rounding, and
+    second-order MAML amplifies it into the meta-gradient. float64 sums restore eager's accuracy; on
+    other devices (GPU reductions are trees; MPS has no float64) the input dtype is kept.
+    """
+    return torch.float64 if x.device.type == "cpu" else x.dtype
+
+
 class TransductiveBatchNorm(nn.Module):
-    """y = (x - mean_B(x)) / sqrt(var_B(x) + eps) * weight + bias, statistics over batch and space."""
+    """y = (x - mean_B(x)) / sqrt(var_B(x) + eps) * weight + bias, statistics over batch and space.
+
+    Args:
+        num_features: C, the channels.
+        eps: added to the variance.
+        affine: learn ``weight`` and ``bias`` (else none).
+    """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
@@ -46,26 +65,31 @@ class TransductiveBatchNorm(nn.Module):
 
     @classmethod
     def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> "TransductiveBatchNorm":
+        """The same layer as a torch batch norm, sharing its very ``weight`` and ``bias`` Parameters."""
         new = cls(bn.num_features, bn.eps, affine=False)
         if bn.affine:
             new.weight, new.bias = bn.weight, bn.bias  # the same Parameter objects
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (N, C, ...)`` normalised with its own batch statistics per channel."""
         # Under torch.compile the elementary form is traced (the interpreter-stack query would break the
         # graph at every layer) and the compiler fuses its elementwise ops itself.
-        if not torch.compiler.is_compiling() and not _inside_vmap():
+        compiling = torch.compiler.is_compiling()
+        if not compiling and not _inside_vmap():
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         dims = [0, *range(2, x.dim())]
-        mean = x.mean(dims, keepdim=True)
-        var = (x - mean).pow(2).mean(dims, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
+        acc = _statistics_dtype(x) if compiling else x.dtype
+        mean = x.mean(dims, keepdim=True, dtype=acc)
+        var = (x - mean).pow(2).mean(dims, keepdim=True)  # two-pass variance, in the accumulation dtype
+        y = (x - mean.to(x.dtype)) * torch.rsqrt(var + self.eps).to(x.dtype)
         if self.weight is not None:
             shape = [1, -1] + [1] * (x.dim() - 2)
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y
 
     def extra_repr(self) -> str:
+        """Shown by ``print(module)``."""
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, transductive"
 
 
