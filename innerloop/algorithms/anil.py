@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from ..core.engine import functional_model
 from ..core.params import Params
+from .base import DEFAULT_INNER_LR
 from .maml import MAML
 
 
@@ -30,9 +31,15 @@ class ANIL(MAML):
     ``model`` is an ``nn.Sequential`` whose last element is the head, or pass the body
     and the head explicitly: ``ANIL(body, head=head_module)``; the learner's model is
     then ``Sequential(body, head)`` with parameter names ``0.*`` and ``1.*``.
+
+    Args:
+        model: the body and head as an ``nn.Sequential`` (head last), or the body when ``head`` is given.
+        inner_lr: alpha of the head's SGD inner loop (default 0.01; not with ``update_rule=``).
+        head: the head module, if ``model`` is the body alone.
+        **kwargs: as :class:`MAML` (``inner_steps``, ``first_order``, ``update_rule``, ...), except ``adapt``.
     """
 
-    def __init__(self, model: nn.Module, inner_lr: float = 0.01, head: nn.Module | None = None, **kwargs):
+    def __init__(self, model: nn.Module, inner_lr: float = DEFAULT_INNER_LR, head: nn.Module | None = None, **kwargs):
         if head is not None:
             model = nn.Sequential(model, head)
         if not isinstance(model, nn.Sequential) or len(model) < 2:
@@ -54,7 +61,9 @@ class ANIL(MAML):
         return {k: v for k, v in params.items() if not k.startswith(self._head_prefix)}
 
     def embed(self, params, x):
+        """The body's features of ``x`` (computed once per task)."""
         return self._body(self._sub(params, inside_head=False), x)
 
     def head_forward(self, params, z):
+        """The head on the body's features ``z``."""
         return functional_call(self.model[-1], self._sub(params, inside_head=True), (z,))

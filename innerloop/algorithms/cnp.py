@@ -52,8 +52,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import MLP
+from ..tasks import checks
 from ..tasks.batch import TaskBatch
 from .base import MetaLearner, _check_positive_int
+from .handle import is_task_list
 
 SIGMA_FLOOR = 0.1
 
@@ -97,6 +99,7 @@ class CNPNet(nn.Module):
         return mu, SIGMA_FLOOR + (1 - SIGMA_FLOOR) * F.softplus(raw_sigma)
 
     def forward(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, sigma)`` at ``query_x`` given the support set: ``decode(encode(support_x, support_y), query_x)``."""
         return self.decode(self.encode(support_x, support_y), query_x)
 
 
@@ -118,6 +121,7 @@ class CNP(MetaLearner):
     """
 
     eval_steps = 0  # no inner loop: the trainer validates at step 0
+    float_targets_by_mse = False  # a Gaussian likelihood: any float targets are legitimate
 
     def __init__(
         self, x_dim: int = 1, y_dim: int = 1, hidden: int | Sequence[int] = 128, layers: int = 3, strategy: str = "auto"
@@ -128,9 +132,12 @@ class CNP(MetaLearner):
     # -- one task ---------------------------------------------------------------------------
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """The representation r ``(R,)`` of one task's support set. ``steps`` is ignored (no inner loop)."""
+        checks.check_points(self.model.x_dim, self.model.y_dim, "adapt", support_x=support_x, support_y=support_y)
+        self.check_task(support_x, support_y)
         return self.model.encode(support_x, support_y)
 
     def decode(self, r: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, sigma)`` at ``query_x`` from a representation r (see :meth:`adapt`)."""
         return self.model.decode(r, query_x)
 
     def predict(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +145,7 @@ class CNP(MetaLearner):
         return self.model(support_x, support_y, query_x)
 
     def forward(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same as :meth:`predict`: ``(mu, sigma)`` at the query inputs of one task."""
         return self.predict(support_x, support_y, query_x)
 
     def query_metrics(self, mu, sigma, query_y) -> dict[str, torch.Tensor]:
@@ -147,6 +155,10 @@ class CNP(MetaLearner):
     # -- the MetaLearner interface ------------------------------------------------------------
     def episode_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Per-task query ``loss`` (MSE) and ``nll``, each ``(T,)``."""
+        if not is_task_list(batch):
+            tensors = {f: getattr(batch, f) for f in checks.FIELDS}
+            checks.check_points(self.model.x_dim, self.model.y_dim, "CNP", **tensors)
+        self.check_batch(batch)
 
         def task(support_x, support_y, query_x, query_y):
             return self.query_metrics(*self.model(support_x, support_y, query_x), query_y)

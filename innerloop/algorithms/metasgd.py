@@ -17,7 +17,14 @@ from .maml import MAML
 
 
 class MetaSGD(MAML):
-    """MAML with per-coordinate learned inner rates (the paper initialises alpha in [0.005, 0.1])."""
+    """MAML with per-coordinate learned inner rates (the paper initialises alpha in [0.005, 0.1]).
+
+    Args:
+        model: any ``nn.Module``; its parameters are the meta-learned initialization.
+        inner_lr: the initial value of every learned rate alpha (default 0.01).
+        init_range: ``(low, high)``: draw the initial rates uniformly instead.
+        **kwargs: as :class:`MAML` (``inner_steps``, ``first_order``, ``adapt``, ...), except ``update_rule``.
+    """
 
     def __init__(self, model, inner_lr: float = 0.01, init_range: tuple[float, float] | None = None, **kwargs):
         if "update_rule" in kwargs:

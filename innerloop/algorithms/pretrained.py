@@ -15,18 +15,27 @@ from __future__ import annotations
 
 import torch
 
-from .base import GradientLearner
+from .base import DEFAULT_INNER_LR, GradientLearner
 
 
 class Pretrained(GradientLearner):
-    """Joint training over tasks, fine-tuned at test time (a baseline, not a meta-learner)."""
+    """Joint training over tasks, fine-tuned at test time (a baseline, not a meta-learner).
 
-    def __init__(self, model, inner_lr: float = 0.01, eval_steps: int = 1, **kwargs):
+    Args:
+        model: any ``nn.Module``, trained on every example of every task.
+        inner_lr: the SGD rate of test-time fine-tuning (default 0.01; not with ``update_rule=``).
+        eval_steps: fine-tuning steps of :meth:`adapt` and the default evaluation.
+        **kwargs: as :class:`~innerloop.algorithms.base.GradientLearner` (``loss_fn``, ``strategy``, ...).
+    """
+
+    def __init__(self, model, inner_lr: float = DEFAULT_INNER_LR, eval_steps: int = 1, **kwargs):
         if kwargs.pop("inner_steps", 0):
             raise ValueError("Pretrained has no inner loop at training time; set eval_steps for test-time fine-tuning")
         super().__init__(model, inner_lr=inner_lr, inner_steps=0, eval_steps=eval_steps, first_order=True, **kwargs)
 
     def meta_loss(self, batch):
+        """``(loss, metrics)`` of the model on all support and query examples of ``batch`` pooled."""
+        self.check_batch(batch)
         x = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
         y = torch.cat([batch.support_y, batch.query_y], 1).flatten(0, 1)
         metrics = self.task_metrics(self(x), y)

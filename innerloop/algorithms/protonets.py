@@ -130,6 +130,7 @@ class ProtoNets(MetaLearner):
 
         ``ways`` defaults to ``support_y.max() + 1``; every class must have a support example.
         """
+        self.check_task(support_x, support_y)
         check_class_labels("ProtoNets", support_y)
         prototypes, counts = class_prototypes(self.embed(support_x), support_y, self._ways(support_y, ways))
         if bool((counts == 0).any()):
@@ -160,6 +161,7 @@ class ProtoNets(MetaLearner):
 
     def episode_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Per-task query ``loss`` (NLL of eq. 2) and ``accuracy``, each ``(T,)``."""
+        self.check_batch(batch)
         check_class_labels("ProtoNets", batch.support_y, batch.query_y)
         ways = self._ways(batch.support_y, None, batch.query_y)
         params = self.model_params()
@@ -178,9 +180,11 @@ class ProtoNets(MetaLearner):
 
     # -- the MetaLearner interface ----------------------------------------------------------
     def backward_per_task(self, batch: TaskBatch) -> bool:
+        """Task by task when the tasks are mapped (not flattened) and run in a loop."""
         return not self.uses_flat_path(batch) and self.runs_tasks_in_a_loop(batch)
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, metrics)``: the mean query NLL (eq. 2) of ``batch``, the batch means of ``loss`` and ``accuracy``."""
         per_task = self.episode_metrics(batch)
         loss = per_task["loss"].mean()
         return loss, {name: value.detach().mean() for name, value in per_task.items()}

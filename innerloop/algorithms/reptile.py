@@ -25,7 +25,7 @@ import torch
 
 from ..core.params import Params
 from ..tasks.batch import TaskBatch
-from .base import GradientLearner
+from .base import DEFAULT_INNER_LR, GradientLearner
 
 
 def _task_data(support_x, support_y, query_x, query_y):
@@ -34,9 +34,16 @@ def _task_data(support_x, support_y, query_x, query_y):
 
 
 class Reptile(GradientLearner):
-    """Reptile with an SGD inner loop of ``inner_steps`` steps at rate ``inner_lr``."""
+    """Reptile with an SGD inner loop of ``inner_steps`` steps at rate ``inner_lr``.
 
-    def __init__(self, model, inner_lr: float = 0.01, inner_steps: int = 5, **kwargs):
+    Args:
+        model: any ``nn.Module``; its parameters are the meta-learned initialization theta.
+        inner_lr: the inner SGD rate (default 0.01; not with ``update_rule=``).
+        inner_steps: k, the inner steps on each task's support and query examples (>= 1).
+        **kwargs: as :class:`~innerloop.algorithms.base.GradientLearner` (first order only).
+    """
+
+    def __init__(self, model, inner_lr: float = DEFAULT_INNER_LR, inner_steps: int = 5, **kwargs):
         kwargs.setdefault("first_order", True)
         if not kwargs["first_order"]:
             raise ValueError("Reptile is first-order by definition; drop first_order=False")
@@ -57,12 +64,15 @@ class Reptile(GradientLearner):
             return self.map_tasks(per_task, batch)
 
     def meta_loss(self, batch):
+        """Not defined for Reptile (raises): use :meth:`meta_backward`."""
         raise NotImplementedError(
             "Reptile has no differentiable meta-loss; call meta_backward(batch), which stores the "
             "Reptile pseudo-gradient theta - mean_i(theta_i) in .grad"
         )
 
     def meta_backward(self, batch: TaskBatch, weight: float = 1.0):
+        """Add ``weight * (theta - mean_i theta_i)`` to each parameter's ``.grad``; returns the mean metrics."""
+        self.check_batch(batch, "meta_backward")
         theta_i, metrics = self.adapted_weights(batch)
         for name, p in self.model.named_parameters():
             if name not in theta_i:
@@ -74,6 +84,7 @@ class Reptile(GradientLearner):
     @torch.no_grad()
     def serial_update(self, batch: TaskBatch, beta: float) -> Params:
         """Algorithm 1 over the tasks of ``batch`` in order: theta <- theta + beta (theta_i - theta)."""
+        self.check_batch(batch, "serial_update")
         theta = {n: p.detach().clone() for n, p in self.model_params().items()}
         for task in batch:
             theta_i, _ = self.adapted_weights(task, theta)

@@ -121,6 +121,10 @@ class SupportBatchNorm(nn.Module):
     the mean and variance, over its first ``support`` rows and space, of each channel.
     Outside it (``layout`` None) the whole batch gives the statistics (transductive
     batch norm). Elementary operations only, so it is exact under ``vmap`` and autograd.
+
+    Args:
+        num_features: C, the channels.
+        eps: added to the variance.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -139,6 +143,7 @@ class SupportBatchNorm(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (groups * rows, C, ...)`` normalised per group with its support rows' statistics."""
         rows, support = self.layout if self.layout is not None else (x.shape[0], x.shape[0])
         groups = x.reshape(-1, rows, *x.shape[1:])  # (G, rows, C, ...)
         dims = [1, *range(3, groups.dim())]
@@ -154,6 +159,7 @@ class SupportBatchNorm(nn.Module):
         return torch.addcmul(shift, groups, scale).reshape(x.shape)
 
     def extra_repr(self) -> str:
+        """Shown by ``print(module)``."""
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, support statistics"
 
 
@@ -180,7 +186,13 @@ def use_support_batch_norm_(module: nn.Module) -> list[SupportBatchNorm]:
 
 
 class DenseBlock(nn.Module):
-    """Causal conv (kernel 2, dilation R) with a gated activation; output concatenated to the input."""
+    """Causal conv (kernel 2, dilation R) with a gated activation; output concatenated to the input.
+
+    Args:
+        in_channels: C, features per sequence element.
+        filters: D, the gated activation's outputs per element.
+        dilation: R, the distance of the past tap.
+    """
 
     def __init__(self, in_channels: int, filters: int, dilation: int) -> None:
         super().__init__()
@@ -200,11 +212,13 @@ class DenseBlock(nn.Module):
         return torch.tanh(xf) * torch.sigmoid(xg)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h (..., L, C) -> (..., L, C + filters)``: the gated causal convolution concatenated to h."""
         length = h.shape[-2]
         past = F.pad(h[..., : length - self.dilation, :], (0, 0, self.dilation, 0)) if self.dilation < length else None
         return torch.cat([h, self.activations(past, h)], -1)
 
     def step(self, prefix: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix's outputs and each new row's output as the element after the prefix."""
         position = prefix.shape[-2]
         past = None
         if self.dilation <= position:
@@ -213,7 +227,14 @@ class DenseBlock(nn.Module):
 
 
 class TCBlock(nn.Module):
-    """ceil(log2 T) DenseBlocks of dilations ``first_dilation * 2^j``: 1, 2, 4, ... (or 2, 4, 8, ...)."""
+    """ceil(log2 T) DenseBlocks of dilations ``first_dilation * 2^j``: 1, 2, 4, ... (or 2, 4, 8, ...).
+
+    Args:
+        in_channels: features per sequence element at the input.
+        length: T, the sequence length (sets the depth).
+        filters: D of each dense block.
+        first_dilation: the first block's dilation.
+    """
 
     def __init__(self, in_channels: int, length: int, filters: int, first_dilation: int = 1) -> None:
         super().__init__()
@@ -225,21 +246,30 @@ class TCBlock(nn.Module):
 
     @property
     def dilations(self) -> list[int]:
+        """The dilations of the dense blocks, in order."""
         return [b.dilation for b in self.blocks]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The dense blocks in order: ``(..., L, C) -> (..., L, out_channels)``."""
         for block in self.blocks:
             h = block(h)
         return h
 
     def step(self, prefix: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix's outputs and each new row's output as the element after the prefix."""
         for block in self.blocks:
             prefix, new = block.step(prefix, new)
         return prefix, new
 
 
 class AttentionBlock(nn.Module):
-    """Causal single-head key/query/value attention; the read is concatenated to the input."""
+    """Causal single-head key/query/value attention; the read is concatenated to the input.
+
+    Args:
+        in_channels: features per sequence element.
+        key_size: K, the size of queries and keys.
+        value_size: V, the size of values (of the read).
+    """
 
     def __init__(self, in_channels: int, key_size: int, value_size: int) -> None:
         super().__init__()
@@ -259,9 +289,11 @@ class AttentionBlock(nn.Module):
         return torch.cat([h, probs @ v], -1), k, v
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h (..., L, C) -> (..., L, C + value_size)``: the causal attention read concatenated to h."""
         return self._causal(h)[0]
 
     def step(self, prefix: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix's outputs and each new row's output, attending to the prefix and to itself."""
         prefix_out, k_prefix, v_prefix = self._causal(prefix)
         # Each new element attends to the whole prefix and to itself.
         q, k, v = self.query(new), self.key(new), self.value(new)
@@ -284,6 +316,13 @@ class SNAILNet(nn.Module):
     embedded, label-concatenated elements, returning the logits at every position.
 
     The embedding's batch-norm layers are replaced (in place) by :class:`SupportBatchNorm`.
+
+    Args:
+        embedding: f_phi, images -> ``(n, embedding_dim)`` features.
+        ways, shots: N and K of the sequences it reads (length N*K + 1).
+        embedding_dim: features per image of ``embedding`` (default: its ``embedding_dim`` attribute).
+        first_dilation: the first dilation of each TC block (1, or the pseudocode's 2).
+        architecture: the blocks, ``("attention", key_size, value_size)`` and ``("tc", filters)``.
     """
 
     def __init__(
@@ -472,6 +511,7 @@ class SNAIL(MetaLearner):
     # -- one task ---------------------------------------------------------------------------
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> SNAILContext:
         """The support set of one task, in sequence order. ``steps`` is ignored (no inner loop)."""
+        self.check_task(support_x, support_y)
         self._check(support_y)
         return SNAILContext(*self.order(support_x, support_y))
 
@@ -480,11 +520,13 @@ class SNAIL(MetaLearner):
         return self.model(context.support_x, context.support_y, query_x)
 
     def forward(self, support_x, support_y, query_x) -> torch.Tensor:
+        """Logits ``(Q, N)`` of one task's queries: ``predict(adapt(support_x, support_y), query_x)``."""
         return self.predict(self.adapt(support_x, support_y), query_x)
 
     # -- the MetaLearner interface ------------------------------------------------------------
     def episode_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Per-task query ``loss`` (cross-entropy at the query position) and ``accuracy``, each ``(T,)``."""
+        self.check_batch(batch)
         self._check(batch.support_y, batch.query_y)
         support_x, support_y = self.order(batch.support_x, batch.support_y)
 
@@ -500,6 +542,7 @@ class SNAIL(MetaLearner):
         return self.map_tasks(task, TaskBatch(support_x, support_y, batch.query_x, batch.query_y))
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, metrics)``: the mean query cross-entropy of ``batch``, the batch means of ``loss`` and ``accuracy``."""
         per_task = self.episode_metrics(batch)
         return per_task["loss"].mean(), {name: value.detach().mean() for name, value in per_task.items()}
 

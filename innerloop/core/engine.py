@@ -28,6 +28,7 @@ no running statistics (so it is legal under ``vmap``) and, unlike
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Literal
 
@@ -37,6 +38,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from ..errors import ConfigError, InnerloopError
 from ..tasks.batch import TaskBatch
 from .batchnorm import use_transductive_batch_norm_
 from .params import Params
@@ -46,18 +48,21 @@ Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Strategy = Literal["vmap", "loop", "auto"]
 STRATEGIES = ("vmap", "loop", "auto")
+logger = logging.getLogger(__name__)
 
 
 def functional_model(module: nn.Module) -> Forward:
     """``f(params, x)`` calling ``module`` with the given parameters and its own buffers.
 
-    Batch-norm layers are switched to transductive batch statistics (see module doc).
+    The buffers are the module's at call time (``functional_call`` swaps in only the given
+    parameters), so ``.to()``, ``.double()``, ``.cuda()`` and a buffer reassigned after wrapping
+    behave as on the plain module. Batch-norm layers are switched to transductive batch
+    statistics (see module doc).
     """
     use_transductive_batch_norm_(module)
-    buffers = dict(module.named_buffers())
 
     def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, (params, buffers), (x,), strict=False)
+        return functional_call(module, params, (x,), strict=False)
 
     return forward
 
@@ -153,6 +158,19 @@ def map_tasks(fn: TaskFn, batch: TaskBatch, strategy: str):
     raise ValueError(f"strategy must be 'vmap' or 'loop' here, got {strategy!r}")
 
 
+def _first_line(err: BaseException, limit: int = 240) -> str:
+    """The first line of an error message, cut to its first sentence when long (vmap's run on)."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if len(line) > limit and ". " in line[:limit]:
+        line = line[: line.index(". ", 0, limit) + 1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _vmap_failure(err: BaseException) -> bool:
+    """An error of running the workload under vmap, as opposed to one of innerloop's own (checks, config)."""
+    return isinstance(err, RuntimeError) and not isinstance(err, InnerloopError)
+
+
 class StrategyChooser:
     """Resolves ``strategy="auto"`` by timing vmap against the loop on the real workload.
 
@@ -161,6 +179,15 @@ class StrategyChooser:
     parameters — and the faster is remembered. The global RNG is forked so the
     measurement does not change what a run samples afterwards. ``choices`` can be saved
     and restored so a resumed run keeps the strategy it had.
+
+    A model or loss ``vmap`` cannot run (``.item()``, data-dependent control flow, ...) makes
+    ``auto`` use the loop, with one warning (logger ``innerloop.core.engine``) naming the reason
+    (``fallback``); with ``strategy="vmap"`` it is a :class:`~innerloop.errors.ConfigError` naming
+    ``strategy="loop"``.
+
+    Args:
+        strategy: ``"vmap"``, ``"loop"`` or ``"auto"``.
+        sample_tasks: how many tasks of the first batch ``auto`` times each strategy on.
     """
 
     def __init__(self, strategy: Strategy = "auto", sample_tasks: int = 8) -> None:
@@ -169,6 +196,44 @@ class StrategyChooser:
         self.strategy = strategy
         self.sample_tasks = sample_tasks
         self.choices: dict[str, str] = {}
+        self.fallback: str | None = None  # why auto gave up vmap (the first line of vmap's error), once it did
+
+    def map(self, fn: TaskFn, batch: TaskBatch, run: Callable[[str, TaskBatch], torch.Tensor],
+            params: list[torch.Tensor]):
+        """``map_tasks(fn, batch, strategy)`` with the resolved strategy; a vmap failure falls back to the loop
+        under ``auto`` and is a one-line ``ConfigError`` under ``strategy="vmap"``."""
+        strategy = self.resolve(run, batch, params)
+        if strategy != "vmap" or torch.compiler.is_compiling():
+            return map_tasks(fn, batch, strategy)
+        try:
+            return map_tasks(fn, batch, "vmap")
+        except RuntimeError as err:
+            if not _vmap_failure(err):
+                raise
+            failure = err
+        if self.strategy == "vmap":
+            map_tasks(fn, batch[:1], "loop")  # an error of the workload itself (not vmap's) is raised as it is
+            raise ConfigError(
+                f'strategy="vmap" cannot run this model or loss under torch.func.vmap ({_first_line(failure)}); '
+                'use strategy="loop" (config: algorithm.strategy=loop), or "auto", which then uses the loop'
+            ) from failure
+        out = map_tasks(fn, batch, "loop")  # the loop fails too: the workload's own error, no warning
+        self._give_up_vmap(failure)
+        self.choices[self._key(batch)] = "loop"
+        return out
+
+    def _give_up_vmap(self, err: BaseException) -> None:
+        if self.fallback is None:
+            self.fallback = _first_line(err)
+            logger.warning(
+                'strategy="auto": vmap cannot run this model or loss (%s); tasks run in a per-task loop instead. '
+                'Set strategy="loop" to skip the attempt.', self.fallback,
+            )
+
+    def _key(self, batch: TaskBatch) -> str:
+        if torch.is_grad_enabled():
+            return self.training_key(batch)
+        return f"{self._shapes(batch)}|tasks={batch.num_tasks}|eval"
 
     @staticmethod
     def _shapes(batch: TaskBatch) -> str:
@@ -176,6 +241,7 @@ class StrategyChooser:
 
     @classmethod
     def training_key(cls, batch: TaskBatch) -> str:
+        """The key of training batches like ``batch`` in ``choices``: their per-task shapes."""
         return f"{cls._shapes(batch)}|train"
 
     def known(self, batch: TaskBatch) -> str | None:
@@ -183,6 +249,7 @@ class StrategyChooser:
         return self.strategy if self.strategy != "auto" else self.choices.get(self.training_key(batch))
 
     def resolve(self, run: Callable[[str, TaskBatch], torch.Tensor], batch: TaskBatch, params: list[torch.Tensor]) -> str:
+        """``strategy``, or under ``auto`` the measured choice for batches like ``batch`` (measured on the first)."""
         if self.strategy != "auto":
             return self.strategy
         training = torch.is_grad_enabled()
@@ -190,7 +257,7 @@ class StrategyChooser:
             return "loop"  # nothing to batch
         # A training workload is keyed by its per-task shapes alone: the ranks of a distributed
         # run hold shards of different sizes and adopt rank 0's choice for all of them.
-        key = self.training_key(batch) if training else f"{self._shapes(batch)}|tasks={batch.num_tasks}|eval"
+        key = self._key(batch)
         if key not in self.choices:
             self.choices[key] = self._measure(run, batch[: self.sample_tasks], params)
         return self.choices[key]
@@ -198,14 +265,23 @@ class StrategyChooser:
     def _measure(self, run, sample: TaskBatch, params) -> str:
         timings = {}
         trainable = [p for p in params if p.requires_grad] if torch.is_grad_enabled() else []
+        failure = None
         with torch.random.fork_rng(devices=[]):
             for strategy in ("vmap", "loop"):
-                for timed in (False, True):  # a warm-up, then the measurement
-                    start = time.perf_counter()
-                    loss = run(strategy, sample)
-                    if trainable:
-                        torch.autograd.grad(loss, trainable, allow_unused=True)
-                    if loss.is_cuda:
-                        torch.cuda.synchronize()
+                try:
+                    for timed in (False, True):  # a warm-up, then the measurement
+                        start = time.perf_counter()
+                        loss = run(strategy, sample)
+                        if trainable:
+                            torch.autograd.grad(loss, trainable, allow_unused=True)
+                        if loss.is_cuda:
+                            torch.cuda.synchronize()
+                except RuntimeError as err:
+                    if strategy != "vmap" or not _vmap_failure(err):
+                        raise  # the loop fails too: the workload's own error
+                    failure = err
+                    continue
                 timings[strategy] = time.perf_counter() - start
+        if failure is not None:
+            self._give_up_vmap(failure)
         return min(timings, key=timings.get)

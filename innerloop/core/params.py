@@ -23,6 +23,7 @@ AdaptSpec = Union[str, Iterable[str], Callable[[str], bool]]
 
 
 def named_params(module: nn.Module) -> Params:
+    """``module.named_parameters()`` as a ``name -> tensor`` dict."""
     return dict(module.named_parameters())
 
 

@@ -30,7 +30,10 @@ State = Any
 
 
 class UpdateRule(nn.Module):
-    """Base class. Subclasses implement :meth:`forward` (or :meth:`update`) without mutating anything."""
+    """Base class. Subclasses implement :meth:`forward` (or :meth:`update`) without mutating anything.
+
+    A rule takes no constructor arguments of its own here; ``setup`` creates its meta-parameters.
+    """
 
     def setup(self, shapes: Mapping[str, torch.Size], steps: int, like: torch.Tensor) -> None:
         """Create the rule's meta-parameters for these adapted parameters (default: none)."""
@@ -57,9 +60,11 @@ class UpdateRule(nn.Module):
         return self(params, grads, step), state
 
     def forward(self, params: Params, grads: Params, step: int) -> Params:  # pragma: no cover
+        """One inner step of a stateless rule: the new adapted parameters from ``params`` and their ``grads``."""
         raise NotImplementedError
 
     def describe(self) -> str:
+        """A short human-readable name with the rule's settings, e.g. ``SGD(lr=0.01)``."""
         return type(self).__name__
 
 
@@ -68,6 +73,9 @@ class SGD(UpdateRule):
 
     ``lr`` is one fixed rate, or a schedule of rates per step (the last one repeats for
     later steps), such as the MAML paper's meta-RL evaluation: 0.1, then 0.05.
+
+    Args:
+        lr: alpha, a positive rate or a list of rates, one per step.
     """
 
     def __init__(self, lr: float | Sequence[float]) -> None:
@@ -79,10 +87,12 @@ class SGD(UpdateRule):
         self.lr = rates[0]
 
     def forward(self, params: Params, grads: Params, step: int) -> Params:
+        """theta - alpha_step * grad for every adapted tensor."""
         lr = self.rates[min(step, len(self.rates) - 1)]
         return {n: p - lr * grads[n] for n, p in params.items()}
 
     def describe(self) -> str:
+        """``SGD(lr=...)``."""
         return f"SGD(lr={self.lr if len(self.rates) == 1 else self.rates})"
 
 
@@ -92,6 +102,10 @@ class MetaSGDRates(UpdateRule):
     ``alpha`` has the shape of the parameter it scales (one rate per coordinate, which
     also learns the update direction since rates may turn negative), initialised to
     ``init_lr`` or, as in the paper, uniformly in ``init_range``.
+
+    Args:
+        init_lr: the initial value of every rate.
+        init_range: ``(low, high)``: draw the initial rates uniformly instead.
     """
 
     def __init__(self, init_lr: float = 0.01, init_range: tuple[float, float] | None = None) -> None:
@@ -101,6 +115,7 @@ class MetaSGDRates(UpdateRule):
         self.rates = nn.ParameterDict()
 
     def setup(self, shapes, steps, like):
+        """One learned rate tensor per adapted parameter, of that parameter's shape."""
         for name, shape in shapes.items():
             if self.init_range is None:
                 alpha = torch.full(shape, self.init_lr, dtype=like.dtype, device=like.device)
@@ -110,6 +125,7 @@ class MetaSGDRates(UpdateRule):
             self.rates[slot(name)] = nn.Parameter(alpha)
 
     def forward(self, params, grads, step):
+        """theta - alpha ∘ grad."""
         return {n: p - self.rates[slot(n)] * grads[n] for n, p in params.items()}
 
 
@@ -118,6 +134,9 @@ class PerLayerPerStepRates(UpdateRule):
 
     theta'_{b+1} = theta'_b - alpha_{l,b} * g_l. At evaluation with more steps than were
     trained, the last step's rate is reused.
+
+    Args:
+        init_lr: the initial value of every rate.
     """
 
     def __init__(self, init_lr: float = 0.01) -> None:
@@ -126,12 +145,14 @@ class PerLayerPerStepRates(UpdateRule):
         self.rates = nn.ParameterDict()
 
     def setup(self, shapes, steps, like):
+        """One learned scalar rate per adapted tensor and per trained step."""
         for name in shapes:
             self.rates[slot(name)] = nn.Parameter(
                 torch.full((steps,), self.init_lr, dtype=like.dtype, device=like.device)
             )
 
     def forward(self, params, grads, step):
+        """theta_l - alpha_{l, step} * grad_l (the last trained step's rate beyond them)."""
         out = {}
         for n, p in params.items():
             rates = self.rates[slot(n)]
@@ -151,6 +172,9 @@ class MetaCurvature(UpdateRule):
     Matrices start as identities, so an untrained rule is plain SGD with rate alpha. The
     cost is one small matrix per mode instead of Meta-SGD's full-size rate tensor, and
     unlike Meta-SGD it can mix coordinates (a curvature-like correction).
+
+    Args:
+        lr: alpha, the fixed step size in front of the preconditioned gradient.
     """
 
     def __init__(self, lr: float = 0.01) -> None:
@@ -164,6 +188,7 @@ class MetaCurvature(UpdateRule):
         return tuple(shape) if len(shape) <= 2 else (shape[0], shape[1], math.prod(shape[2:]))
 
     def setup(self, shapes, steps, like):
+        """One identity-initialised matrix per mode of every adapted tensor."""
         for name, shape in shapes.items():
             if len(shape) == 0:
                 raise ValueError(f"MetaCurvature cannot precondition the scalar parameter {name!r}; do not adapt it")
@@ -172,6 +197,7 @@ class MetaCurvature(UpdateRule):
             )
 
     def forward(self, params, grads, step):
+        """theta - alpha * MC(grad), the gradient multiplied along each mode by its matrix."""
         out = {}
         for name, p in params.items():
             g = grads[name].reshape(self.modes(p.shape))
@@ -181,6 +207,7 @@ class MetaCurvature(UpdateRule):
         return out
 
     def describe(self) -> str:
+        """``MetaCurvature(lr=...)``."""
         return f"MetaCurvature(lr={self.lr})"
 
 
@@ -198,7 +225,12 @@ def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
 
 
 class CoordinateLSTMCell(nn.Module):
-    """An LSTM cell applied to every coordinate of the base model independently (shared weights)."""
+    """An LSTM cell applied to every coordinate of the base model independently (shared weights).
+
+    Args:
+        inputs: features per coordinate read at each step.
+        hidden: the size of the cell's memory per coordinate.
+    """
 
     def __init__(self, inputs: int, hidden: int) -> None:
         super().__init__()
@@ -208,6 +240,7 @@ class CoordinateLSTMCell(nn.Module):
             self.gates.bias[hidden : 2 * hidden].fill_(1.0)  # forget gate starts open: remember by default
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One LSTM step per coordinate: ``x (coordinates, inputs)``, ``state (h, c)`` -> ``(h, c)``."""
         h, c = state
         i, f, g, o = self.gates(torch.cat([x, h], dim=-1)).chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -215,6 +248,7 @@ class CoordinateLSTMCell(nn.Module):
 
 
 def flatten(params: Params) -> torch.Tensor:
+    """All coordinates of ``params`` in one vector (in the dict's order)."""
     return torch.cat([t.reshape(-1) for t in params.values()])
 
 
@@ -225,6 +259,7 @@ def coordinate_zeros(params: Params, width: int) -> torch.Tensor:
 
 
 def unflatten(flat: torch.Tensor, like: Params) -> Params:
+    """The inverse of :func:`flatten`: ``flat`` cut into tensors shaped like ``like``."""
     out, offset = {}, 0
     for name, t in like.items():
         out[name] = flat[offset : offset + t.numel()].view_as(t)
@@ -247,6 +282,11 @@ class LearnedOptimizerLSTM(UpdateRule):
     optimizer is exactly SGD with rate alpha, and meta-training learns the correction.
     With a few inner steps of few-shot adaptation that start matters (the paper trained
     its optimizers over 100-step horizons).
+
+    Args:
+        lr: alpha of the SGD skip connection.
+        hidden: units of each of the two LSTM layers (the paper's 20).
+        preprocess_p: p of the gradient preprocessing (appendix A of the paper).
     """
 
     def __init__(self, lr: float = 0.01, hidden: int = 20, preprocess_p: float = 10.0) -> None:
@@ -259,13 +299,16 @@ class LearnedOptimizerLSTM(UpdateRule):
         nn.init.zeros_(self.output.bias)
 
     def setup(self, shapes, steps, like):
+        """Moves the LSTM to the model's dtype and device (its weights do not depend on the shapes)."""
         self.to(dtype=like.dtype, device=like.device)
 
     def init_state(self, params):
+        """Zero memories ``(h, c)`` of both layers for every coordinate."""
         zeros = coordinate_zeros(params, self.layers[0].hidden)
         return [(zeros, zeros) for _ in self.layers]
 
     def update(self, params, grads, step, state, loss):
+        """theta - alpha * grad + W_out h_t, with the LSTM read of the preprocessed gradient."""
         g = flatten(grads)
         x, new_state = preprocess(g, self.preprocess_p), []
         for layer, layer_state in zip(self.layers, state):
@@ -276,6 +319,7 @@ class LearnedOptimizerLSTM(UpdateRule):
         return unflatten(theta, params), new_state
 
     def describe(self) -> str:
+        """``LearnedOptimizerLSTM(lr=...)``."""
         return f"LearnedOptimizerLSTM(lr={self.lr})"
 
 
@@ -295,6 +339,12 @@ class MetaLearnerLSTM(UpdateRule):
     loss (the paper's 2-layer meta-learner, section 3.3 and appendix A of Andrychowicz et al.).
     Initialisation as the paper suggests: gate weights small, b_F large so that f is close to 1
     (no shrinkage) and b_I = logit(alpha) so the first updates are SGD with rate alpha.
+
+    Args:
+        lr: alpha in (0, 1), the initial rate (the input gate's initial value).
+        hidden: units of the encoder LSTM layer.
+        forget_bias: b_F's initial value (large: f starts close to 1).
+        preprocess_p: p of the gradient and loss preprocessing.
     """
 
     def __init__(self, lr: float = 0.01, hidden: int = 20, forget_bias: float = 10.0, preprocess_p: float = 10.0) -> None:
@@ -312,12 +362,14 @@ class MetaLearnerLSTM(UpdateRule):
             self.forget_gate.weight.uniform_(-0.01, 0.01)
 
     def setup(self, shapes, steps, like):
+        """Moves the gates to the model's dtype and device; b_I = logit(alpha), b_F = forget_bias."""
         self.to(dtype=like.dtype, device=like.device)
         with torch.no_grad():  # in the model's precision, so that i_0 is alpha to its rounding
             self.input_gate.bias.fill_(math.log(self.lr / (1 - self.lr)))
             self.forget_gate.bias.fill_(self.forget_bias)
 
     def init_state(self, params):
+        """Zero encoder memories, i_0 = 0 and f_0 = 1 for every coordinate."""
         zeros, gates = coordinate_zeros(params, self.encoder.hidden), coordinate_zeros(params, 1)
         # i_0 = 0, f_0 = 1: no earlier step (the paper leaves these unspecified).
         return {"encoder": (zeros, zeros), "i": gates, "f": gates + 1}
@@ -330,6 +382,7 @@ class MetaLearnerLSTM(UpdateRule):
         return i.squeeze(-1), f.squeeze(-1)
 
     def update(self, params, grads, step, state, loss):
+        """theta_t = f_t * theta_{t-1} - i_t * grad_t (eq. 2), gates read from the encoder and the previous gates."""
         g, theta = flatten(grads), flatten(params)
         features = torch.cat([preprocess(g, self.preprocess_p), preprocess(loss, self.preprocess_p).expand(g.shape[0], 2)], -1)
         h, c = self.encoder(features, state["encoder"])
@@ -338,6 +391,7 @@ class MetaLearnerLSTM(UpdateRule):
         return unflatten(theta, params), {"encoder": (h, c), "i": i.unsqueeze(-1), "f": f.unsqueeze(-1)}
 
     def describe(self) -> str:
+        """``MetaLearnerLSTM(lr=...)``."""
         return f"MetaLearnerLSTM(lr={self.lr})"
 
 

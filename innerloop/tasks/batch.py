@@ -14,34 +14,31 @@ from typing import Iterator
 
 import torch
 
+from .checks import check_batch_shapes
+
 
 @dataclass(frozen=True)
 class TaskBatch:
+    """``T`` tasks stacked over a leading task dimension; shapes are checked on construction.
+
+    Args:
+        support_x: ``(T, S, *example)`` support inputs, ``S >= 1`` examples per task.
+        support_y: ``(T, S)`` integer class labels or ``(T, S, *target)`` float targets.
+        query_x: ``(T, Q, *example)`` query inputs.
+        query_y: ``(T, Q)`` or ``(T, Q, *target)``, like ``support_y``.
+    """
+
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
 
     def __post_init__(self) -> None:
-        sizes = {f.name: getattr(self, f.name).shape[0] for f in fields(self)}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(
-                f"TaskBatch tensors disagree on the number of tasks (leading dimension): {sizes}. "
-                "Stack every tensor over the same task dimension."
-            )
-        if self.support_x.shape[1] != self.support_y.shape[1]:
-            raise ValueError(
-                f"support_x has {self.support_x.shape[1]} examples per task but support_y has "
-                f"{self.support_y.shape[1]}; they must match."
-            )
-        if self.query_x.shape[1] != self.query_y.shape[1]:
-            raise ValueError(
-                f"query_x has {self.query_x.shape[1]} examples per task but query_y has "
-                f"{self.query_y.shape[1]}; they must match."
-            )
+        check_batch_shapes(self.support_x, self.support_y, self.query_x, self.query_y)  # see innerloop.tasks.checks
 
     @property
     def num_tasks(self) -> int:
+        """T, the number of tasks."""
         return self.support_x.shape[0]
 
     def __len__(self) -> int:
@@ -52,11 +49,13 @@ class TaskBatch:
         return self[i : i + 1]
 
     def __getitem__(self, index) -> "TaskBatch":
+        """Tasks ``index`` (an int keeps the task dimension, like a slice of one)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return TaskBatch(*(getattr(self, f.name)[index] for f in fields(self)))
 
     def __iter__(self) -> Iterator["TaskBatch"]:
+        """Each task as a batch of one."""
         for i in range(self.num_tasks):
             yield self.task(i)
 
@@ -74,4 +73,5 @@ class TaskBatch:
 
     @staticmethod
     def cat(batches: list["TaskBatch"]) -> "TaskBatch":
+        """The tasks of ``batches`` in one batch (their per-task shapes must agree)."""
         return TaskBatch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)))

@@ -29,6 +29,13 @@ class FixedTasks:
     Task ``i`` is task ``i`` of meta-batch ``draw`` (default ``EVAL_DRAW = -1``) of ``source``, so the
     set depends on the source's seed and ``draw`` only: not on ``batch_size``, not on how often or
     where it is iterated, and the first ``n`` tasks of a larger set are the ``n``-task set.
+
+    Args:
+        source: any task source with ``sample(draw, task_ids, dtype) -> TaskBatch``.
+        num_tasks: the size of the set.
+        batch_size: tasks per yielded meta-batch (the last may be smaller).
+        draw: the meta-batch number the set is drawn as.
+        dtype: the floating dtype of the tasks' tensors.
     """
 
     def __init__(self, source, num_tasks: int, batch_size: int, *, draw: int = EVAL_DRAW,

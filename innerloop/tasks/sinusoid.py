@@ -22,6 +22,17 @@ from .seeding import task_generator
 
 @dataclass(frozen=True)
 class SinusoidTasks:
+    """Sinusoid regression tasks y = A sin(x - phi) (MAML paper, section 5.1), drawn by index.
+
+    Args:
+        shots: K, support points per task.
+        queries: query points per task.
+        seed: the family's seed; task ``j`` of draw ``i`` depends on ``(seed, i, j)`` alone.
+        amplitude: the range of A (uniform).
+        phase: the range of phi (uniform).
+        x_range: the range of the inputs x (uniform).
+    """
+
     shots: int = 10
     queries: int = 10
     seed: int = 0
