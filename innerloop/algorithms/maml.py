@@ -19,7 +19,8 @@ constants, so the meta-gradient is grad L_query_i evaluated at theta'_i.
 
 from __future__ import annotations
 
-from .base import GradientLearner
+from .base import DEFAULT_INNER_LR, GradientLearner
+from .handle import check_reduction, reduce_tasks
 
 
 class MAML(GradientLearner):
@@ -27,7 +28,8 @@ class MAML(GradientLearner):
 
     Args:
         model: any ``nn.Module``; its parameters are the meta-learned initialization.
-        inner_lr: alpha, the inner-loop step size (plain SGD rule).
+        inner_lr: alpha, the inner-loop step size of the plain SGD rule (default 0.01). Not
+            together with ``update_rule=``, whose rule carries its own rate (refused: ConfigError).
         inner_steps: inner gradient steps at meta-training time.
         first_order: drop second derivatives (FOMAML).
         adapt: which parameters adapt in the inner loop: ``"all"``, ``"head"``, a
@@ -36,13 +38,23 @@ class MAML(GradientLearner):
         update_rule: replaces plain SGD (e.g. ``MetaSGDRates()``, ``PerLayerPerStepRates()``).
         eval_steps: default number of steps for :meth:`adapt` (defaults to inner_steps).
         loss_fn: task loss; default cross-entropy for integer labels, else MSE.
-        strategy: ``"vmap"``, ``"loop"`` or ``"auto"`` (measure both, keep the faster).
+        strategy: ``"vmap"``, ``"loop"`` or ``"auto"`` (measure both, keep the faster; the loop,
+            with one warning, where vmap cannot run the model or loss).
         checkpoint_steps: second order only: store no inner-step graph, recompute each step
             in the backward pass (less memory, one more forward; loop strategy, ``.backward()``).
         compile: ``torch.compile`` the meta-loss (a fixed strategy; the first step compiles).
     """
 
-    def meta_loss(self, batch):
+    def meta_loss(self, batch, reduction: str = "mean"):
+        """``(loss, metrics)``: the query loss after adaptation, averaged over the tasks of ``batch``.
+
+        ``batch`` is a ``TaskBatch`` or a list of tasks of different sizes (a ``TaskList``, or a list
+        of ``TaskBatch`` es and ``(support_x, support_y, query_x, query_y)`` tuples), run task by task.
+        ``reduction="none"`` returns the per-task losses ``(T,)`` (and per-task metrics) to weight
+        yourself; ``"sum"`` their sum.
+        """
+        check_reduction(reduction)
+        self.check_batch(batch)  # innerloop.tasks.checks (a compiled meta-loss checks before the graph)
         theta = self.model_params()
 
         def query_loss(support_x, support_y, query_x, query_y):
@@ -50,14 +62,18 @@ class MAML(GradientLearner):
             prediction = self.head_forward(theta_i, self.embed(theta, query_x))
             return self.task_metrics(prediction, query_y)  # L_query_i(f_theta'_i), plus accuracy
 
-        per_task = self.map_tasks(query_loss, batch)
-        loss = per_task["loss"].mean()
-        return loss, {name: value.detach().mean() for name, value in per_task.items()}
+        return reduce_tasks(self.map_tasks(query_loss, batch), reduction)
 
 
 class FOMAML(MAML):
-    """First-order MAML: MAML with ``first_order=True`` (Finn et al. 2017, section 5.2)."""
+    """First-order MAML: MAML with ``first_order=True`` (Finn et al. 2017, section 5.2).
 
-    def __init__(self, model, inner_lr=0.01, **kwargs):
+    Args:
+        model: any ``nn.Module``; its parameters are the meta-learned initialization.
+        inner_lr: alpha, the inner SGD step size (default 0.01; not with ``update_rule=``).
+        **kwargs: as :class:`MAML`; ``first_order`` defaults to True.
+    """
+
+    def __init__(self, model, inner_lr=DEFAULT_INNER_LR, **kwargs):
         kwargs.setdefault("first_order", True)
         super().__init__(model, inner_lr=inner_lr, **kwargs)
