@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -189,15 +190,23 @@ def start_two_nodes(overrides_per_node, out, extra=(), launch=False) -> list[sub
     return procs
 
 
+def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each process, their pipes drained side by side: waiting on one while
+    another fills its pipe (a log line every iteration) would block that one, and with it the collectives."""
+    with ThreadPoolExecutor(len(procs)) as pool:
+        outputs = list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
+    return [(p.returncode, *output) for p, output in zip(procs, outputs)]
+
+
 def two_nodes(overrides_per_node, out, extra=()):
-    return [(p.wait(timeout=300), *p.communicate()) for p in start_two_nodes(overrides_per_node, out, extra)]
+    return finish(start_two_nodes(overrides_per_node, out, extra))
 
 
 def test_a_node_whose_worker_dies_rejoins_and_the_run_matches_an_uninterrupted_one(tmp_path, uninterrupted):
     out = tmp_path / "killed-node"
     nodes = start_two_nodes([[*INTERRUPTED, "--no-evaluate"]] * 2, out, extra=["--max-restarts=1"], launch=True)
     kill_a_worker_midway(nodes, out)
-    results = [(p.wait(timeout=300), *p.communicate()) for p in nodes]
+    results = finish(nodes)
     for code, _, stderr in results:
         assert code == 0, stderr[-3000:]
     assert_recovered(out, results[0][1], results[1][2], uninterrupted)

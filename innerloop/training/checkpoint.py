@@ -8,24 +8,41 @@ Layout of a run directory::
 A checkpoint is written into a temporary directory, flushed to disk, renamed into
 place, and only then does ``latest`` (itself replaced atomically) point at it. A kill
 at any moment therefore leaves ``latest`` naming a complete checkpoint.
+
+Nothing already saved is deleted unless newer work provably replaces it: a folder in the
+way of a new checkpoint is moved aside (``checkpoints/replaced-step-*``), and pruning to
+``keep`` checkpoints removes only those older than ``keep`` checkpoints known to be intact
+(written by this process, or checked when resuming). Files and folders follow the umask.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, StorageError
 from .config import Config, from_dict, to_dict, to_yaml
 
 WEIGHTS, STATE, CONFIG, LATEST = "weights.safetensors", "state.pt", "config.yaml", "latest"
+STEP = re.compile(r"step-(\d{8,})")  # the name of a complete checkpoint folder
+RUN_FILES = ("metrics.jsonl", "config.yaml", "checkpoints")  # what makes a folder hold a run
+FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
 
 def _fsync(path: Path) -> None:
@@ -36,24 +53,107 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and flush to disk (mode 0666 & ~umask); a full disk raises OSError(ENOSPC) here."""
+    with open(path, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _write_bytes(tmp, text.encode())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     _fsync(path.parent)
 
 
-def save_checkpoint(run_dir: str | Path, iteration: int, learner, optimizer, config: Config, extra: dict | None = None, keep: int = 2) -> Path:
+def step_of(path: Path) -> int | None:
+    """The iteration a checkpoint folder is named after (``step-00000500`` -> 500), else None."""
+    match = STEP.fullmatch(path.name)
+    return int(match[1]) if match else None
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """The complete checkpoint folders in ``root`` (``RUN/checkpoints``), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if step_of(p) is not None and p.is_dir()), key=step_of)
+
+
+def _move_aside(path: Path, prefix: str = "replaced-") -> Path:
+    """Rename ``path`` to a fresh ``prefix<name>-<UTC time>`` beside it; returns the new path."""
+    target = path.with_name(f"{prefix}{path.name}-{_stamp()}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{prefix}{path.name}-{_stamp()}-{n}")
+    os.rename(path, target)
+    return target
+
+
+def run_contents(run_dir: str | Path) -> list[str]:
+    """What in ``run_dir`` belongs to a run (metrics, config, checkpoints); empty when it holds none."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def set_aside_run(run_dir: str | Path) -> Path:
+    """Move everything in ``run_dir`` (but earlier ``replaced-*`` folders) into a new ``run_dir/replaced-<UTC time>/``."""
+    run_dir = Path(run_dir)
+    target = run_dir / f"replaced-{_stamp()}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir / f"replaced-{_stamp()}-{n}"
+    target.mkdir()
+    for entry in run_dir.iterdir():
+        if not entry.name.startswith("replaced-"):
+            os.rename(entry, target / entry.name)
+    return target
+
+
+def _storage_error(err: OSError, path: Path, intact: Path | None) -> StorageError:
+    where = f"checkpoint step {step_of(intact)} is intact ({intact})" if intact is not None else "no checkpoint was written yet"
+    return StorageError(
+        f"{FULL[err.errno]} writing {path}; {where}. Free some space, then add --resume to the same command to continue"
+    )
+
+
+def save_checkpoint(run_dir: str | Path, iteration: int, learner, optimizer, config: Config, extra: dict | None = None,
+                    keep: int = 2, intact: Iterable[Path] = ()) -> Path:
+    """Write ``RUN/checkpoints/step-<iteration>`` atomically and point ``latest`` at it.
+
+    ``intact``: checkpoints known to be complete (those this process wrote, the one it resumed
+    from); only they count towards the ``keep`` newest that pruning leaves. A full disk raises
+    :class:`StorageError` naming the newest of them, which is left as it was.
+    """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    intact = [Path(p) for p in intact if Path(p).is_dir()]
+    if not intact and (root / LATEST).exists():  # a caller that tracks nothing: trust ``latest``
+        named = find_checkpoint(root)
+        intact = [named] if named is not None else []
+    newest_good = max(intact, key=step_of, default=None)
     name = f"step-{iteration:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    final = root / name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+        os.mkdir(tmp)  # 0777 & ~umask (tempfile.mkdtemp would make it 0700)
+    except OSError as err:
+        if err.errno in FULL:
+            raise _storage_error(err, final, newest_good) from None
+        raise
+    writing = final / WEIGHTS
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in learner.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS, metadata={"iteration": str(iteration)})
+        # Serialized in memory, written by _write_bytes: a full disk is then an OSError(ENOSPC)
+        # (torch.save's own file writer reports it as "unexpected pos", without errno).
+        _write_bytes(tmp / WEIGHTS, save(weights, metadata={"iteration": str(iteration)}))
         state = {
             "iteration": iteration,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -62,31 +162,114 @@ def save_checkpoint(run_dir: str | Path, iteration: int, learner, optimizer, con
             "config": to_dict(config),
             **(extra or {}),
         }
-        torch.save(state, tmp / STATE)
-        (tmp / CONFIG).write_text(to_yaml(config))
-        for f in tmp.iterdir():
-            _fsync(f)
-        final = root / name
-        if final.exists():  # a re-save of the same iteration (e.g. after a resume)
-            shutil.rmtree(final)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        writing = final / STATE
+        _write_bytes(tmp / STATE, buffer.getvalue())
+        writing = final / CONFIG
+        _write_bytes(tmp / CONFIG, to_yaml(config).encode())
+        writing = final
+        if final.exists():  # not intact (a resume skipped it) or written before: set aside, never deleted
+            _move_aside(final)
         os.rename(tmp, final)
         _fsync(root)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in FULL:
+            raise _storage_error(err, writing, newest_good) from None
         raise
-    _write_text_atomic(root / LATEST, name)
-    _prune(root, keep)
+    try:
+        _write_text_atomic(root / LATEST, name)
+    except OSError as err:
+        if err.errno in FULL:  # the new checkpoint is complete and on disk; only the pointer is stale
+            raise _storage_error(err, root / LATEST, final) from None
+        raise
+    _prune(root, keep, [*intact, final])
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
-    done = sorted(p for p in root.glob("step-*") if p.is_dir())
-    latest = (root / LATEST).read_text().strip()
-    for old in done[:-keep]:
-        if old.name != latest:
-            shutil.rmtree(old, ignore_errors=True)
+def _prune(root: Path, keep: int, intact: list[Path]) -> None:
+    """Delete checkpoints older than the ``keep`` newest *intact* ones (never ``latest``'s), and unfinished writes."""
+    good = sorted({p.resolve() for p in intact if p.is_dir() and step_of(p) is not None}, key=step_of)
+    if keep > 0 and len(good) >= keep:
+        oldest_kept = step_of(good[-keep])
+        latest = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
+        for old in checkpoint_dirs(root):
+            if step_of(old) < oldest_kept and old.name != latest:
+                shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".step-*"):  # debris of an interrupted write
         shutil.rmtree(stale, ignore_errors=True)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its folder, the run's config, the weights (name -> tensor) and the training state."""
+
+    path: Path
+    config: Config
+    weights: dict
+    state: dict
+
+    @property
+    def iteration(self) -> int:
+        """The meta-training iteration the checkpoint was written after."""
+        return int(self.state["iteration"])
+
+
+class _Unreadable(Exception):
+    """Why a checkpoint folder is not intact (one phrase)."""
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+
+
+def _read(directory: Path) -> Checkpoint:
+    """Load one checkpoint folder, checking it is whole: both files readable, one iteration, a readable config."""
+    for name in (WEIGHTS, STATE):
+        if not (directory / name).is_file():
+            raise _Unreadable(f"{name} is missing")
+    try:
+        with safe_open(directory / WEIGHTS, "pt") as f:
+            recorded = (f.metadata() or {}).get("iteration")
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise _Unreadable(f"{WEIGHTS} is unreadable ({_first_line(err)})") from None
+    try:
+        state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
+        iteration = int(state["iteration"])
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... with advice that does not apply
+        raise _Unreadable(f"{STATE} is not a state file innerloop wrote, or is truncated ({type(err).__name__})") from None
+    named = step_of(directory)
+    if named is not None and iteration != named:
+        raise _Unreadable(f"{STATE} holds iteration {iteration}, the folder name says {named}")
+    if recorded is not None and int(recorded) != iteration:
+        raise _Unreadable(f"{WEIGHTS} holds iteration {recorded}, {STATE} iteration {iteration}")
+    try:
+        config = from_dict(state["config"])
+    except (ConfigError, KeyError, TypeError) as err:
+        raise _Unreadable(f"its config is unreadable ({err}); it was not written by this version of innerloop") from None
+    return Checkpoint(directory, config, weights, state)
+
+
+def newest_intact(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest intact checkpoint of a run, and why each newer one (or a dangling ``latest``) was passed over."""
+    root = Path(run_dir) / "checkpoints"
+    skipped = []
+    if (root / LATEST).exists():
+        try:
+            named = (root / LATEST).read_text().strip()
+        except (OSError, UnicodeDecodeError) as err:
+            skipped.append(f"checkpoints/{LATEST} is unreadable ({_first_line(err)})")
+        else:
+            if not (root / named).is_dir():
+                skipped.append(f"checkpoints/{LATEST} names {named}, which does not exist")
+    for directory in reversed(checkpoint_dirs(root)):
+        try:
+            return _read(directory), skipped
+        except _Unreadable as why:
+            skipped.append(f"{directory.name}: {why}")
+    return None, skipped
 
 
 def find_checkpoint(path: str | Path) -> Path | None:
@@ -103,38 +286,39 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
-@dataclass
-class Checkpoint:
-    path: Path
-    config: Config
-    weights: dict
-    state: dict
-
-    @property
-    def iteration(self) -> int:
-        return int(self.state["iteration"])
+def _run_dir_of(path: Path) -> Path | None:
+    """The run directory of RUN, RUN/checkpoints or RUN/checkpoints/step-N (None for a checkpoint kept elsewhere)."""
+    if (path / "checkpoints").is_dir():
+        return path
+    if path.name == "checkpoints":
+        return path.parent
+    return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint ``latest`` names in a run directory, or a checkpoint directory itself; checked to be whole."""
+    path = Path(path)
     found = find_checkpoint(path)
+    run_dir = _run_dir_of(path)
     if found is None:
+        intact, skipped = newest_intact(run_dir) if run_dir is not None else (None, [])
+        if skipped:  # e.g. ``latest`` names a folder that was deleted
+            older = f"; the newest intact one is {intact.path}: evaluate it by that path" if intact else "; none is intact"
+            raise CheckpointError(f"no usable checkpoint at {path}: {skipped[0]}{older}")
         raise CheckpointError(
             f"no checkpoint found at {path}: expected a run directory (with checkpoints/latest) or a checkpoint "
             f"directory containing {WEIGHTS}. Check the path, or train first with `innerloop train`."
         )
     try:
-        weights = load_file(found / WEIGHTS)
-        state = torch.load(found / STATE, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as err:
+        return _read(found)
+    except _Unreadable as why:
+        older = ""
+        if run_dir is not None:
+            intact, _ = newest_intact(run_dir)
+            older = f" The newest intact one is {intact.path}; --resume continues from it." if intact else ""
         raise CheckpointError(
-            f"checkpoint {found} is corrupt or incomplete ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            "Delete it (an older one in the same folder may still be good) or retrain."
+            f"checkpoint {found} is corrupt or incomplete: {why}.{older or ' Retrain, or use an older checkpoint.'}"
         ) from None
-    try:
-        config = from_dict(state["config"])
-    except (ConfigError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {found} holds an unreadable config ({err}); it was not written by this version of innerloop") from None
-    return Checkpoint(found, config, weights, state)
 
 
 # Options that do not change what a run computes, so they may differ on resume.
@@ -142,6 +326,7 @@ HARMLESS = {"algorithm.strategy", "algorithm.checkpoint_steps", "algorithm.compi
 
 
 def config_differences(config: Config, other: Config, sections=("algorithm", "model", "task", "rl")) -> list[str]:
+    """``section.key: checkpoint X vs now Y`` for each setting that changes what a run computes (``HARMLESS`` ones excepted)."""
     ours, theirs = to_dict(config), to_dict(other)
     return [
         f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}"

@@ -14,7 +14,8 @@ meta-gradient of the whole meta-batch on every rank, and identical optimizers th
 the meta-parameters identical (they start identical: rank 0's are broadcast).
 
 Only rank 0 logs, draws the progress bar and writes checkpoints (atomically). On
-(re)start rank 0 reads the latest checkpoint and broadcasts it, so every rank resumes
+(re)start rank 0 reads the newest intact checkpoint (passing over any that is not whole,
+``Trainer.load_existing``) and broadcasts it, so every rank resumes
 from the same one without needing a shared file system, and a group that
 ``torchrun --max-restarts`` restarts after a dead worker resumes by itself. Errors found
 on rank 0 (an existing run without ``--resume``, a corrupt checkpoint) are raised on
@@ -37,6 +38,7 @@ from .trainer import Trainer
 
 
 def launched_by_torchrun() -> bool:
+    """Whether this process is one of several ranks started by torchrun (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -110,6 +112,7 @@ class ProcessGroup:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the rank that logs and writes checkpoints."""
         return self.rank == 0
 
     def broadcast(self, obj):
@@ -136,14 +139,17 @@ class ProcessGroup:
             offset += t.numel()
 
     def barrier(self) -> None:
+        """Wait until every rank of the group reaches this point."""
         dist.barrier()
 
     def close(self) -> None:
+        """Destroy the process group (idempotent)."""
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def config_hash(config: Config) -> str:
+    """A short digest of ``config``, compared across ranks to refuse ranks started with different configs."""
     return hashlib.sha256(to_yaml(config).encode()).hexdigest()[:16]
 
 
@@ -169,7 +175,8 @@ def check_same_config(group: ProcessGroup, config: Config) -> None:
 class DistributedTrainer(Trainer):
     """A :class:`Trainer` whose meta-batch is split across the ranks of a process group."""
 
-    def __init__(self, config: Config, group: ProcessGroup, learner=None, resume: bool = False, progress: bool | None = None):
+    def __init__(self, config: Config, group: ProcessGroup, learner=None, resume: bool = False, progress: bool | None = None,
+                 overwrite: bool = False):
         self.group = group
         if config.train.meta_batch_size < group.world_size:
             raise ConfigError(
@@ -182,7 +189,9 @@ class DistributedTrainer(Trainer):
         # counts its own restarts (a node whose workers were healthy may still say 0), so
         # the group restarted if any rank says so.
         restarted = max(group.gather(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))) > 0
-        super().__init__(config, learner=learner, resume=resume or restarted, progress=progress)
+        # A restart resumes and never sets the run aside again (--overwrite applied to the first attempt).
+        super().__init__(config, learner=learner, resume=resume or restarted, progress=progress,
+                         overwrite=overwrite and not restarted)
         # Identical start on every rank (a resumed run is already identical; this makes it certain).
         for tensor in self.learner.state_dict().values():
             dist.broadcast(tensor.data, src=0)
@@ -214,7 +223,7 @@ class DistributedTrainer(Trainer):
         return summed
 
     def load_existing(self, resume: bool):
-        """Rank 0 finds and reads the checkpoint; every rank gets it (or rank 0's error)."""
+        """Rank 0 finds and reads the newest intact checkpoint; every rank gets it (or rank 0's error)."""
         found, error = None, None
         if self.is_main:
             try:
@@ -239,11 +248,11 @@ class DistributedTrainer(Trainer):
             raise DistributedError(f"meta-parameters differ across ranks (checksums {sums}); this is a bug, please report it")
 
 
-def make_trainer(config: Config, resume: bool = False) -> Trainer:
+def make_trainer(config: Config, resume: bool = False, overwrite: bool = False) -> Trainer:
     """A plain :class:`Trainer`, or a :class:`DistributedTrainer` when launched by torchrun.
 
     A group that torchrun restarted after a failure always resumes: the run directory
-    already holds its checkpoints.
+    already holds its checkpoints. ``overwrite`` moves an existing run aside (``Trainer.load_existing``).
     """
     from .config import is_rl
 
@@ -251,13 +260,13 @@ def make_trainer(config: Config, resume: bool = False) -> Trainer:
         from ..rl.trainer import DistributedRLTrainer, RLTrainer
 
         if not launched_by_torchrun():
-            return RLTrainer(config, resume=resume)
+            return RLTrainer(config, resume=resume, overwrite=overwrite)
         group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
-        return DistributedRLTrainer(config, group, resume=resume)
+        return DistributedRLTrainer(config, group, resume=resume, overwrite=overwrite)
     if not launched_by_torchrun():
-        return Trainer(config, resume=resume)
+        return Trainer(config, resume=resume, overwrite=overwrite)
     group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
-    return DistributedTrainer(config, group, resume=resume)
+    return DistributedTrainer(config, group, resume=resume, overwrite=overwrite)
 
 
 def torchrun(options: list[str], command: list[str]) -> None:
