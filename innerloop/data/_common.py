@@ -8,9 +8,9 @@ dataset is loaded.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 import warnings
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from ..errors import DatasetFormatError
 
 DATA_ENV = "INNERLOOP_DATA"
 CACHE_ENV = "INNERLOOP_CACHE"
@@ -29,7 +31,10 @@ SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 _REPO_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-class ChecksumError(ValueError):
+_log = logging.getLogger("innerloop.data")
+
+
+class ChecksumError(DatasetFormatError):
     """A downloaded or user-provided archive does not have the published checksum."""
 
 
@@ -37,7 +42,7 @@ class ChecksumError(ValueError):
 def root_candidates(root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
     """The data roots in the order they are tried, each with where it came from."""
     if root is not None:
-        return [("root argument", Path(root).expanduser())]
+        return [("task.root (root=...)", Path(root).expanduser())]
     out = []
     env = os.environ.get(DATA_ENV)
     if env:
@@ -84,7 +89,7 @@ def fetch(url: str, dest: Path) -> None:
     """Download ``url`` to ``dest`` (via a temporary file, so a failed download leaves nothing)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    print(f"innerloop: downloading {url} to {dest}", file=sys.stderr, flush=True)
+    _log.info("downloading %s to %s", url, dest)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "innerloop"})
         with urllib.request.urlopen(request, timeout=60) as response, open(tmp, "wb") as f:
@@ -115,7 +120,7 @@ def verify_md5(path: Path, expected: str) -> None:
         raise ChecksumError(
             f"{path.name} has the wrong checksum: expected md5 {expected}, got {got} (file {path}, "
             f"{path.stat().st_size} bytes). It is corrupt, incomplete or not the official file. "
-            f"Delete {path} and retry (download=True fetches it again)."
+            f"Delete {path} and retry (task.download=true, or download=True in Python, fetches it again)."
         )
 
 

@@ -20,10 +20,12 @@ class ImageDataset:
     * ``rotations``: ``None`` or, per class, the angles in degrees (multiples of 90) under which the
       class is used as separate classes by ``EpisodicTasks`` (Omniglot's Vinyals splits list
       0, 90, 180 and 270 for every character). The images are stored unrotated.
+    * ``files``: ``None`` or, per image, the file it was decoded from (``image_folder``: the path
+      relative to the folder), so that an episode can name its images by file.
     """
 
     def __init__(self, images, labels, class_names: Sequence[str], *, rotations: Rotations | None = None,
-                 name: str = "images"):
+                 files: Sequence[str] | None = None, name: str = "images"):
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -53,6 +55,11 @@ class ImageDataset:
             for r in rotations:
                 if not r or any(a % 90 or not 0 <= a < 360 for a in r) or len(set(r)) != len(r):
                     raise ValueError(f"rotation angles must be distinct values from (0, 90, 180, 270), got {r}")
+        if files is not None:
+            files = tuple(str(f) for f in files)
+            if len(files) != len(images):
+                raise ValueError(f"files must name each of the {len(images)} images, got {len(files)} entries")
+        self.files = files
         self.images = images
         self.labels = labels
         self.class_names = class_names
@@ -62,10 +69,12 @@ class ImageDataset:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the dataset holds (rotations not counted)."""
         return len(self.class_names)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def __len__(self) -> int:
@@ -100,6 +109,7 @@ class ImageDataset:
         return ImageDataset(
             self.images[keep], new[keep], [self.class_names[i] for i in ids],
             rotations=None if self.rotations is None else tuple(self.rotations[i] for i in ids),
+            files=None if self.files is None else [self.files[i] for i in keep.tolist()],
             name=f"{self.name}[subset of {len(ids)} classes]",
         )
 

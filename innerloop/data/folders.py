@@ -3,7 +3,8 @@
 Every loader decodes the images once into a compact uint8 ``ImageDataset`` ``(N, C, H, W)``
 that ``EpisodicTasks`` samples from by index.
 
-* ``image_folder(root)``: ``root/<class>/<image>``, grayscale or RGB, optionally resized.
+* ``image_folder(root)``: ``root/<class>/<image>``, grayscale or RGB, optionally resized, cached;
+  ``folder_layout`` tells it from ``root/<split>/<class>/<image>``, ``split_classes`` splits classes by seed.
 * ``mini_imagenet(root, split)``: Ravi & Larochelle's split (64 / 16 / 20 classes x 600 images,
   84x84) from the widely distributed ``mini-imagenet-cache-{split}.pkl`` files or from image
   files named as in the split CSVs (``images/<filename>`` as in Ravi's release, or
@@ -22,22 +23,27 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
+import os
 import pickle
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 
+from ..errors import DatasetError, DatasetFormatError
 from . import _common
 from ._common import ChecksumError, cache_dir, cached_array, data_root_origin, decode_files, image_hw
 from .dataset import ImageDataset, from_numpy
 
-__all__ = ["image_folder", "mini_imagenet", "cifar_fs", "fc100", "load_cifar100", "IMAGE_EXTENSIONS", "CIFAR100",
+__all__ = ["image_folder", "folder_layout", "split_classes", "mini_imagenet", "cifar_fs", "fc100", "load_cifar100", "IMAGE_EXTENSIONS", "CIFAR100",
            "ChecksumError"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_NAMES = ("train", "val", "test")
+_log = logging.getLogger(__name__)
 
 
 def _check_split(split: str, what: str) -> str:
@@ -52,45 +58,170 @@ def _to_nchw(images: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- generic image folders
-def image_folder(root: str | Path, image_size=None, mode: str = "RGB", *, classes: Sequence[str] | None = None,
-                 resample: str = "lanczos", num_workers: int | None = None, name: str | None = None) -> ImageDataset:
-    """A ``root/<class>/<image>`` folder as an ``ImageDataset``, decoded once with Pillow.
+#: Pillow modes holding one channel: such files are grayscale whatever their bit depth.
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+FOLDER_CACHE = "image-folder"
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _subdirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def folder_layout(root: str | Path, split_names: Sequence[str] = SPLIT_NAMES) -> str:
+    """``"splits"`` for ``root/<split>/<class>/<image>`` (subfolders named as in ``split_names`` only),
+    ``"classes"`` for ``root/<class>/<image>`` (no subfolder named as a split). Anything in between
+    (split folders beside other folders, or images directly in a split folder) is refused."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist (expected {root}/<class>/<image> "
+                                f"or {root}/<split>/<class>/<image>)")
+    dirs = _subdirs(root)
+    splits = [d for d in dirs if d.name in split_names]
+    if not splits:
+        return "classes"
+    others = [d.name for d in dirs if d.name not in split_names]
+    loose = [d.name for d in splits if any(_is_image(p) for p in d.iterdir())]
+    if others or loose:
+        what = (f"other folders {others[:3]}" if others else "") + (" and " if others and loose else "") + (
+            f"images directly in {loose}" if loose else "")
+        raise DatasetFormatError(
+            f"{root} is ambiguous: it holds split folders {[d.name for d in splits]} but also {what}; use either "
+            f"{root}/<split>/<class>/<image> with only the folders {list(split_names)}, or {root}/<class>/<image> "
+            "with no class named like a split"
+        )
+    return "splits"
+
+
+def split_classes(class_names: Sequence[str], fractions: Sequence[float], seed: int = 0) -> list[list[str]]:
+    """A seeded split of classes into ``len(fractions)`` disjoint parts (train, val, test).
+
+    The names are sorted, permuted with ``numpy.random.default_rng(seed).permutation``, and
+    cut at ``round(K * cumsum(fractions))``; each part is returned sorted. Depends on the class
+    names, the fractions and the seed only (not on the file order or the run's seed).
+    """
+    f = np.asarray(fractions, np.float64)
+    if f.ndim != 1 or len(f) < 1 or (f < 0).any() or abs(f.sum() - 1) > 1e-6:
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {list(fractions)}")
+    names = sorted(class_names)
+    order = np.random.default_rng(seed).permutation(len(names))
+    cuts = np.rint(len(names) * np.cumsum(f)).astype(int)
+    cuts[-1] = len(names)
+    bounds = [0, *cuts.tolist()]
+    return [sorted(names[i] for i in order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _probe(paths: Sequence[Path], num_workers: int | None) -> list[tuple[str, tuple[int, int]]]:
+    """``(mode, (width, height))`` of each file, read from the headers only."""
+    from PIL import Image, UnidentifiedImageError
+
+    def head(path: Path):
+        try:
+            with Image.open(path) as img:
+                return img.mode, img.size
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise DatasetFormatError(f"cannot read image file {path}: {e}. Remove or replace it.") from None
+
+    with ThreadPoolExecutor(num_workers or _common.default_workers()) as ex:
+        return list(ex.map(head, paths))
+
+
+def _folder_cache(cache_dir) -> Path | None:
+    """``cache_dir`` if given, else ``$INNERLOOP_CACHE/image-folder``, else ``~/.cache/innerloop/image-folder``
+    (never inside the image folder itself, where a cache folder would read as a class)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(_common.CACHE_ENV)
+    if env:
+        return Path(env).expanduser() / FOLDER_CACHE
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "innerloop" / FOLDER_CACHE
+
+
+def image_folder(root: str | Path, image_size=None, mode: str = "auto", *, classes: Sequence[str] | None = None,
+                 resample: str = "lanczos", invert: bool = False, cache: bool = True, cache_dir=None,
+                 num_workers: int | None = None, name: str | None = None) -> ImageDataset:
+    """A ``root/<class>/<image>`` folder as an ``ImageDataset``, decoded once with Pillow and cached.
 
     Args:
         image_size: int or ``(H, W)`` to resize every image to (Pillow ``resample`` filter); ``None``
             keeps the files' size, which must then be the same for all images.
-        mode: ``"RGB"`` (3 channels) or ``"L"`` (grayscale, 1 channel).
+        mode: ``"L"`` (grayscale, 1 channel), ``"RGB"`` (3 channels) or ``"auto"``: ``"L"`` when every
+            image is grayscale (a one-channel file, or RGB with equal channels), else ``"RGB"``.
         classes: use only these class folders, in this order (default: all, sorted by name).
-    Files with other extensions than ``IMAGE_EXTENSIONS`` and hidden files are ignored.
+        invert: store ``255 - pixel``. innerloop's Omniglot has 255 = ink on a 0 background (1 = ink
+            once scaled, as in Snell et al.'s preprocessing); folders of dark ink on light paper,
+            such as Omniglot's own PNGs, match it with ``invert=True``.
+        cache, cache_dir: the decoded array is stored (atomically) under ``cache_dir`` (default
+            ``$INNERLOOP_CACHE/image-folder`` or ``~/.cache/innerloop/image-folder``), keyed by every file's
+            path, size and modification time and by ``image_size``, ``mode``, ``resample`` and ``invert``:
+            the next load reads it instead of decoding; any change to the folder makes a new entry.
+    Files with other extensions than ``IMAGE_EXTENSIONS`` and hidden files are ignored. The
+    dataset's ``files`` lists each image's path relative to ``root``.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
+        raise DatasetError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
     hw = image_hw(image_size)
     _common.pil_resample(resample)
-    if mode not in ("L", "RGB"):
-        raise ValueError(f"mode must be 'L' (grayscale) or 'RGB', got {mode!r}")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if mode not in ("auto", "L", "RGB"):
+        raise ValueError(f"mode must be 'auto', 'L' (grayscale) or 'RGB', got {mode!r}")
+    found = [p.name for p in _subdirs(root)]
     if not found:
         loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS][:3]
         hint = f" (it holds images directly, e.g. {loose}: move them into one folder per class)" if loose else ""
-        raise ValueError(f"no class folders in {root}{hint}; the layout must be {root}/<class>/<image>")
+        raise DatasetFormatError(f"no class folders in {root}{hint}; the layout must be {root}/<class>/<image>")
     if classes is not None:
         classes = [str(c) for c in classes]
         missing = [c for c in classes if c not in found]
         if missing:
-            raise ValueError(f"class folders {missing[:5]} not found in {root} ({len(found)} classes there)")
+            raise DatasetFormatError(f"class folders {missing[:5]} not found in {root} ({len(found)} classes there)")
         found = classes
     paths, labels = [], []
     for label, c in enumerate(found):
-        files = sorted(p for p in (root / c).iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in (root / c).iterdir() if _is_image(p))
         if not files:
-            raise ValueError(f"class folder {root / c} contains no images (extensions {', '.join(IMAGE_EXTENSIONS)})")
+            raise DatasetFormatError(f"class folder {root / c} contains no images (extensions {', '.join(IMAGE_EXTENSIONS)})")
         paths += files
         labels += [label] * len(files)
-    images = decode_files(paths, mode, hw, resample, num_workers)
-    return from_numpy(_to_nchw(images), np.array(labels), found, name=name or f"folder:{root.name}")
+    rel = [p.relative_to(root).as_posix() for p in paths]
+    key = f"image-folder-v1|{root.resolve()}|{hw}|{mode}|{resample}|{bool(invert)}|" + "|".join(
+        f"{r}:{s.st_size}:{s.st_mtime_ns}" for r, p in zip(rel, paths) for s in (p.stat(),))
+    where = _folder_cache(cache_dir) if cache else None
+    size = f"{hw[0]}x{hw[1]}" if hw else "native"
+    images = cached_array(where, f"{root.name}-{size}-{mode}", key,
+                          lambda: _decode_folder(root, paths, mode, hw, resample, invert, num_workers))
+    return from_numpy(images, np.array(labels), found, files=rel, name=name or f"folder:{root.name}")
+
+
+def _decode_folder(root: Path, paths, mode: str, hw, resample: str, invert: bool, num_workers) -> np.ndarray:
+    """Decode ``paths`` to uint8 NCHW (see ``image_folder``); ``mode="auto"`` resolved here."""
+    heads = _probe(paths, num_workers)
+    if hw is None:
+        sizes = {s for _, s in heads}
+        if len(sizes) > 1:
+            (w0, h0), first = heads[0][1], paths[0]
+            other = next(i for i, (_, s) in enumerate(heads) if s != (w0, h0))
+            w1, h1 = heads[other][1]
+            raise DatasetFormatError(
+                f"images in {root} differ in size: {paths[other].relative_to(root)} has size {w1}x{h1} but "
+                f"{first.relative_to(root)} has {w0}x{h0} ({len(sizes)} sizes); set image_size (task.image_size=N in "
+                "a config) to resize them all to N x N"
+            )
+    gray = all(m in GRAY_MODES for m, _ in heads)
+    if mode == "auto" and not gray:
+        rgb = decode_files(paths, "RGB", hw, resample, num_workers)
+        same = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        images = np.ascontiguousarray(rgb[..., 0]) if same else rgb
+    else:
+        images = decode_files(paths, "L" if mode == "auto" else mode, hw, resample, num_workers)
+    if invert:
+        np.subtract(255, images, out=images)
+    _log.info("decoded %d images of %s (%s)", len(images), root, "x".join(map(str, images.shape[1:])))
+    return _to_nchw(images)
 
 
 # --------------------------------------------------------------------------- mini-ImageNet
@@ -140,7 +271,8 @@ def mini_imagenet(root: str | Path | None = None, split: str = "train", image_si
     pkl = mdir / f"mini-imagenet-cache-{split}.pkl"
     if source == "pickle" or (source == "auto" and pkl.exists()):
         if not pkl.exists():
-            raise FileNotFoundError(f"{pkl} not found (data root from {origin}); put the mini-ImageNet pickles there")
+            raise DatasetError(f"{pkl} not found (data root from {origin}); put the mini-ImageNet pickles there, or point "
+                               f"task.root=... (root=...) or ${_common.DATA_ENV} at a data folder that holds them")
         images, labels = _mini_from_pickle(pkl, order, split)
         if hw is not None and images.shape[1:3] != hw:
             images = _common.resize_uint8(images, hw, resample, num_workers)
@@ -190,7 +322,7 @@ def _mini_files(mdir: Path, rows, origin: str, split: str) -> list[Path]:
         if layout(fn, wnid).is_file():
             break
     else:
-        raise FileNotFoundError(
+        raise DatasetError(
             f"mini-ImageNet {split} not found in {mdir} (data root from {origin}): no mini-imagenet-cache-{split}.pkl "
             f"and no image {fn} in {mdir / 'images'} or {mdir / wnid}. Put the pickles or the images there "
             f"(mini-ImageNet cannot be downloaded automatically: it is derived from ImageNet)."
@@ -198,8 +330,8 @@ def _mini_files(mdir: Path, rows, origin: str, split: str) -> list[Path]:
     paths = [layout(f, w) for f, w in rows]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} mini-ImageNet {split} images are missing, "
-                                f"e.g. {missing[0]}")
+        raise DatasetError(f"{len(missing)} of the {len(paths)} mini-ImageNet {split} images are missing, "
+                           f"e.g. {missing[0]}")
     return paths
 
 
@@ -221,9 +353,10 @@ def _cifar_source(root, download: bool) -> Path:
         except PermissionError as e:
             raise PermissionError(f"cannot write CIFAR-100 to {cdir} ({e}); pass root=... or set "
                                   f"${_common.DATA_ENV} to a writable folder") from None
-    raise FileNotFoundError(
+    raise DatasetError(
         f"CIFAR-100 is not in {cdir} (data root from {origin}): looked for {archive.name} and {folder.name}/. "
-        f"Pass download=True to fetch {url} (md5 {md5}), or put that file in {cdir}, or point root=... or "
+        f"Set task.download=true (download=True in Python) to fetch {url} (md5 {md5}), or put that file in {cdir}, "
+        f"or point task.root=... (root=...) or "
         f"${_common.DATA_ENV} at a data folder that contains cifar100/."
     )
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _common
 from ._common import ChecksumError, cache_dir, cached_array, data_root_origin, download_verified, file_digest
+from ..errors import DatasetError, DatasetFormatError
 from .dataset import ImageDataset, from_numpy
 
 __all__ = ["omniglot", "download_omniglot", "convert_omniglot", "vinyals_split", "SPLITS", "ARCHIVES", "ChecksumError"]
@@ -84,7 +85,7 @@ def vinyals_split(split: str, split_dir: str | Path | None = None) -> list[tuple
     name = split.removeprefix("vinyals-")
     path = Path(split_dir or _common.SPLITS_DIR / "omniglot_vinyals") / f"{name}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"Omniglot split list {path} not found (splits: train, val, test, trainval)")
+        raise DatasetError(f"Omniglot split list {path} not found (splits: train, val, test, trainval)")
     chars: dict[str, list[int]] = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
@@ -92,13 +93,13 @@ def vinyals_split(split: str, split_dir: str | Path | None = None) -> list[tuple
             continue
         m = _LINE.fullmatch(line)
         if not m or int(m[3]) not in (0, 90, 180, 270):
-            raise ValueError(f"{path}:{n}: expected 'Alphabet/characterNN/rotDDD' with DDD in 000/090/180/270, got {line!r}")
+            raise DatasetFormatError(f"{path}:{n}: expected 'Alphabet/characterNN/rotDDD' with DDD in 000/090/180/270, got {line!r}")
         angles = chars.setdefault(f"{m[1]}/{m[2]}", [])
         if int(m[3]) in angles:
-            raise ValueError(f"{path}:{n}: {line!r} is listed twice")
+            raise DatasetFormatError(f"{path}:{n}: {line!r} is listed twice")
         angles.append(int(m[3]))
     if not chars:
-        raise ValueError(f"Omniglot split list {path} is empty")
+        raise DatasetFormatError(f"Omniglot split list {path} is empty")
     return [(c, tuple(a)) for c, a in chars.items()]
 
 
@@ -108,7 +109,7 @@ def _archive_of(character: str) -> str:
         return "background"
     if alphabet in EVALUATION_ALPHABETS:
         return "evaluation"
-    raise ValueError(f"unknown Omniglot alphabet {alphabet!r} (in {character!r})")
+    raise DatasetFormatError(f"unknown Omniglot alphabet {alphabet!r} (in {character!r})")
 
 
 # --------------------------------------------------------------------------- conversion from the official zips
@@ -119,12 +120,12 @@ def _decode_ink(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if img.size != (SIZE, SIZE):
-                raise ValueError(f"Omniglot image {name} is {img.size[0]}x{img.size[1]}, expected {SIZE}x{SIZE}")
+                raise DatasetFormatError(f"Omniglot image {name} is {img.size[0]}x{img.size[1]}, expected {SIZE}x{SIZE}")
             if img.mode == "1":
                 return ~np.asarray(img)  # mode "1": True = white background, ink is black
             return np.asarray(img.convert("L")) < 128
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise ValueError(f"cannot read Omniglot image {name}: {e}") from None
+        raise DatasetFormatError(f"cannot read Omniglot image {name}: {e}") from None
 
 
 def convert_omniglot(source: str | Path, out: str | Path) -> Path:
@@ -139,7 +140,7 @@ def convert_omniglot(source: str | Path, out: str | Path) -> Path:
         try:
             zf = zipfile.ZipFile(source)
         except zipfile.BadZipFile as e:
-            raise ValueError(f"{source} is not a valid zip file ({e}); delete it and retry (download=True)") from None
+            raise DatasetFormatError(f"{source} is not a valid zip file ({e}); delete it and retry (task.download=true; download=True in Python)") from None
         members = [(n, n) for n in zf.namelist() if n.endswith(".png")]
     for rel, handle in members:
         parts = PurePosixPath(rel).parts
@@ -148,10 +149,10 @@ def convert_omniglot(source: str | Path, out: str | Path) -> Path:
         alphabet, character, file = parts[-3:]
         mc, mf = _CHAR.fullmatch(character), _FILE.fullmatch(file)
         if not mc or not mf:
-            raise ValueError(f"unexpected file {rel} in {source}: expected <Alphabet>/characterNN/NNNN_DD.png")
+            raise DatasetFormatError(f"unexpected file {rel} in {source}: expected <Alphabet>/characterNN/NNNN_DD.png")
         records.append((alphabet, int(mc[1]), int(mf[2]), int(mf[1]), character, handle))
     if not records:
-        raise ValueError(f"no <Alphabet>/<characterNN>/NNNN_DD.png images found in {source}")
+        raise DatasetFormatError(f"no <Alphabet>/<characterNN>/NNNN_DD.png images found in {source}")
     records.sort(key=lambda r: (r[0], r[1], r[2]))
 
     if source.is_dir():
@@ -176,7 +177,7 @@ def convert_omniglot(source: str | Path, out: str | Path) -> Path:
     names = {}
     for (alphabet, num, drawing, oid, character, _), label in zip(records, labels):
         if ids[label] and ids[label] != oid:
-            raise ValueError(f"{source}: {alphabet}/{character} mixes character ids {ids[label]} and {oid}")
+            raise DatasetFormatError(f"{source}: {alphabet}/{character} mixes character ids {ids[label]} and {oid}")
         ids[label] = oid
         names[label] = (alphabet, character)
     _common.save_npz_atomic(
@@ -206,19 +207,20 @@ def _prepared(odir: Path, archive: str, download: bool, origin: str) -> Path:
         try:
             source = download_verified(url, zpath, md5)
         except PermissionError as e:
-            raise PermissionError(f"cannot write Omniglot to {odir} ({e}); pass root=... or set "
+            raise PermissionError(f"cannot write Omniglot to {odir} ({e}); set task.root=... (root=... in Python) or "
                                   f"${_common.DATA_ENV} to a writable folder") from None
     else:
-        raise FileNotFoundError(
+        raise DatasetError(
             f"Omniglot '{archive}' is not in {odir} (data root from {origin}): looked for {npz.name} (prepared), "
-            f"{zpath.name} (official archive) and {folder.name}/ (unzipped). Pass download=True to fetch {url} "
-            f"(md5 {md5}), or put that zip (or its unzipped folder) in {odir}, or point root=... or "
-            f"${_common.DATA_ENV} at a data folder that contains omniglot/."
+            f"{zpath.name} (official archive) and {folder.name}/ (unzipped). Set task.download=true (download=True "
+            f"in Python) to fetch {url} (md5 {md5}), or put that zip (or its unzipped folder) in {odir}, or point "
+            f"task.root=... (root=...) or ${_common.DATA_ENV} at a data folder that contains omniglot/."
         )
     try:
         return convert_omniglot(source, npz)
     except PermissionError as e:
-        raise PermissionError(f"cannot write {npz} ({e}); pass root=... or set ${_common.DATA_ENV} to a writable folder") from None
+        raise PermissionError(f"cannot write {npz} ({e}); set task.root=... (root=... in Python) or ${_common.DATA_ENV} "
+                              "to a writable folder") from None
 
 
 def download_omniglot(root: str | Path | None = None, archives=("background", "evaluation")) -> Path:
@@ -241,7 +243,7 @@ class _Archive:
         with np.load(path) as z:
             missing = {"images_packed", "labels", "alphabet", "character"} - set(z.files)
             if missing:
-                raise ValueError(f"{path} is not a packed Omniglot archive (missing {sorted(missing)}); "
+                raise DatasetFormatError(f"{path} is not a packed Omniglot archive (missing {sorted(missing)}); "
                                  "delete it to rebuild it")
             self.names = [f"{a}/{c}" for a, c in zip(z["alphabet"].tolist(), z["character"].tolist())]
             labels = z["labels"].astype(np.int64)
@@ -288,7 +290,7 @@ def omniglot(root: str | Path | None, split: str, image_size=28, *, download: bo
         list_key = repr(chars)
     for name, a in wanted:
         if name not in archives[a].rows:
-            raise ValueError(f"character {name} of split {split!r} is not in {archives[a].path}; the file is "
+            raise DatasetFormatError(f"character {name} of split {split!r} is not in {archives[a].path}; the file is "
                              "incomplete or not Omniglot: delete it to rebuild it from the official zip")
 
     counts = np.array([len(archives[a].rows[n]) for n, a in wanted])
