@@ -5,7 +5,13 @@ The CLI prints these as one clean line (no traceback); the Python API raises the
 
 
 class InnerloopError(Exception):
-    """Base class of the user-facing errors."""
+    """Base class of the user-facing errors.
+
+    ``exit_code`` is the CLI's exit status for it: 2 for a user's mistake (the default: a bad
+    config, a missing dataset, a corrupt checkpoint), 1 for a runtime failure (subclasses set 1).
+    """
+
+    exit_code = 2
 
 
 class ConfigError(InnerloopError, ValueError):
@@ -17,16 +23,32 @@ class CheckpointError(InnerloopError):
 
 
 class TrainingDiverged(InnerloopError, FloatingPointError):
-    """The meta-loss or a meta-gradient became NaN or infinite."""
+    """The meta-loss, a meta-gradient or the validation of every task became NaN or infinite (a runtime failure)."""
+
+    exit_code = 1
 
 
 class DatasetError(InnerloopError, FileNotFoundError):
     """A dataset is missing, has the wrong layout, or fails its checksum."""
 
 
+class DatasetFormatError(DatasetError, ValueError):
+    """A dataset file is there but unreadable, incomplete or not what it should be (also a ``ValueError``)."""
+
+
 class DistributedError(InnerloopError, RuntimeError):
     """A process group cannot be formed or has fallen out of step."""
 
 
+class StorageError(InnerloopError, OSError):
+    """Writing a run's files failed (a full disk, a quota): a runtime failure; the message names what is intact."""
+
+    exit_code = 1
+
+
 class TrainingInterrupted(InnerloopError):
     """Training stopped on SIGINT or SIGTERM after writing a checkpoint of the last finished iteration."""
+
+
+class InputError(InnerloopError, ValueError):
+    """Tensors given to a learner or a ``TaskBatch`` have the wrong shape, dtype or values (innerloop.tasks.checks)."""

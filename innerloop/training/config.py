@@ -23,72 +23,90 @@ from ..rl.estimators import ESTIMATORS as RL_ESTIMATORS
 
 @dataclass
 class AlgorithmConfig:
+    """The meta-learner and its inner loop (``algorithm.*``)."""
+
     name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets | cnp | snail | maml-trpo | promp
-    inner_lr: float = 0.01
-    inner_steps: int = 1
+    inner_lr: float = 0.01  # inner-loop step size alpha (the initial rate of a learned update rule)
+    inner_steps: int = 1  # inner gradient steps per task at meta-training (0 for cnp and snail)
     eval_steps: Optional[int] = None  # default adaptation steps for `adapt` (None: inner_steps)
-    first_order: bool = False
+    first_order: bool = False  # drop the second-order term: inner gradients treated as constants (FOMAML)
     adapt: str = "all"  # all | head | a regular expression over parameter names
     update_rule: str = "sgd"  # sgd | metasgd | lslr | metacurvature | lstm-optimizer | meta-lstm (core.update_rules.RULES)
-    strategy: str = "auto"  # vmap | loop | auto
+    strategy: str = "auto"  # how a meta-batch runs: vmap | loop | auto (times both on the first batch, keeps the faster)
     checkpoint_steps: bool = False  # recompute second-order inner steps in the backward pass (memory for time)
     compile: bool = False  # torch.compile the meta-loss (maml, fomaml, metasgd, anil; strategy vmap or loop)
 
 
 @dataclass
 class TaskConfig:
+    """The task distribution: sinusoid regression, few-shot image classification or a meta-RL family (``task.*``)."""
+
     name: str = "sinusoid"  # sinusoid | omniglot | mini_imagenet | cifar_fs | fc100 | image_folder | a meta-RL family (rl section)
-    shots: int = 10
-    queries: int = 10
+    shots: int = 10  # support examples per task (per class in classification) at meta-training
+    queries: int = 10  # query examples per task (per class in classification) at meta-training
     ways: int = 5  # classification only: ways of the meta-training tasks
     # Image datasets only:
     root: Optional[str] = None  # data root (default $INNERLOOP_DATA, ../shared/data, ~/.cache/innerloop)
-    image_size: Optional[int] = None  # default: omniglot 28, mini_imagenet 84, cifar_fs/fc100 32
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
-    download: bool = False
-    resample: str = "lanczos"
+    image_size: Optional[int] = None  # side N of the N x N inputs; default: omniglot 28, mini_imagenet 84, cifar_fs/fc100 32, image_folder the images' own
+    train_split: str = "train"  # split of the meta-training tasks (omniglot: also background, evaluation, trainval)
+    val_split: str = "val"  # split of the validation tasks
+    test_split: str = "test"  # split of the test tasks of the final evaluation and `innerloop eval`
+    download: bool = False  # fetch a missing dataset (omniglot, cifar_fs, fc100) from its official source, md5-checked
+    resample: str = "lanczos"  # Pillow filter used when resizing: lanczos | bicubic | bilinear | box | hamming | nearest
+    rotations: Optional[list[int]] = None  # each class also as its own class under these angles, e.g. [0, 90, 180, 270]; null: the dataset's (omniglot vinyals splits: all four), [0]: none
+    normalize: Optional[list[list[float]]] = None  # [[mean per channel], [std per channel]] applied after scaling pixels to [0, 1]
+    mode: str = "auto"  # image_folder: L (grayscale, 1 channel) | RGB | auto (L when every image is grayscale)
+    invert: bool = False  # image_folder: use 255 - pixel; innerloop's omniglot is 1 = ink on 0, so dark ink on light paper wants true
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # image_folder root/<class>/<image>: train, val, test fractions of the classes (0: no such split)
+    split_seed: int = 0  # image_folder root/<class>/<image>: seed of the class split (independent of train.seed)
+    cache: bool = True  # image_folder: keep the decoded images on disk, keyed by the folder's files, image_size, mode, resample, invert
+    cache_dir: Optional[str] = None  # image_folder: where the cache lives (default $INNERLOOP_CACHE/image-folder or ~/.cache/innerloop/image-folder)
 
 
 @dataclass
 class ModelConfig:
+    """The network the learner adapts (``model.*``); the meta-RL policy is an MLP of widths ``model.hidden``."""
+
     name: str = "mlp"  # mlp | conv4 | resnet12
-    hidden: list[int] = field(default_factory=lambda: [40, 40])  # mlp
-    filters: int = 64  # conv4
-    widths: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # resnet12
+    hidden: list[int] = field(default_factory=lambda: [40, 40])  # mlp (and meta-RL policy): hidden layer widths
+    filters: int = 64  # conv4: filters of each of the 4 convolution blocks
+    widths: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # resnet12: channels of the 4 residual stages
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000
-    meta_batch_size: int = 25
-    optimizer: str = "adam"  # adam | sgd
-    meta_lr: float = 0.001
+    """The meta-training loop: meta-optimizer, schedule, validation, checkpoints, logging (``train.*``)."""
+
+    iterations: int = 1000  # meta-training iterations (outer steps)
+    meta_batch_size: int = 25  # tasks per meta-batch (split over the ranks under torchrun)
+    optimizer: str = "adam"  # meta-optimizer: adam | sgd
+    meta_lr: float = 0.001  # meta-optimizer learning rate beta
     lr_decay_every: Optional[int] = None  # multiply meta_lr by lr_decay every this many iterations
-    lr_decay: float = 0.5
+    lr_decay: float = 0.5  # factor of the step decay (with lr_decay_every)
     grad_clip: Optional[float] = None  # max global norm of the meta-gradient
-    seed: int = 0
-    val_every: int = 500
-    val_tasks: int = 100
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    device: str = "cpu"
-    dtype: str = "float32"
-    progress: bool = True
+    seed: int = 0  # seed of the model initialization and of the training and validation tasks
+    val_every: int = 500  # validate every this many iterations (and at the end)
+    val_tasks: int = 100  # validation tasks per validation
+    checkpoint_every: int = 500  # write a checkpoint every this many iterations (and at the end)
+    keep_checkpoints: int = 2  # how many of the newest checkpoints are kept
+    log_every: int = 10  # record metrics every this many iterations (metrics.jsonl; a log line when no progress bar)
+    device: str = "cpu"  # torch device: cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | float64 | bfloat16
+    progress: bool = True  # show a progress bar when stderr is a terminal (log lines otherwise)
     dist_timeout: float = 600.0  # seconds a rank waits for the others (joining the group, each collective)
 
 
 @dataclass
 class EvalConfig:
+    """The test protocol of the final evaluation and of ``innerloop eval`` (``eval.*``)."""
+
     ways: Optional[int] = None  # classification: ways of test (and validation) tasks; default task.ways
-    shots: list[int] = field(default_factory=lambda: [5, 10])
-    queries: int = 100
-    steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
-    tasks: int = 1000
-    batch_size: int = 100
-    seed: int = 2024
+    shots: list[int] = field(default_factory=lambda: [5, 10])  # support shots evaluated (one table column group each)
+    queries: int = 100  # query examples per task (per class in classification) at evaluation
+    steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])  # adaptation steps reported
+    tasks: int = 1000  # test tasks (the same seeded tasks for every model)
+    batch_size: int = 100  # test tasks evaluated at once
+    seed: int = 2024  # seed of the test tasks
 
 
 @dataclass
@@ -101,21 +119,21 @@ class RLConfig:
 
     episodes: int = 20  # episodes per task per adaptation step (the MAML paper's fast batch size)
     horizon: Optional[int] = None  # default: the family's (nav2d 100, MuJoCo 200, bandit 10)
-    gamma: float = 0.99
-    gae_lambda: float = 1.0
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 1.0  # lambda of generalized advantage estimation (1: Monte Carlo returns minus the baseline)
     estimator: Optional[str] = None  # vpg | dice | lvc (default: vpg for maml-trpo, lvc for promp)
     inner_lrs: Optional[list[float]] = None  # per-step inner rates at meta-training (default: algorithm.inner_lr every step)
     init_std: float = 1.0  # initial standard deviation of the Gaussian policy
     max_kl: float = 0.01  # maml-trpo: the trust region
-    cg_iterations: int = 10
-    cg_damping: float = 1e-5
-    backtrack_ratio: float = 0.8
-    max_backtracks: int = 15
+    cg_iterations: int = 10  # maml-trpo: conjugate gradient iterations for the natural gradient
+    cg_damping: float = 1e-5  # maml-trpo: damping added to the Fisher-vector products
+    backtrack_ratio: float = 0.8  # maml-trpo: step shrink factor of the line search
+    max_backtracks: int = 15  # maml-trpo: line search steps before the update is rejected
     clip: float = 0.3  # promp: clipped objective
     outer_steps: int = 5  # promp: Adam steps per meta-batch
-    inner_kl_target: float = 0.01  # promp
+    inner_kl_target: float = 0.01  # promp: the inner KL that the adaptive penalty aims at
     inner_kl_coef: float = 5e-4  # promp: initial weight of the inner KL penalty
-    arms: int = 5  # bandit
+    arms: int = 5  # bandit: arms per task
     workers: int = 1  # MuJoCo: processes stepping the environments (1: in this process)
     eval_episodes: int = 20  # episodes per task per adaptation step at evaluation
     eval_lrs: list[float] = field(default_factory=lambda: [0.1, 0.05])  # evaluation step sizes (the last repeats)
@@ -123,17 +141,72 @@ class RLConfig:
 
 @dataclass
 class Config:
+    """A whole run: one section per dataclass above, and the run directory."""
+
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rl: RLConfig = field(default_factory=RLConfig)
-    out_dir: str = MISSING
+    out_dir: str = MISSING  # run directory (the --out option; default runs/<preset or config file name>)
 
 
 def preset_names() -> list[str]:
+    """The names of the built-in presets (``innerloop/presets/*.yaml``), sorted."""
     return sorted(p.name[: -len(".yaml")] for p in resources.files("innerloop.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    """The YAML file of preset ``name``, comments included (``innerloop presets --show NAME``)."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(preset_names())} (see `innerloop presets`)")
+    return resources.files("innerloop.presets").joinpath(f"{name}.yaml").read_text()
+
+
+def preset_description(name: str, width: int = 110) -> str:
+    """The first sentence of the comment that opens preset ``name``, cut to ``width`` characters."""
+    lines = []
+    for line in preset_text(name).splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(w for w in " ".join(lines).split())
+    depth, end, colon = 0, len(text), None
+    for i, ch in enumerate(text):  # a sentence ends at ". " outside parentheses, not after "et al." or "e.g."
+        depth += (ch in "([") - (ch in ")]")
+        if ch == ":" and depth == 0 and colon is None:
+            colon = i
+        if ch == "." and depth == 0 and text[i + 1 : i + 2] in (" ", "") and not text[:i].endswith((" al", "e.g", "i.e", "cf")):
+            end = i + 1
+            break
+    if end > width and colon is not None and colon < width:  # a long sentence: its head, up to the first colon
+        end = colon
+    text = text[:end]
+    return text if len(text) <= width else text[: text.rfind(" ", 0, width - 1)].rstrip(",;:") + "…"
+
+
+def _load_yaml(path: Path):
+    """``OmegaConf.load(path)``, with a YAML syntax error as one line naming the file, line and column."""
+    import yaml
+
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {problem}{where}{f' ({context})' if context else ''}; fix the file "
+            "(each section a mapping, e.g. `train: {iterations: 500}`; `innerloop presets --show maml-sine` prints an example)"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    if not OmegaConf.is_dict(loaded):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (algorithm, task, model, train, eval, rl), "
+                          f"got a {type(loaded).__name__}; e.g. `train: {{iterations: 500}}`")
+    return loaded
 
 
 def _read_source(name_or_path: str):
@@ -141,13 +214,13 @@ def _read_source(name_or_path: str):
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; give a preset ({', '.join(preset_names())}) or a YAML file")
-        return OmegaConf.load(path)
+        return _load_yaml(path)
     if name_or_path not in preset_names():
         raise ConfigError(
             f"unknown preset {name_or_path!r}; available presets: {', '.join(preset_names())} "
             "(or pass the path of a YAML config file)"
         )
-    return OmegaConf.create(resources.files("innerloop.presets").joinpath(f"{name_or_path}.yaml").read_text())
+    return OmegaConf.create(preset_text(name_or_path))
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), out_dir: str | None = None) -> Config:
@@ -213,6 +286,7 @@ def _get(config: Config, dotted: str) -> Any:
 
 
 def validate(config: Config) -> None:
+    """Raise :class:`ConfigError` naming the key and the fix for a value or a combination innerloop cannot run."""
     for dotted, allowed in CHOICES.items():
         value = _get(config, dotted)
         if value not in allowed:
@@ -265,6 +339,7 @@ def validate(config: Config) -> None:
         raise ConfigError("eval.shots must be positive integers and eval.steps non-negative integers (both non-empty)")
     if any(h < 1 for h in [*config.model.hidden, *config.model.widths, config.model.filters]):
         raise ConfigError("model.hidden, model.widths and model.filters must be positive")
+    _check_image_task(config)
     if config.eval.ways is not None and config.eval.ways < 1:
         raise ConfigError(f"eval.ways must be a positive integer, got {config.eval.ways}")
     if config.algorithm.name in FORWARD_PASS_LEARNERS:
@@ -284,6 +359,35 @@ def validate(config: Config) -> None:
             f"{config.algorithm.name} has an output layer of task.ways={config.task.ways} classes, so it cannot be "
             f"evaluated on eval.ways={config.eval.ways}; set them equal (only protonets tests with other ways)"
         )
+
+
+FOLDER_ONLY = ("mode", "invert", "split_fractions", "split_seed", "cache", "cache_dir")  # keys of task.name=image_folder alone
+
+
+def _check_image_task(config: Config) -> None:
+    """The image-data keys of the task section: values in range, and image_folder's keys only with image_folder."""
+    t, defaults = config.task, TaskConfig()
+    if t.name != "image_folder":
+        given = [k for k in FOLDER_ONLY if getattr(t, k) != getattr(defaults, k)]
+        if given:
+            raise ConfigError(f"task.{given[0]} applies to task.name=image_folder only (got task.name={t.name!r}); drop it")
+    if t.image_size is not None and t.image_size < 1:
+        raise ConfigError(f"task.image_size must be a positive integer (or null), got {t.image_size}")
+    if t.mode not in ("auto", "L", "RGB"):
+        raise ConfigError(f"task.mode={t.mode!r} is not supported; choose one of: auto, L, RGB")
+    if t.rotations is not None:
+        r = list(t.rotations)
+        if not r or len(set(r)) != len(r) or any(a not in (0, 90, 180, 270) for a in r):
+            raise ConfigError(f"task.rotations must be distinct angles from 0, 90, 180, 270 (e.g. [0, 90, 180, 270]; "
+                              f"[0] for none, null for the dataset's), got {r}")
+    if t.normalize is not None and (len(t.normalize) != 2 or len(t.normalize[0]) != len(t.normalize[1])
+                                    or len(t.normalize[0]) not in (1, 3) or any(v <= 0 for v in t.normalize[1])):
+        raise ConfigError(f"task.normalize must be [[mean, ...], [std, ...]] with 1 or 3 values each and std > 0, "
+                          f"got {t.normalize}")
+    f = list(t.split_fractions)
+    if len(f) != 3 or any(v < 0 for v in f) or abs(sum(f) - 1) > 1e-6 or f[0] <= 0:
+        raise ConfigError(f"task.split_fractions must be 3 fractions train, val, test (train > 0, none negative) "
+                          f"summing to 1, e.g. [0.7, 0.15, 0.15]; got {f}")
 
 
 def _check_forward_pass_learner(config: Config) -> None:
@@ -340,6 +444,7 @@ def _check_snail(config: Config) -> None:
 
 
 def is_rl(config: Config) -> bool:
+    """Whether ``config`` is a meta-reinforcement-learning run (``task.name`` a family of ``innerloop.rl.envs``)."""
     return config.task.name in RL_FAMILIES
 
 
@@ -380,10 +485,12 @@ def _check_rl(config: Config) -> None:
 
 
 def to_dict(config: Config) -> dict:
+    """``config`` as plain nested dicts and lists (as stored in checkpoints)."""
     return OmegaConf.to_container(OmegaConf.structured(config))
 
 
 def from_dict(data: dict) -> Config:
+    """The :class:`Config` of ``to_dict`` output (defaults filled in), validated."""
     try:
         config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
     except OmegaConfBaseException as err:
@@ -393,4 +500,5 @@ def from_dict(data: dict) -> Config:
 
 
 def to_yaml(config: Config) -> str:
+    """``config`` as YAML, every key written out (the ``config.yaml`` of a run)."""
     return OmegaConf.to_yaml(OmegaConf.structured(config))
