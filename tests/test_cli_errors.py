@@ -76,6 +76,15 @@ def test_ways_or_shots_too_large_for_the_dataset_stop_before_training(tmp_path, 
     assert not (run / "checkpoints").exists()  # nothing trained
 
 
+@needs_omniglot
+def test_an_option_a_loader_refuses_names_its_config_key(tmp_path, monkeypatch, capsys):
+    """Seen: an unknown split name printed as an "internal error" (exit 1) instead of a mistake naming the key."""
+    code, _, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "--out", tmp_path / "run",
+                       *FAST, "task.train_split=foo")
+    line = one_line(err)
+    assert code == 2 and line.startswith("error: task.train_split='foo' for task.name=omniglot: unknown Omniglot split"), line
+
+
 def _deny_writes_under(monkeypatch, folder: pathlib.Path) -> None:
     """Make ``folder`` read-only: chmod, and for root (whom chmod does not stop) a mkdir that fails as the OS would."""
     folder.chmod(0o555)

@@ -261,3 +261,15 @@ def test_readme_episode_file_example_reads(tmp_path):
     second = episodes.sample(0, [1])  # label 0 = class b (support image 3), label 1 = class a (image 0)
     assert second.support_x.shape == (1, 2, 1, 16, 16) and second.query_y.tolist() == [[0, 0, 1, 1]]
     assert torch.equal(second.support_x[0, :, 0, 0, 0] * 255, torch.tensor([31.0, 0.0]))
+
+
+def test_eval_episodes_that_is_both_a_number_and_a_file_is_refused(tmp_path, monkeypatch, capsys):
+    """--episodes takes N (meta-RL) or FILE: a digits-only name of an existing file is not guessed either way."""
+    run = tmp_path / "run"
+    code, _, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", run, "train.iterations=2",
+                       "train.meta_batch_size=2", "train.val_tasks=2", "train.progress=false", "--no-evaluate")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "40").write_text("{}")
+    code, _, err = cli(monkeypatch, capsys, "eval", run, "--episodes", "40")
+    assert code == 2 and "--episodes 40 is both a number and a file here; give the file as ./40" in err, err

@@ -298,6 +298,8 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
     episode_file = None  # --episodes FILE: a fixed list of test episodes; --episodes N: meta-RL episodes per step
+    if episodes is not None and episodes.isdigit() and Path(episodes).is_file():
+        raise ConfigError(f"--episodes {episodes} is both a number and a file here; give the file as ./{episodes}")
     if episodes is not None and not episodes.isdigit():
         episode_file, episodes = Path(episodes), None
     elif episodes is not None and int(episodes) < 1:

@@ -135,7 +135,13 @@ def load_image_dataset(config: Config, split: str):
                                "evaluate another run")
         return dataset
     size = task.image_size or IMAGE_SIZES.get(task.name, 84)
-    return _dataset(task.name, task.root, split, size, task.download, task.resample)
+    try:
+        return _dataset(task.name, task.root, split, size, task.download, task.resample)
+    except ValueError as err:  # a loader's refusal of an option (an unknown split name, ...): name the config key
+        if isinstance(err, InnerloopError):
+            raise
+        keys = [f"task.{role}_split" for role in SPLITS if getattr(task, f"{role}_split") == split] or ["task"]
+        raise ConfigError(f"{'/'.join(keys)}={split!r} for task.name={task.name}: {err}") from None
 
 
 # --------------------------------------------------------------------------- your own image folders
