@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
+
+# The code ruff lints and format-checks (its rules: [tool.ruff] in pyproject.toml).
+LINTED := innerloop tests benchmarks examples
 
 setup: $(VENV)/.installed
 
@@ -20,7 +23,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/innerloop demo
 
-test: setup
+# Lint, format check and type check first: a failure there stops `make test` before the suite runs.
+lint: setup
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy  # type check of innerloop/ ([tool.mypy] in pyproject.toml)
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -17,7 +17,9 @@ def train_subprocess(command: list[str], log: Path, threads: int = 1) -> int:
     ``os.wait4`` gives the peak of this child alone, even with other runs side by side.
     """
     with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed; see {log}")
@@ -30,7 +32,11 @@ def ms_per_iteration(run_dir: Path, skip: int = 0) -> float:
     ``skip`` leaves out the first logged intervals (warm-up: allocator, first-call overheads).
     """
     meta_batch = OmegaConf.load(run_dir / "config.yaml").train.meta_batch_size
-    rates = [r["tasks_per_s"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "tasks_per_s" in r]
+    rates = [
+        r["tasks_per_s"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "tasks_per_s" in r
+    ]
     if len(rates) <= skip:
         raise SystemExit(f"{run_dir}: {len(rates)} logged intervals, need more than {skip}")
     return round(1e3 * meta_batch / statistics.median(rates[skip:]), 2)

@@ -39,7 +39,7 @@ def main() -> None:
         result = evaluate_config(learner, config, build_tasks, shots=[args.shots], steps=steps, num_tasks=args.tasks)
         per_step = result[args.shots]
         if forward_pass:
-            per_step = {s: per_step[0] for s in range(args.max_steps + 1)}
+            per_step = dict.fromkeys(range(args.max_steps + 1), per_step[0])
         curves[run.name] = per_step
     adaptation_curves(curves, args.out, title=f"sinusoid {args.shots}-shot, {args.tasks} held-out tasks")
     print(f"figure: {args.out}")

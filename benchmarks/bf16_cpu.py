@@ -37,9 +37,16 @@ def median_ms(fn, repeats: int, sync) -> float:
 
 def episodes(tasks: int, ways: int, shots: int, queries: int, device) -> TaskBatch:
     g = torch.Generator().manual_seed(0)
-    labels = lambda k: torch.arange(ways).repeat_interleave(k).repeat(tasks, 1)
-    return TaskBatch(torch.randn(tasks, ways * shots, 1, 28, 28, generator=g), labels(shots),
-                     torch.randn(tasks, ways * queries, 1, 28, 28, generator=g), labels(queries)).to(device=device)
+
+    def labels(k: int) -> torch.Tensor:
+        return torch.arange(ways).repeat_interleave(k).repeat(tasks, 1)
+
+    return TaskBatch(
+        torch.randn(tasks, ways * shots, 1, 28, 28, generator=g),
+        labels(shots),
+        torch.randn(tasks, ways * queries, 1, 28, 28, generator=g),
+        labels(queries),
+    ).to(device=device)
 
 
 def main() -> None:
@@ -52,7 +59,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    capability = torch.cuda.get_device_name(device) if device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
+    capability = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
+    )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}: {capability}")
     print("| operation | float32 (ms) | bfloat16 (ms) | bf16 speed-up |")
     print("| --- | --- | --- | --- |")
@@ -67,7 +76,7 @@ def main() -> None:
         x = torch.randn(400, 64, 14, 14, device=device).contiguous(memory_format=layout)
         w = torch.randn(64, 64, 3, 3, device=device).contiguous(memory_format=layout)
 
-        def conv(dtype):
+        def conv(dtype, x=x, w=w):
             xx, ww = x.to(dtype), w.to(dtype).requires_grad_()
             F.conv2d(xx, ww, padding=1).sum().backward()
 
@@ -75,12 +84,15 @@ def main() -> None:
         row(f"conv 3x3 64->64 on 400x14x14, fwd+bwd, {name}", lambda: conv(torch.float32), lambda: conv(torch.bfloat16))
     for name, learner, batch in [
         ("ProtoNets step, 60-way 5-shot 5 queries", ProtoNets(Conv4(1, 64)), episodes(1, 60, 5, 5, device)),
-        ("MAML step, 2nd order, 8 tasks 5-way 1-shot 15 queries", MAML(Conv4(1, 64, 5), inner_lr=0.4, strategy="loop"),
-         episodes(8, 5, 1, 15, device)),
+        (
+            "MAML step, 2nd order, 8 tasks 5-way 1-shot 15 queries",
+            MAML(Conv4(1, 64, 5), inner_lr=0.4, strategy="loop"),
+            episodes(8, 5, 1, 15, device),
+        ),
     ]:
         learner.to(device)
 
-        def step(autocast: bool):
+        def step(autocast: bool, learner=learner, batch=batch):
             learner.zero_grad()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 learner.meta_backward(batch)

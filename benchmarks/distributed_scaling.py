@@ -34,9 +34,14 @@ WORKLOADS = {
 
 def run(workload: str, procs: int, device: str, threads: int, out: Path) -> dict:
     preset, iterations, warmup, extra = WORKLOADS[workload]
-    overrides = [*extra,
-        f"train.iterations={iterations}", "train.log_every=1", "train.progress=false", f"train.device={device}",
-        f"train.val_every={10 * iterations}", f"train.checkpoint_every={10 * iterations}",
+    overrides = [
+        *extra,
+        f"train.iterations={iterations}",
+        "train.log_every=1",
+        "train.progress=false",
+        f"train.device={device}",
+        f"train.val_every={10 * iterations}",
+        f"train.checkpoint_every={10 * iterations}",
     ]
     command = ["train", "--config", preset, "--out", str(out), "--no-evaluate", *overrides]
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs}"] if procs > 1 else []
@@ -59,7 +64,9 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU cores divided among the processes")
     args = parser.parse_args()
 
-    print(f"| workload | processes | threads each | median tasks/s | vs {args.procs[0]} process(es) | iterations timed | wall (s) |")
+    print(
+        f"| workload | processes | threads each | median tasks/s | vs {args.procs[0]} process(es) | iterations timed | wall (s) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for workload in args.workloads:
         base = None

@@ -46,12 +46,16 @@ def sinusoid(tasks: int, steps: int, dtype, strategy: str = "loop") -> tuple[MAM
 def conv4(tasks: int, steps: int, dtype, strategy: str = "loop") -> tuple[MAML, TaskBatch, callable]:
     """Omniglot-sized random data: 5-way 1-shot, 15 queries per class, 28x28 grayscale, Conv-4 (64 filters)."""
     torch.manual_seed(0)
-    learner = MAML(Conv4(in_channels=1, hidden=64, out_features=5).to(dtype), inner_lr=0.4, inner_steps=steps,
-                   strategy=strategy)
+    learner = MAML(
+        Conv4(in_channels=1, hidden=64, out_features=5).to(dtype), inner_lr=0.4, inner_steps=steps, strategy=strategy
+    )
     g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(torch.rand(tasks, 5, 1, 28, 28, generator=g).to(dtype), torch.arange(5).repeat(tasks, 1),
-                      torch.rand(tasks, 75, 1, 28, 28, generator=g).to(dtype),
-                      torch.arange(5).repeat_interleave(15).repeat(tasks, 1))
+    batch = TaskBatch(
+        torch.rand(tasks, 5, 1, 28, 28, generator=g).to(dtype),
+        torch.arange(5).repeat(tasks, 1),
+        torch.rand(tasks, 75, 1, 28, 28, generator=g).to(dtype),
+        torch.arange(5).repeat_interleave(15).repeat(tasks, 1),
+    )
     return learner, batch, F.cross_entropy
 
 
@@ -82,8 +86,12 @@ def implementations(make, tasks: int, steps: int, dtype) -> tuple[dict[str, call
                 fast = {name: p - lr * g for (name, p), g in zip(fast.items(), grads)}
             (loss_fn(functional_call(model, fast, (qx,)), qy) / n).backward()
 
-    return {"meta_loss vmap": batched("vmap"), "meta_loss loop": batched("loop"), "handle": handle,
-            "hand-written loop": hand_written}, [by_strategy["vmap"], by_strategy["loop"], learner, learner]
+    return {
+        "meta_loss vmap": batched("vmap"),
+        "meta_loss loop": batched("loop"),
+        "handle": handle,
+        "hand-written loop": hand_written,
+    }, [by_strategy["vmap"], by_strategy["loop"], learner, learner]
 
 
 def gradient(fn, owner) -> torch.Tensor:
@@ -96,7 +104,7 @@ def check(make, tasks: int, steps: int) -> float:
     fns, owners = implementations(make, tasks, steps, torch.float64)
     ref = gradient(fns["hand-written loop"], owners[-1])
     worst = 0.0
-    for (name, fn), owner in zip(fns.items(), owners):
+    for (_name, fn), owner in zip(fns.items(), owners):
         worst = max(worst, float((gradient(fn, owner) - ref).norm() / ref.norm()))
     if worst > 1e-10:
         raise SystemExit(f"meta-gradients disagree (relative error {worst:.2e}): not timing")
@@ -111,7 +119,9 @@ def time_all(fns: dict, owners, min_run_time: float, rounds: int) -> dict[str, l
     medians = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            medians[name].append(benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median)
+            medians[name].append(
+                benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+            )
     return medians
 
 
@@ -131,22 +141,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    workloads = [(f"sinusoid MLP 40-40, {args.tasks} tasks, 1 step", sinusoid, args.tasks, 1),
-                 (f"sinusoid MLP 40-40, {args.tasks} tasks, 5 steps", sinusoid, args.tasks, 5)]
+    workloads = [
+        (f"sinusoid MLP 40-40, {args.tasks} tasks, 1 step", sinusoid, args.tasks, 1),
+        (f"sinusoid MLP 40-40, {args.tasks} tasks, 5 steps", sinusoid, args.tasks, 5),
+    ]
     if not args.no_conv:
-        workloads.append((f"Conv-4 Omniglot-sized 5-way 1-shot, {args.conv_tasks} tasks, 1 step", conv4, args.conv_tasks, 1))
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
-          f"{datetime.date.today()}; second-order MAML, float32; ms per meta-training step (median)\n")
-    print("| workload | meta_loss vmap | meta_loss loop | handle | hand-written loop | handle / hand-written "
-          "| hand-written / vmap | gradients (rel. error) |")
+        workloads.append(
+            (f"Conv-4 Omniglot-sized 5-way 1-shot, {args.conv_tasks} tasks, 1 step", conv4, args.conv_tasks, 1)
+        )
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
+        f"{datetime.date.today()}; second-order MAML, float32; ms per meta-training step (median)\n"
+    )
+    print(
+        "| workload | meta_loss vmap | meta_loss loop | handle | hand-written loop | handle / hand-written "
+        "| hand-written / vmap | gradients (rel. error) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for title, make, tasks, steps in workloads:
         worst = check(make, min(tasks, 4), steps)
         t = time_all(*implementations(make, tasks, steps, torch.float32), args.min_run_time, args.rounds)
         ms = {k: 1e3 * statistics.median(v) for k, v in t.items()}
-        print(f"| {title} | {ms['meta_loss vmap']:.2f} | {ms['meta_loss loop']:.2f} | {ms['handle']:.2f} | "
-              f"{ms['hand-written loop']:.2f} | {ratio(t, 'handle', 'hand-written loop'):.2f}x | "
-              f"{ratio(t, 'hand-written loop', 'meta_loss vmap'):.1f}x | {worst:.1e} |", flush=True)
+        print(
+            f"| {title} | {ms['meta_loss vmap']:.2f} | {ms['meta_loss loop']:.2f} | {ms['handle']:.2f} | "
+            f"{ms['hand-written loop']:.2f} | {ratio(t, 'handle', 'hand-written loop'):.2f}x | "
+            f"{ratio(t, 'hand-written loop', 'meta_loss vmap'):.1f}x | {worst:.1e} |",
+            flush=True,
+        )
     print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import MemoryProbe, omniglot_batch  # noqa: E402
+from speed import MemoryProbe, omniglot_batch
 
-from innerloop import MAML  # noqa: E402
-from innerloop.models import Conv4  # noqa: E402
+from innerloop import MAML
+from innerloop.models import Conv4
 
 
 def saved_mib(loss: torch.Tensor) -> float:
@@ -54,16 +54,23 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print("| queries / class | checkpoint_steps | graph saved for backward, 1 task (MiB) | RSS growth, meta_backward (MiB) | ms / meta-batch (median) |")
+    print(
+        "| queries / class | checkpoint_steps | graph saved for backward, 1 task (MiB) | RSS growth, meta_backward (MiB) | ms / meta-batch (median) |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for queries in args.queries:
         batch = omniglot_batch(args.tasks, queries=queries)
         learners = {}
         for checkpoint in (False, True):
             torch.manual_seed(0)
-            learners[checkpoint] = MAML(Conv4(1, 64, out_features=5), inner_lr=0.4, inner_steps=args.steps,
-                                        strategy="loop", checkpoint_steps=checkpoint)
-        rows = {c: {"ms": [], "rss": 0.0, "saved": saved_mib(l.meta_loss(batch[:1])[0])} for c, l in learners.items()}
+            learners[checkpoint] = MAML(
+                Conv4(1, 64, out_features=5),
+                inner_lr=0.4,
+                inner_steps=args.steps,
+                strategy="loop",
+                checkpoint_steps=checkpoint,
+            )
+        rows = {c: {"ms": [], "rss": 0.0, "saved": saved_mib(m.meta_loss(batch[:1])[0])} for c, m in learners.items()}
         for _ in range(args.repeats + 1):  # round-robin, the first round a warm-up
             for checkpoint, learner in learners.items():
                 learner.zero_grad()
@@ -74,7 +81,9 @@ def main(argv=None) -> None:
                 rows[checkpoint]["ms"].append(elapsed * 1000)
                 rows[checkpoint]["rss"] = max(rows[checkpoint]["rss"], probe.bytes / 2**20)
         for checkpoint, row in rows.items():
-            print(f"| {queries} | {checkpoint} | {row['saved']:.1f} | {row['rss']:.0f} | {statistics.median(row['ms'][1:]):.0f} |")
+            print(
+                f"| {queries} | {checkpoint} | {row['saved']:.1f} | {row['rss']:.0f} | {statistics.median(row['ms'][1:]):.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,13 @@ def run(make_rule, iterations: int, rule_lr: float) -> tuple[dict[int, float], f
     torch.manual_seed(0)  # the model's and the rule's initial weights
     learner = MAML(MLP(1, [40, 40], 1), update_rule=make_rule(), inner_steps=1)
     own = {id(p) for p in learner.update_rule.parameters()}
-    optimizer = torch.optim.Adam([
-        {"params": [p for p in learner.parameters() if id(p) not in own]},
-        {"params": list(learner.update_rule.parameters()), "lr": rule_lr},
-    ], lr=1e-3)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": [p for p in learner.parameters() if id(p) not in own]},
+            {"params": list(learner.update_rule.parameters()), "lr": rule_lr},
+        ],
+        lr=1e-3,
+    )
     tasks = SinusoidTasks(shots=10, queries=10, seed=0)
     start = time.perf_counter()
     for iteration in range(iterations):

@@ -30,15 +30,18 @@ def paper_goals() -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[0.5, 0.25], help="step sizes (the paper's code: 0.5 then 0.25)")
+    parser.add_argument(
+        "--lrs", type=float, nargs="+", default=[0.5, 0.25], help="step sizes (the paper's code: 0.5 then 0.25)"
+    )
     parser.add_argument("--episodes", type=int, default=40, help="episodes per step (the paper's code: 40)")
     args = parser.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.config.task.name != "nav2d":
         raise SystemExit(f"{args.checkpoint} is a {ckpt.config.task.name} checkpoint; this script evaluates nav2d ones")
     learner = learner_from_checkpoint(ckpt)
-    results = evaluate_adaptation(learner, paper_goals(), [0, 1, 2, 3], args.episodes, args.lrs,
-                                  derive_seed(ckpt.config.eval.seed, "rl-test"))
+    results = evaluate_adaptation(
+        learner, paper_goals(), [0, 1, 2, 3], args.episodes, args.lrs, derive_seed(ckpt.config.eval.seed, "rl-test")
+    )
     print(f"{args.checkpoint}: the paper's 40 goals, {args.episodes} episodes per step, step sizes {args.lrs}")
     print(format_returns(results, "nav2d"))
 

@@ -40,10 +40,9 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from speed import WORKLOADS, measure_peaks, select
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
-
-from speed import WORKLOADS, measure_peaks, select
 
 KINDS = ("conv", "matmul", "batch norm", "max pool", "copies", "other")
 
@@ -81,8 +80,14 @@ def profile_impl(workload, name: str, warmup: int) -> dict:
     for self_seconds, op, _ in ops:
         seconds[kind_of(op)] += self_seconds
     top = sorted(ops, reverse=True)[:8]
-    return {"impl": name, "seconds": dict(seconds), "total": sum(seconds.values()), "conv_flops": conv_flops,
-            "all_flops": counter.get_total_flops(), "top": top}
+    return {
+        "impl": name,
+        "seconds": dict(seconds),
+        "total": sum(seconds.values()),
+        "conv_flops": conv_flops,
+        "all_flops": counter.get_total_flops(),
+        "top": top,
+    }
 
 
 def batched_conv(tasks: int, images: int, side: int, repeats: int = 5) -> list[tuple[str, float]]:
@@ -107,8 +112,11 @@ def batched_conv(tasks: int, images: int, side: int, repeats: int = 5) -> list[t
         w = ws.clone().requires_grad_()
         torch.vmap(lambda xi, wi: F.conv2d(xi, wi, padding=1))(x, w).square().sum().backward()
 
-    runs = {f"{name}{' channels_last' if cl else ''}": (lambda f=f, cl=cl: f(cl))
-            for cl in (False, True) for name, f in (("per-task loop", loop), ("grouped", grouped), ("vmap", vmapped))}
+    runs = {
+        f"{name}{' channels_last' if cl else ''}": (lambda f=f, cl=cl: f(cl))
+        for cl in (False, True)
+        for name, f in (("per-task loop", loop), ("grouped", grouped), ("vmap", vmapped))
+    }
     times = {name: [] for name in runs}
     for fn in runs.values():
         fn()
@@ -122,22 +130,31 @@ def batched_conv(tasks: int, images: int, side: int, repeats: int = 5) -> list[t
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="*", default=["omniglot-maml-1step-2nd"], help="speed.py workload names or patterns")
-    parser.add_argument("--impls", nargs="*", default=["innerloop auto", "plain loop"], help="implementation name patterns")
+    parser.add_argument(
+        "--workloads", nargs="*", default=["omniglot-maml-1step-2nd"], help="speed.py workload names or patterns"
+    )
+    parser.add_argument(
+        "--impls", nargs="*", default=["innerloop auto", "plain loop"], help="implementation name patterns"
+    )
     parser.add_argument("--tasks", type=int, help="meta-batch size (default: the workload's)")
     parser.add_argument("--queries", type=int, help="query examples per class")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--top", action="store_true", help="also list the 8 costliest aten ops of each impl")
-    parser.add_argument("--batched-conv", action="store_true", help="also time one conv layer for T tasks: loop, grouped, vmap")
+    parser.add_argument(
+        "--batched-conv", action="store_true", help="also time one conv layer for T tasks: loop, grouped, vmap"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = measure_peaks(torch.device("cpu"), quick=False)["conv"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); measured conv peak {peak:.1f} GFLOP/s\n")
-    print("| workload | implementation | profiled step (s) | " + " | ".join(f"{k} %" for k in KINDS)
-          + " | conv kernels GFLOP/s (% of peak) | step if conv at peak | conv only, at peak |")
+    print(
+        "| workload | implementation | profiled step (s) | "
+        + " | ".join(f"{k} %" for k in KINDS)
+        + " | conv kernels GFLOP/s (% of peak) | step if conv at peak | conv only, at peak |"
+    )
     print("|" + " --- |" * (len(KINDS) + 6))
     tops = []
     for wname in select(args.workloads, quick=False):
@@ -149,15 +166,20 @@ def main(argv=None) -> None:
             rate = r["conv_flops"] / conv_s / 1e9 if conv_s else float("nan")
             at_peak = r["conv_flops"] / peak / 1e9
             shares = " | ".join(f"{100 * r['seconds'].get(k, 0.0) / r['total']:.0f}" for k in KINDS)
-            print(f"| `{wname}` | {name} | {r['total']:.2f} | {shares} | {rate:.0f} ({100 * rate / peak:.0f}%) | "
-                  f"{r['total'] - conv_s + at_peak:.2f} s | {at_peak:.2f} s |", flush=True)
+            print(
+                f"| `{wname}` | {name} | {r['total']:.2f} | {shares} | {rate:.0f} ({100 * rate / peak:.0f}%) | "
+                f"{r['total'] - conv_s + at_peak:.2f} s | {at_peak:.2f} s |",
+                flush=True,
+            )
             tops.append((wname, name, r["top"]))
     if args.top:
         for wname, name, top in tops:
             print(f"\n{wname} / {name}: " + "; ".join(f"{op} {s * 1e3:.0f} ms x{n}" for s, op, n in top))
     if args.batched_conv:
         tasks = args.tasks or 8
-        print(f"\nOne 64->64 3x3 conv layer, forward + backward, {tasks} tasks x 80 images of 14x14, each task its own weights:\n")
+        print(
+            f"\nOne 64->64 3x3 conv layer, forward + backward, {tasks} tasks x 80 images of 14x14, each task its own weights:\n"
+        )
         print("| how the tasks run | ms (median of 5) |\n| --- | --- |")
         for name, ms in batched_conv(tasks, 80, 14):
             print(f"| {name} | {ms:.1f} |")

@@ -71,13 +71,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (the sampler's setting)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{versions()}; {torch.get_num_threads()} torch thread(s); {platform.machine()}, "
-          f"{__import__('os').cpu_count()} CPUs\n")
+    print(
+        f"{versions()}; {torch.get_num_threads()} torch thread(s); {platform.machine()}, "
+        f"{__import__('os').cpu_count()} CPUs\n"
+    )
     print("| family | T x E | horizon | workers | steps/s | wall (s) | first rollout (s) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.families.split(","):
         mujoco = FAMILIES[name][0] == ".mujoco"
-        for workers in ([1, args.workers] if mujoco and args.workers > 1 else [1]):
+        for workers in [1, args.workers] if mujoco and args.workers > 1 else [1]:
             try:
                 family = make_family(name, workers=workers) if mujoco else make_family(name)
             except ConfigError as error:
@@ -90,8 +92,11 @@ def main() -> None:
                 if hasattr(family, "close"):
                     family.close()
             shown = workers if mujoco else "-"
-            print(f"| {name} | {args.tasks} x {args.episodes} | {family.horizon} | {shown} | "
-                  f"{steps / wall:,.0f} | {wall:.2f} | {first:.2f} |", flush=True)
+            print(
+                f"| {name} | {args.tasks} x {args.episodes} | {family.horizon} | {shown} | "
+                f"{steps / wall:,.0f} | {wall:.2f} | {first:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,10 @@ def report(name: str, src: EpisodicTasks, batch: int, seconds: float, filters: i
     b = src.sample(0, tasks)
     mb = sum(t.numel() * t.element_size() for t in (b.support_x, b.query_x)) / 2**20
     print(f"{name}\n  {src}\n  batch {batch} tasks, {mb:.1f} MiB of float images per batch, {n} batches timed")
-    print(f"  {batch / per_batch:10.0f} episodes/s   {1 / per_batch:8.1f} meta-batches/s   "
-          f"{per_batch * 1e3:7.2f} ms/meta-batch   (index sampling alone: {per_plan * 1e3:.2f} ms)")
+    print(
+        f"  {batch / per_batch:10.0f} episodes/s   {1 / per_batch:8.1f} meta-batches/s   "
+        f"{per_batch * 1e3:7.2f} ms/meta-batch   (index sampling alone: {per_plan * 1e3:.2f} ms)"
+    )
     learner = ProtoNets(Conv4(b.support_x.shape[-3], filters, image_size=b.support_x.shape[-1])).to(src.device)
 
     def train_step(_):
@@ -59,8 +61,10 @@ def report(name: str, src: EpisodicTasks, batch: int, seconds: float, filters: i
         learner.meta_backward(b)
 
     per_step, steps = timed(train_step, seconds, sync)
-    print(f"  training (ProtoNets, Conv-4-{filters}, forward + backward): {batch / per_step:.0f} episodes/s, "
-          f"{per_step * 1e3:.1f} ms/meta-batch over {steps} steps -> sampling is {per_step / per_batch:.0f}x faster")
+    print(
+        f"  training (ProtoNets, Conv-4-{filters}, forward + backward): {batch / per_step:.0f} episodes/s, "
+        f"{per_step * 1e3:.1f} ms/meta-batch over {steps} steps -> sampling is {per_step / per_batch:.0f}x faster"
+    )
 
 
 def main() -> None:
@@ -81,17 +85,36 @@ def main() -> None:
         print(f"Omniglot not found ({str(e)[:80]}...); using synthetic data of the same shape")
         g = torch.Generator().manual_seed(0)
         images = (torch.rand(1028 * 20, 1, 28, 28, generator=g) < 0.1).to(torch.uint8) * 255
-        train = ImageDataset(images, torch.arange(1028).repeat_interleave(20), [f"c{i}" for i in range(1028)],
-                             rotations=((0, 90, 180, 270),) * 1028, name="synthetic omniglot")
-    report("Omniglot 5-way 1-shot 15-query, 28x28", EpisodicTasks(train, 5, 1, 15, device=args.device), 32,
-           args.seconds, filters=64)
+        train = ImageDataset(
+            images,
+            torch.arange(1028).repeat_interleave(20),
+            [f"c{i}" for i in range(1028)],
+            rotations=((0, 90, 180, 270),) * 1028,
+            name="synthetic omniglot",
+        )
+    report(
+        "Omniglot 5-way 1-shot 15-query, 28x28",
+        EpisodicTasks(train, 5, 1, 15, device=args.device),
+        32,
+        args.seconds,
+        filters=64,
+    )
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64 * 600, 3, 84, 84), dtype=torch.uint8, generator=g)
-    mini = ImageDataset(images, torch.arange(64).repeat_interleave(600), [f"n{i:08d}" for i in range(64)],
-                        name="synthetic mini-ImageNet")
-    report("mini-ImageNet-sized 5-way 5-shot 15-query, 3x84x84", EpisodicTasks(mini, 5, 5, 15, device=args.device), 4,
-           args.seconds, filters=32)
+    mini = ImageDataset(
+        images,
+        torch.arange(64).repeat_interleave(600),
+        [f"n{i:08d}" for i in range(64)],
+        name="synthetic mini-ImageNet",
+    )
+    report(
+        "mini-ImageNet-sized 5-way 5-shot 15-query, 3x84x84",
+        EpisodicTasks(mini, 5, 5, 15, device=args.device),
+        4,
+        args.seconds,
+        filters=32,
+    )
 
 
 if __name__ == "__main__":

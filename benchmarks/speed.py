@@ -89,6 +89,7 @@ operands. It guards against slow-downs; its Omniglot figures are not the full-si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import fnmatch
@@ -101,10 +102,10 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -220,8 +221,9 @@ class HigherMAML(Impl):
     def step(self, batch):
         params = list(self.model.parameters())
         for sx, sy, qx, qy in _tasks(batch):
-            with higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=not self.first_order) as (fmodel, diffopt):
+            with higher.innerloop_ctx(
+                self.model, self.inner_opt, copy_initial_weights=False, track_higher_grads=not self.first_order
+            ) as (fmodel, diffopt):
                 for _ in range(self.steps):
                     diffopt.step(default_loss(fmodel(sx), sy))
                 query_loss = default_loss(fmodel(qx), qy) / batch.num_tasks
@@ -292,8 +294,9 @@ class HigherANIL(Impl, _Split):
         head_params = list(self.head.parameters())
         for sx, sy, qx, qy in _tasks(batch):
             zs, zq = self.body(sx), self.body(qx)
-            with higher.innerloop_ctx(self.head, self.inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=not self.first_order) as (fhead, diffopt):
+            with higher.innerloop_ctx(
+                self.head, self.inner_opt, copy_initial_weights=False, track_higher_grads=not self.first_order
+            ) as (fhead, diffopt):
                 for _ in range(self.steps):
                     diffopt.step(default_loss(fhead(zs), sy))
                 query_loss = default_loss(fhead(zq), qy) / batch.num_tasks
@@ -343,8 +346,9 @@ class HigherReptile(Impl):
         params = list(self.model.parameters())
         for task in _tasks(batch):
             x, y = _reptile_data(*task)
-            with higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=False) as (fmodel, diffopt):
+            with higher.innerloop_ctx(
+                self.model, self.inner_opt, copy_initial_weights=False, track_higher_grads=False
+            ) as (fmodel, diffopt):
                 for _ in range(self.steps):
                     diffopt.step(default_loss(fmodel(x), y))
                 with torch.no_grad():
@@ -362,9 +366,9 @@ class PlainProtoNets(Impl):
         self.ways, self.shots = ways, shots
 
     def step(self, batch):
-        for sx, sy, qx, qy in _tasks(batch):
+        for sx, _sy, qx, qy in _tasks(batch):
             z = self.model(torch.cat([sx, qx])).flatten(1)
-            zs, zq = z[: sx.shape[0]], z[sx.shape[0]:]
+            zs, zq = z[: sx.shape[0]], z[sx.shape[0] :]
             prototypes = zs.view(self.ways, self.shots, -1).mean(1)  # supports sorted by class
             n, m = zq.shape[0], prototypes.shape[0]
             dists = (zq.unsqueeze(1).expand(n, m, -1) - prototypes.unsqueeze(0).expand(n, m, -1)).pow(2).sum(2)
@@ -390,7 +394,7 @@ class Workload:
     reference: str = REFERENCE
     same_flops_as: dict[str, str] = field(default_factory=dict)  # impl -> the impl whose FLOP count it shares
 
-    def to(self, device, dtype=None, channels_last: bool = False) -> "Workload":
+    def to(self, device, dtype=None, channels_last: bool = False) -> Workload:
         """A copy on ``device`` (and ``dtype``), the impls unchanged."""
         model = copy.deepcopy(self.model).to(device)
         batch = self.batch.to(device=device)
@@ -398,11 +402,23 @@ class Workload:
             model, batch = model.to(dtype), batch.to(dtype)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+
             # (T, N, C, H, W) stored as (T, N, H, W, C): every task's (N, C, H, W) slice is channels_last.
-            cl = lambda x: x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if x.dim() == 5 else x
+            def cl(x: torch.Tensor) -> torch.Tensor:
+                return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if x.dim() == 5 else x
+
             batch = TaskBatch(cl(batch.support_x), batch.support_y, cl(batch.query_x), batch.query_y)
-        return Workload(self.name, self.description, model, batch, self.peak_kind, self.impls, dict(self.skipped), self.reference,
-                        dict(self.same_flops_as))
+        return Workload(
+            self.name,
+            self.description,
+            model,
+            batch,
+            self.peak_kind,
+            self.impls,
+            dict(self.skipped),
+            self.reference,
+            dict(self.same_flops_as),
+        )
 
 
 def _innerloop_strategies(make_learner, strategies=("vmap", "loop", "auto")) -> dict[str, Factory]:
@@ -420,7 +436,9 @@ def sine_batch(tasks: int, shots: int = 10, queries: int = 10) -> TaskBatch:
     return SinusoidTasks(shots=shots, queries=queries, seed=0).sample(0, range(tasks))
 
 
-def omniglot_batch(tasks: int, ways: int = 5, shots: int = 1, queries: int = 15, size: int = 28, seed: int = 0) -> TaskBatch:
+def omniglot_batch(
+    tasks: int, ways: int = 5, shots: int = 1, queries: int = 15, size: int = 28, seed: int = 0
+) -> TaskBatch:
     """Random N(0, 1) images of Omniglot's shape; labels sorted by class (0..ways-1)."""
     g = torch.Generator().manual_seed(seed)
     return TaskBatch(
@@ -431,8 +449,14 @@ def omniglot_batch(tasks: int, ways: int = 5, shots: int = 1, queries: int = 15,
     )
 
 
-def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = None, quick: bool = False,
-               queries: int | None = None) -> Workload:
+def build_maml(
+    domain: str,
+    steps: int,
+    first_order: bool,
+    tasks: int | None = None,
+    quick: bool = False,
+    queries: int | None = None,
+) -> Workload:
     if domain == "sine":
         torch.manual_seed(0)
         model, lr, tasks, queries = MLP(1, (40, 40), 1), 0.01, tasks or 25, queries or 10
@@ -440,63 +464,111 @@ def build_maml(domain: str, steps: int, first_order: bool, tasks: int | None = N
         what = f"MLP 1-40-40-1, {tasks} tasks, 10 support / {queries} query"
     else:
         torch.manual_seed(0)
-        model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.4, tasks or (2 if quick else 32), queries or (5 if quick else 15)
+        model, lr, tasks, queries = (
+            Conv4(1, 64, out_features=5),
+            0.4,
+            tasks or (2 if quick else 32),
+            queries or (5 if quick else 15),
+        )
         batch, peak = omniglot_batch(tasks, queries=queries), "conv"
         what = f"Conv-4-64, 5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)"
     order = "first" if first_order else "second"
     Learner = FOMAML if first_order else MAML
-    impls = _innerloop_strategies(lambda m, s: Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=s))
+    impls = _innerloop_strategies(
+        lambda m, s: Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=s)
+    )
     same_flops_as = {}
     if not quick:  # compiling takes a minute or more: not in --quick
         # sinusoid: torch.compile fuses vmap's many small ops; Omniglot: the first-order loop (the route the issue names)
         compiled = "vmap" if domain == "sine" else "loop" if first_order else None
         if compiled:
             impls[f"innerloop {compiled}+compile"] = lambda m: InnerloopImpl(
-                Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=compiled, compile=True))
+                Learner(m, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy=compiled, compile=True)
+            )
             same_flops_as[f"innerloop {compiled}+compile"] = f"innerloop {compiled}"
     if not first_order:  # the memory option: inner steps recomputed in the backward pass
-        impls["innerloop loop+checkpoint"] = lambda m: InnerloopImpl(MAML(m, inner_lr=lr, inner_steps=steps, checkpoint_steps=True))
+        impls["innerloop loop+checkpoint"] = lambda m: InnerloopImpl(
+            MAML(m, inner_lr=lr, inner_steps=steps, checkpoint_steps=True)
+        )
     skipped: dict[str, str] = {}
     _with_higher(impls, skipped, lambda m: HigherMAML(m, lr, steps, first_order))
     impls[REFERENCE] = lambda m: PlainMAML(m, lr, steps, first_order)
     name = f"{domain}-maml-{steps}step-{'1st' if first_order else '2nd'}"
-    return Workload(name, f"{'FOMAML' if first_order else 'MAML'} {order} order, {steps} inner step{'s' * (steps > 1)} of SGD {lr}; {what}",
-                    model, batch, peak, impls, skipped, same_flops_as=same_flops_as)
+    return Workload(
+        name,
+        f"{'FOMAML' if first_order else 'MAML'} {order} order, {steps} inner step{'s' * (steps > 1)} of SGD {lr}; {what}",
+        model,
+        batch,
+        peak,
+        impls,
+        skipped,
+        same_flops_as=same_flops_as,
+    )
 
 
 def build_anil(steps: int = 5, tasks: int | None = None, quick: bool = False, queries: int | None = None) -> Workload:
     torch.manual_seed(0)
-    model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.4, tasks or (2 if quick else 32), queries or (5 if quick else 15)
+    model, lr, tasks, queries = (
+        Conv4(1, 64, out_features=5),
+        0.4,
+        tasks or (2 if quick else 32),
+        queries or (5 if quick else 15),
+    )
     impls = _innerloop_strategies(lambda m, s: ANIL(m, inner_lr=lr, inner_steps=steps, strategy=s))
     skipped: dict[str, str] = {}
     _with_higher(impls, skipped, lambda m: HigherANIL(m, lr, steps, False))
     impls[REFERENCE] = lambda m: PlainANIL(m, lr, steps, False)
     impls["naive ANIL"] = lambda m: NaiveANIL(m, lr, steps, False)
-    return Workload(f"omniglot-anil-{steps}step-2nd",
-                    f"ANIL second order, head adapts ({steps} steps of SGD {lr}), Conv-4-64 body shared; "
-                    f"5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)", model, omniglot_batch(tasks, queries=queries),
-                    "conv", impls, skipped)
+    return Workload(
+        f"omniglot-anil-{steps}step-2nd",
+        f"ANIL second order, head adapts ({steps} steps of SGD {lr}), Conv-4-64 body shared; "
+        f"5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)",
+        model,
+        omniglot_batch(tasks, queries=queries),
+        "conv",
+        impls,
+        skipped,
+    )
 
 
-def build_reptile(domain: str, steps: int = 5, tasks: int | None = None, quick: bool = False, queries: int | None = None) -> Workload:
+def build_reptile(
+    domain: str, steps: int = 5, tasks: int | None = None, quick: bool = False, queries: int | None = None
+) -> Workload:
     torch.manual_seed(0)
     if domain == "sine":
         model, lr, tasks, queries = MLP(1, (40, 40), 1), 0.01, tasks or 25, queries or 10
-        batch, peak, what = sine_batch(tasks, queries=queries), "matmul", f"MLP 1-40-40-1, {tasks} tasks of 10 + {queries} points"
+        batch, peak, what = (
+            sine_batch(tasks, queries=queries),
+            "matmul",
+            f"MLP 1-40-40-1, {tasks} tasks of 10 + {queries} points",
+        )
     else:
-        model, lr, tasks, queries = Conv4(1, 64, out_features=5), 0.1, tasks or (2 if quick else 32), queries or (5 if quick else 15)
+        model, lr, tasks, queries = (
+            Conv4(1, 64, out_features=5),
+            0.1,
+            tasks or (2 if quick else 32),
+            queries or (5 if quick else 15),
+        )
         batch, peak = omniglot_batch(tasks, queries=queries), "conv"
         what = f"Conv-4-64, 5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)"
     impls = _innerloop_strategies(lambda m, s: Reptile(m, inner_lr=lr, inner_steps=steps, strategy=s))
     skipped: dict[str, str] = {}
     _with_higher(impls, skipped, lambda m: HigherReptile(m, lr, steps))
     impls[REFERENCE] = lambda m: PlainReptile(m, lr, steps)
-    return Workload(f"{domain}-reptile-{steps}step",
-                    f"Reptile pseudo-gradient, {steps} SGD steps of {lr} on support + query; {what}", model, batch, peak, impls, skipped)
+    return Workload(
+        f"{domain}-reptile-{steps}step",
+        f"Reptile pseudo-gradient, {steps} SGD steps of {lr} on support + query; {what}",
+        model,
+        batch,
+        peak,
+        impls,
+        skipped,
+    )
 
 
-def build_protonets(ways: int | None = None, shots: int = 5, queries: int | None = None, tasks: int | None = None,
-                    quick: bool = False) -> Workload:
+def build_protonets(
+    ways: int | None = None, shots: int = 5, queries: int | None = None, tasks: int | None = None, quick: bool = False
+) -> Workload:
     torch.manual_seed(0)
     queries = queries or 5
     ways = ways or (10 if quick else 60)
@@ -510,10 +582,17 @@ def build_protonets(ways: int | None = None, shots: int = 5, queries: int | None
         same_flops_as["innerloop +compile"] = AUTO
     impls[REFERENCE] = lambda m: PlainProtoNets(m, ways, shots)
     skipped = {"higher": "not applicable: ProtoNets has no inner optimisation loop"}
-    return Workload(f"omniglot-protonets-{ways}w{shots}s",
-                    f"ProtoNets training episode, {ways}-way {shots}-shot {queries} queries, Conv-4-64 embedding, "
-                    f"{tasks} episode(s) per step (random 28x28)",
-                    model, omniglot_batch(tasks, ways, shots, queries, seed=1), "conv", impls, skipped, same_flops_as=same_flops_as)
+    return Workload(
+        f"omniglot-protonets-{ways}w{shots}s",
+        f"ProtoNets training episode, {ways}-way {shots}-shot {queries} queries, Conv-4-64 embedding, "
+        f"{tasks} episode(s) per step (random 28x28)",
+        model,
+        omniglot_batch(tasks, ways, shots, queries, seed=1),
+        "conv",
+        impls,
+        skipped,
+        same_flops_as=same_flops_as,
+    )
 
 
 def _compiled(learner):
@@ -522,17 +601,29 @@ def _compiled(learner):
 
 
 WORKLOADS: dict[str, Callable[..., Workload]] = {
-    **{f"sine-maml-{k}step-{o}": (lambda k=k, o=o, **kw: build_maml("sine", k, o == "1st", **kw))
-       for k in (1, 5) for o in ("2nd", "1st")},
-    **{f"omniglot-maml-{k}step-{o}": (lambda k=k, o=o, **kw: build_maml("omniglot", k, o == "1st", **kw))
-       for k in (1, 5) for o in ("2nd", "1st")},
+    **{
+        f"sine-maml-{k}step-{o}": (lambda k=k, o=o, **kw: build_maml("sine", k, o == "1st", **kw))
+        for k in (1, 5)
+        for o in ("2nd", "1st")
+    },
+    **{
+        f"omniglot-maml-{k}step-{o}": (lambda k=k, o=o, **kw: build_maml("omniglot", k, o == "1st", **kw))
+        for k in (1, 5)
+        for o in ("2nd", "1st")
+    },
     "omniglot-anil-5step-2nd": lambda **kw: build_anil(5, **kw),
     "sine-reptile-5step": lambda **kw: build_reptile("sine", 5, **kw),
     "omniglot-reptile-5step": lambda **kw: build_reptile("omniglot", 5, **kw),
     "omniglot-protonets": lambda **kw: build_protonets(**kw),
 }
-QUICK = ["sine-maml-1step-2nd", "sine-maml-1step-1st", "sine-reptile-5step", "omniglot-maml-1step-2nd",
-         "omniglot-anil-5step-2nd", "omniglot-protonets"]
+QUICK = [
+    "sine-maml-1step-2nd",
+    "sine-maml-1step-1st",
+    "sine-reptile-5step",
+    "omniglot-maml-1step-2nd",
+    "omniglot-anil-5step-2nd",
+    "omniglot-protonets",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,18 +638,33 @@ class GradientMismatch(RuntimeError):
 def meta_gradient(factory: Factory, model: nn.Module, batch: TaskBatch) -> dict[str, torch.Tensor]:
     impl = factory(copy.deepcopy(model))
     impl.step(batch)
-    return {n: (torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()) for n, p in impl.meta_parameters().items()}
+    return {
+        n: (torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
+        for n, p in impl.meta_parameters().items()
+    }
 
 
-def check_gradients(workload: Workload, tasks: int = 4, rtol: float = 1e-6, device="cpu",
-                    impls: list[str] | None = None, channels_last: bool = False) -> dict[str, dict[str, float]]:
+def check_gradients(
+    workload: Workload,
+    tasks: int = 4,
+    rtol: float = 1e-6,
+    device="cpu",
+    impls: list[str] | None = None,
+    channels_last: bool = False,
+) -> dict[str, dict[str, float]]:
     """Every impl's meta-gradient against the reference's, float64, on the first ``tasks`` tasks.
 
     Returns ``{impl: {"rel_err": global, "max_tensor_rel_err": worst tensor}}``; raises
     :class:`GradientMismatch` (naming every failing impl) if any error exceeds ``rtol``.
     """
-    small = Workload(workload.name, workload.description, workload.model, workload.batch[: min(tasks, workload.batch.num_tasks)],
-                     workload.peak_kind, workload.impls).to(device, torch.float64, channels_last)
+    small = Workload(
+        workload.name,
+        workload.description,
+        workload.model,
+        workload.batch[: min(tasks, workload.batch.num_tasks)],
+        workload.peak_kind,
+        workload.impls,
+    ).to(device, torch.float64, channels_last)
     ref = meta_gradient(workload.impls[workload.reference], small.model, small.batch)
     ref_norm = torch.sqrt(sum(g.pow(2).sum() for g in ref.values())).item()
     if not ref_norm > 0:
@@ -578,8 +684,10 @@ def check_gradients(workload: Workload, tasks: int = 4, rtol: float = 1e-6, devi
         if not (rel <= rtol and per_tensor <= rtol):  # also catches NaN
             failures.append(f"{name}: relative error {rel:.3e} (worst tensor {per_tensor:.3e}) > {rtol:g}")
     if failures:
-        raise GradientMismatch(f"{workload.name}: meta-gradients disagree with '{workload.reference}' "
-                               f"(float64, {small.batch.num_tasks} tasks):\n  " + "\n  ".join(failures))
+        raise GradientMismatch(
+            f"{workload.name}: meta-gradients disagree with '{workload.reference}' "
+            f"(float64, {small.batch.num_tasks} tasks):\n  " + "\n  ".join(failures)
+        )
     return report
 
 
@@ -605,10 +713,8 @@ def _proc_status(key: str) -> int | None:
 
 
 def _malloc_trim() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _reset_peak_rss() -> bool:
@@ -673,17 +779,32 @@ def measure_peaks(device: torch.device, quick: bool) -> dict[str, float]:
     """This machine's fp32 GFLOP/s on a large matrix product and a 64->64 3x3 conv (channels_last)."""
     n = 1024 if quick else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    matmul = _best_rate(lambda: a @ b, 2 * n ** 3, device, 0.3 if quick else 2.0)
+    matmul = _best_rate(lambda: a @ b, 2 * n**3, device, 0.3 if quick else 2.0)
     batch = 16 if quick else 64
     x = torch.randn(batch, 64, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     w = torch.randn(64, 64, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
-    conv = _best_rate(lambda: F.conv2d(x, w, padding=1), 2 * batch * 64 * 64 * 9 * 28 * 28, device, 0.3 if quick else 2.0)
-    return {"matmul": matmul, "conv": conv, "matmul_shape": f"{n}x{n} @ {n}x{n}",
-            "conv_shape": f"{batch}x64x28x28 * 64x64x3x3, padding 1, channels_last"}
+    conv = _best_rate(
+        lambda: F.conv2d(x, w, padding=1), 2 * batch * 64 * 64 * 9 * 28 * 28, device, 0.3 if quick else 2.0
+    )
+    return {
+        "matmul": matmul,
+        "conv": conv,
+        "matmul_shape": f"{n}x{n} @ {n}x{n}",
+        "conv_shape": f"{batch}x64x28x28 * 64x64x3x3, padding 1, channels_last",
+    }
 
 
-def run_workload(workload: Workload, device: torch.device, warmup: int, repeats: int, check_tasks: int | None, rtol: float,
-                 channels_last: bool = False, log=print, flop_tasks: int | None = None) -> dict:
+def run_workload(
+    workload: Workload,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    check_tasks: int | None,
+    rtol: float,
+    channels_last: bool = False,
+    log=print,
+    flop_tasks: int | None = None,
+) -> dict:
     if check_tasks is None:  # --quick: 2 tasks of the MLP workloads, 1 of the (float64-costly) conv ones
         check_tasks = 2 if workload.peak_kind == "matmul" else 1
     log(f"[{workload.name}] gradient check (float64, {min(check_tasks, workload.batch.num_tasks)} tasks) ...")
@@ -702,7 +823,7 @@ def run_workload(workload: Workload, device: torch.device, warmup: int, repeats:
         impl.zero_grad()
         with MemoryProbe(device) as mem:
             impl.step(w.batch)
-        rows[name].update(peak_mem_mib=mem.bytes / 2 ** 20, memory_method=mem.method, times_ms=[])
+        rows[name].update(peak_mem_mib=mem.bytes / 2**20, memory_method=mem.method, times_ms=[])
     for _ in range(repeats):  # round-robin, so that load changes hit every impl alike
         for name, impl in impls.items():
             impl.zero_grad()
@@ -724,7 +845,9 @@ def run_workload(workload: Workload, device: torch.device, warmup: int, repeats:
         impl.zero_grad()
         with FlopCounterMode(display=False) as flops:
             impl.step(counted)
-        rows[name].update(flop_tasks=counted.num_tasks, gflop_per_task=flops.get_total_flops() / counted.num_tasks / 1e9)
+        rows[name].update(
+            flop_tasks=counted.num_tasks, gflop_per_task=flops.get_total_flops() / counted.num_tasks / 1e9
+        )
     for name, twin in w.same_flops_as.items():
         rows[name].update(flop_tasks=rows[twin]["flop_tasks"], gflop_per_task=rows[twin]["gflop_per_task"])
     for name, impl in impls.items():
@@ -733,18 +856,32 @@ def run_workload(workload: Workload, device: torch.device, warmup: int, repeats:
         row["tasks_per_s"] = tasks / row["median_ms"] * 1e3
         row["gflops"] = row["gflop_per_task"] * row["tasks_per_s"]
         row.update(impl.info())
-        log(f"[{workload.name}]   {name:16s} {row['median_ms']:10.2f} ms  {row['tasks_per_s']:9.1f} tasks/s  "
-            f"{row['peak_mem_mib']:8.1f} MiB  {row['gflop_per_task']:.3f} GFLOP/task")
+        log(
+            f"[{workload.name}]   {name:16s} {row['median_ms']:10.2f} ms  {row['tasks_per_s']:9.1f} tasks/s  "
+            f"{row['peak_mem_mib']:8.1f} MiB  {row['gflop_per_task']:.3f} GFLOP/task"
+        )
     ours = [r for r in rows.values() if r["family"] == "innerloop"]
     best = min(ours, key=lambda r: r["median_ms"])
     auto = rows.get(AUTO, best)
     for row in rows.values():
         row["speedup_innerloop_auto"] = row["median_ms"] / auto["median_ms"]
         row["speedup_innerloop_best"] = row["median_ms"] / best["median_ms"]
-    return {"name": w.name, "description": w.description, "tasks": tasks, "peak_kind": w.peak_kind,
-            "gradient_check": {"reference": w.reference, "dtype": "float64", "tasks": min(check_tasks, tasks),
-                               "rtol": rtol, "errors": check},
-            "innerloop_best": best["impl"], "results": list(rows.values()), "skipped": w.skipped}
+    return {
+        "name": w.name,
+        "description": w.description,
+        "tasks": tasks,
+        "peak_kind": w.peak_kind,
+        "gradient_check": {
+            "reference": w.reference,
+            "dtype": "float64",
+            "tasks": min(check_tasks, tasks),
+            "rtol": rtol,
+            "errors": check,
+        },
+        "innerloop_best": best["impl"],
+        "results": list(rows.values()),
+        "skipped": w.skipped,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -759,8 +896,14 @@ def machine_info(device: torch.device) -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "host": platform.node(),
-            "python": platform.python_version(), "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -781,11 +924,16 @@ def markdown(report: dict) -> str:
     lines = [
         f"Command: `{report['command']}`  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s)"
-        + (f", GPU {m['gpu']}" if "gpu" in m else "") + (
+        + (f", GPU {m['gpu']}" if "gpu" in m else "")
+        + (
             f", 1-min load average {m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end"
-            if m.get("load_average_start") and m.get("load_average_end") else "") + "  ",
+            if m.get("load_average_start") and m.get("load_average_end")
+            else ""
+        )
+        + "  ",
         f"torch {report['torch']}, device {report['device']}, date {report['date']}"
-        + (" (--quick: reduced sizes, see benchmarks/speed.py)" if report["quick"] else "") + "  ",
+        + (" (--quick: reduced sizes, see benchmarks/speed.py)" if report["quick"] else "")
+        + "  ",
         f"Measured peak (fp32, same run, best of start/end): matmul {p['matmul']:.1f} GFLOP/s ({p['matmul_shape']}), "
         f"conv {p['conv']:.1f} GFLOP/s ({p['conv_shape']})",
         "",
@@ -797,27 +945,37 @@ def markdown(report: dict) -> str:
         peak = p[w["peak_kind"]]
         for r in w["results"]:
             impl = r["impl"] + (f" (chose {', '.join(sorted(set(r['chosen'].values())))})" if r.get("chosen") else "")
-            lines.append(f"| `{w['name']}` | {impl} | {r['median_ms']:.2f} | {r['tasks_per_s']:.1f} | "
-                         f"{r['speedup_innerloop_auto']:.2f} | {r['peak_mem_mib']:.1f} | {r['gflop_per_task']:.3g} | "
-                         f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% ({w['peak_kind']}) |")
+            lines.append(
+                f"| `{w['name']}` | {impl} | {r['median_ms']:.2f} | {r['tasks_per_s']:.1f} | "
+                f"{r['speedup_innerloop_auto']:.2f} | {r['peak_mem_mib']:.1f} | {r['gflop_per_task']:.3g} | "
+                f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% ({w['peak_kind']}) |"
+            )
         for name, why in w["skipped"].items():
             lines.append(f"| `{w['name']}` | {name} | - | - | - | - | - | - | {why} |")
     lines.append("")
-    lines.append("Gradient agreement (float64, against the plain loop; worst relative error over impls): " + "; ".join(
-        f"`{w['name']}` {max((e['rel_err'] for e in w['gradient_check']['errors'].values()), default=0):.1e}"
-        for w in report["workloads"]))
+    lines.append(
+        "Gradient agreement (float64, against the plain loop; worst relative error over impls): "
+        + "; ".join(
+            f"`{w['name']}` {max((e['rel_err'] for e in w['gradient_check']['errors'].values()), default=0):.1e}"
+            for w in report["workloads"]
+        )
+    )
     return "\n".join(lines)
 
 
 def text_table(report: dict) -> str:
-    out = [f"{'workload':28s} {'implementation':18s} {'ms/step':>10s} {'tasks/s':>9s} {'x auto':>7s} {'MiB':>8s} "
-           f"{'GFLOP/task':>10s} {'GFLOP/s':>8s} {'%peak':>6s}"]
+    out = [
+        f"{'workload':28s} {'implementation':18s} {'ms/step':>10s} {'tasks/s':>9s} {'x auto':>7s} {'MiB':>8s} "
+        f"{'GFLOP/task':>10s} {'GFLOP/s':>8s} {'%peak':>6s}"
+    ]
     for w in report["workloads"]:
         peak = report["peak"][w["peak_kind"]]
         for r in w["results"]:
-            out.append(f"{w['name']:28s} {r['impl']:18s} {r['median_ms']:10.2f} {r['tasks_per_s']:9.1f} "
-                       f"{r['speedup_innerloop_auto']:7.2f} {r['peak_mem_mib']:8.1f} {r['gflop_per_task']:10.3g} "
-                       f"{r['gflops']:8.1f} {100 * r['gflops'] / peak:5.0f}%")
+            out.append(
+                f"{w['name']:28s} {r['impl']:18s} {r['median_ms']:10.2f} {r['tasks_per_s']:9.1f} "
+                f"{r['speedup_innerloop_auto']:7.2f} {r['peak_mem_mib']:8.1f} {r['gflop_per_task']:10.3g} "
+                f"{r['gflops']:8.1f} {100 * r['gflops'] / peak:5.0f}%"
+            )
         for name, why in w["skipped"].items():
             out.append(f"{w['name']:28s} {name:18s} skipped: {why}")
     return "\n".join(out)
@@ -825,21 +983,35 @@ def text_table(report: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="subset at reduced sizes, fewer repeats (under a minute on CPU-2)")
+    parser.add_argument(
+        "--quick", action="store_true", help="subset at reduced sizes, fewer repeats (under a minute on CPU-2)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table for benchmarks/RESULTS.md")
     parser.add_argument("--json", metavar="PATH", help="write every measurement to PATH")
-    parser.add_argument("--workloads", nargs="*", metavar="NAME", help=f"names or glob patterns; all: {', '.join(WORKLOADS)}")
-    parser.add_argument("--impls", nargs="*", metavar="NAME",
-                        help="glob patterns over implementation names (the plain-loop reference always runs)")
+    parser.add_argument(
+        "--workloads", nargs="*", metavar="NAME", help=f"names or glob patterns; all: {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--impls",
+        nargs="*",
+        metavar="NAME",
+        help="glob patterns over implementation names (the plain-loop reference always runs)",
+    )
     parser.add_argument("--tasks", type=int, help="override the meta-batch size of every workload")
-    parser.add_argument("--queries", type=int, help="override the query examples per class (per task for sine) of every workload")
+    parser.add_argument(
+        "--queries", type=int, help="override the query examples per class (per task for sine) of every workload"
+    )
     parser.add_argument("--repeats", type=int, help="timed steps per impl (default 10, quick 3)")
     parser.add_argument("--warmup", type=int, help="untimed steps per impl before the probe (default 2, quick 1)")
-    parser.add_argument("--check-tasks", type=int, help="tasks of the float64 gradient check (default 4; quick: 2 MLP, 1 conv)")
+    parser.add_argument(
+        "--check-tasks", type=int, help="tasks of the float64 gradient check (default 4; quick: 2 MLP, 1 conv)"
+    )
     parser.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance of the gradient check")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--channels-last", action="store_true", help="conv models and images in channels_last, for every impl")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="conv models and images in channels_last, for every impl"
+    )
     return parser.parse_args(argv)
 
 
@@ -862,14 +1034,25 @@ def _run(args: argparse.Namespace, log=None) -> dict:
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
     check_tasks = args.check_tasks if args.check_tasks is not None else (None if args.quick else 4)
     names = select(args.workloads, args.quick)
-    report = {"command": "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (getattr(args, "argv", None) or [])),
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "torch": torch.__version__,
-              "device": str(device), "quick": args.quick, "machine": machine_info(device),
-              "settings": {"warmup": warmup, "repeats": repeats, "rtol": args.rtol,
-                           "check_tasks": check_tasks if check_tasks is not None else "2 (MLP) / 1 (conv)",
-                           "flop_tasks": 4 if args.quick else "all",
-                           "channels_last": args.channels_last, "higher": getattr(higher, "__version__", None) if higher else HIGHER_MISSING},
-              "workloads": []}
+    report = {
+        "command": "python benchmarks/speed.py "
+        + " ".join(shlex.quote(a) for a in (getattr(args, "argv", None) or [])),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "device": str(device),
+        "quick": args.quick,
+        "machine": machine_info(device),
+        "settings": {
+            "warmup": warmup,
+            "repeats": repeats,
+            "rtol": args.rtol,
+            "check_tasks": check_tasks if check_tasks is not None else "2 (MLP) / 1 (conv)",
+            "flop_tasks": 4 if args.quick else "all",
+            "channels_last": args.channels_last,
+            "higher": getattr(higher, "__version__", None) if higher else HIGHER_MISSING,
+        },
+        "workloads": [],
+    }
     gc.collect()
     gc.freeze()  # torch's many long-lived objects out of the collector's way: gc.collect() below takes ms, not 0.2 s
     log(f"measuring this machine's peak ({device}) ...")
@@ -878,16 +1061,35 @@ def _run(args: argparse.Namespace, log=None) -> dict:
         t0 = time.perf_counter()
         workload = WORKLOADS[name](tasks=args.tasks, quick=args.quick, queries=args.queries)
         if args.impls:
-            keep = {n for n in workload.impls if n == workload.reference or any(fnmatch.fnmatch(n, p) for p in args.impls)}
-            keep |= {workload.same_flops_as[n] for n in keep if n in workload.same_flops_as}  # its FLOPs come from there
+            keep = {
+                n for n in workload.impls if n == workload.reference or any(fnmatch.fnmatch(n, p) for p in args.impls)
+            }
+            keep |= {
+                workload.same_flops_as[n] for n in keep if n in workload.same_flops_as
+            }  # its FLOPs come from there
             workload.impls = {n: f for n, f in workload.impls.items() if n in keep}
-        report["workloads"].append(run_workload(workload, device, warmup, repeats, check_tasks, args.rtol, args.channels_last, log,
-                                                flop_tasks=4 if args.quick else None))
+        report["workloads"].append(
+            run_workload(
+                workload,
+                device,
+                warmup,
+                repeats,
+                check_tasks,
+                args.rtol,
+                args.channels_last,
+                log,
+                flop_tasks=4 if args.quick else None,
+            )
+        )
         report["workloads"][-1]["wall_s"] = time.perf_counter() - t0
     end_peak = measure_peaks(device, args.quick)
-    report["peak"] = {**start_peak, "matmul": max(start_peak["matmul"], end_peak["matmul"]),
-                      "conv": max(start_peak["conv"], end_peak["conv"]),
-                      "start": {k: start_peak[k] for k in ("matmul", "conv")}, "end": {k: end_peak[k] for k in ("matmul", "conv")}}
+    report["peak"] = {
+        **start_peak,
+        "matmul": max(start_peak["matmul"], end_peak["matmul"]),
+        "conv": max(start_peak["conv"], end_peak["conv"]),
+        "start": {k: start_peak[k] for k in ("matmul", "conv")},
+        "end": {k: end_peak[k] for k in ("matmul", "conv")},
+    }
     report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     for w in report["workloads"]:
         for r in w["results"]:

@@ -20,9 +20,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from _train import ms_per_iteration, train_subprocess
+from omegaconf import OmegaConf
 
 
 def main() -> None:
@@ -33,18 +32,34 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.iterations < 2 * args.log_every:
-        raise SystemExit(f"--iterations {args.iterations}: need at least two logged intervals of --log-every {args.log_every}")
-    print(f"CPU: {platform.processor() or platform.machine()}, {args.threads} thread(s), "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {args.iterations} iterations each, seed 0")
+        raise SystemExit(
+            f"--iterations {args.iterations}: need at least two logged intervals of --log-every {args.log_every}"
+        )
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, {args.threads} thread(s), "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {args.iterations} iterations each, seed 0"
+    )
     print("| preset | meta-batch | ms / iteration (median) | tasks / s | peak RSS |")
     print("| --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             run_dir = Path(tmp) / preset
-            command = [sys.executable, "-m", "innerloop", "train", "--config", preset, "--out", str(run_dir), "--no-evaluate",
-                       f"train.iterations={args.iterations}", f"train.log_every={args.log_every}", "train.progress=false",
-                       f"train.val_every={10 * args.iterations}",
-                       f"train.checkpoint_every={10 * args.iterations}"]
+            command = [
+                sys.executable,
+                "-m",
+                "innerloop",
+                "train",
+                "--config",
+                preset,
+                "--out",
+                str(run_dir),
+                "--no-evaluate",
+                f"train.iterations={args.iterations}",
+                f"train.log_every={args.log_every}",
+                "train.progress=false",
+                f"train.val_every={10 * args.iterations}",
+                f"train.checkpoint_every={10 * args.iterations}",
+            ]
             peak = train_subprocess(command, Path(tmp) / f"{preset}.log", args.threads)
             ms = ms_per_iteration(run_dir, skip=1)
             meta_batch = OmegaConf.load(run_dir / "config.yaml").train.meta_batch_size

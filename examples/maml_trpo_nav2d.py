@@ -30,8 +30,10 @@ def main() -> None:
     for it in range(args.iterations):
         tasks = family.sample_tasks(args.tasks, torch.Generator().manual_seed(it))
         stats = learner.meta_step(tasks, seed=it)
-        print(f"iteration {it}: return {stats['return_before']:.2f} before, {stats['return_after']:.2f} after "
-              f"one step (KL {stats['kl']:.4f})")
+        print(
+            f"iteration {it}: return {stats['return_before']:.2f} before, {stats['return_after']:.2f} after "
+            f"one step (KL {stats['kl']:.4f})"
+        )
 
     # Unseen goals: returns after 0..3 policy-gradient steps (no graph kept).
     test = family.sample_tasks(args.eval_tasks, torch.Generator().manual_seed(10**6 + args.seed))

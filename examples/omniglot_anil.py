@@ -31,8 +31,12 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    train = EpisodicTasks(omniglot(args.root, "vinyals-train", download=args.download), args.ways, args.shots, 15, args.seed)
-    test = EpisodicTasks(omniglot(args.root, "vinyals-test", download=args.download), args.ways, args.shots, 15, args.seed)
+    train = EpisodicTasks(
+        omniglot(args.root, "vinyals-train", download=args.download), args.ways, args.shots, 15, args.seed
+    )
+    test = EpisodicTasks(
+        omniglot(args.root, "vinyals-test", download=args.download), args.ways, args.shots, 15, args.seed
+    )
 
     model = Conv4(in_channels=1, hidden=64, out_features=args.ways)  # Sequential: the last layer is the head
     learner = ANIL(model, inner_lr=0.4, inner_steps=args.steps, strategy=args.strategy)
@@ -50,8 +54,10 @@ def main() -> None:
         accuracy.append(learner.evaluate(batch, [args.steps])[args.steps]["accuracy"])
     accuracy = torch.cat(accuracy)
     half_width = 1.96 * accuracy.std() / accuracy.numel() ** 0.5
-    print(f"test: {args.ways}-way {args.shots}-shot accuracy {100 * accuracy.mean():.2f} +- {100 * half_width:.2f}% "
-          f"over {accuracy.numel()} tasks after {args.steps} head steps")
+    print(
+        f"test: {args.ways}-way {args.shots}-shot accuracy {100 * accuracy.mean():.2f} +- {100 * half_width:.2f}% "
+        f"over {accuracy.numel()} tasks after {args.steps} head steps"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ def main() -> None:
     order = torch.randperm(data.num_classes, generator=torch.Generator().manual_seed(args.seed)).tolist()
     held_out = max(args.ways, round(args.test_fraction * data.num_classes))
     if data.num_classes - held_out < args.ways:
-        raise SystemExit(f"{args.root} has {data.num_classes} classes: too few for {args.ways}-way training and "
-                         f"{held_out} test classes; add classes or lower --ways")
+        raise SystemExit(
+            f"{args.root} has {data.num_classes} classes: too few for {args.ways}-way training and "
+            f"{held_out} test classes; add classes or lower --ways"
+        )
     train = EpisodicTasks(data.subset(order[held_out:]), args.ways, args.shots, args.queries, args.seed)
     test = EpisodicTasks(data.subset(order[:held_out]), args.ways, args.shots, args.queries, args.seed)
     print(f"{data}: {data.num_classes - held_out} training classes, {held_out} test classes")
@@ -55,8 +57,10 @@ def main() -> None:
 
     accuracy = torch.cat([learner.evaluate(batch)[0]["accuracy"] for batch in fixed_tasks(test, args.eval_tasks, 50)])
     half_width = 1.96 * accuracy.std() / accuracy.numel() ** 0.5
-    print(f"held-out classes: {args.ways}-way {args.shots}-shot accuracy {100 * accuracy.mean():.2f} "
-          f"+- {100 * half_width:.2f}% over {accuracy.numel()} tasks")
+    print(
+        f"held-out classes: {args.ways}-way {args.shots}-shot accuracy {100 * accuracy.mean():.2f} "
+        f"+- {100 * half_width:.2f}% over {accuracy.numel()} tasks"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def main() -> None:
             for _ in range(args.steps):
                 loss = F.mse_loss(task(sx), sy)
                 if args.proximal:  # any scalar works: here a pull towards the initialization
-                    loss = loss + args.proximal * sum(((task.params[n] - task.initial_params[n]) ** 2).sum()
-                                                      for n in task.adapted_names)
+                    loss = loss + args.proximal * sum(
+                        ((task.params[n] - task.initial_params[n]) ** 2).sum() for n in task.adapted_names
+                    )
                 task.adapt(loss)
             query_loss = F.mse_loss(task(qx), qy)
             (query_loss / args.meta_batch).backward()
@@ -58,7 +59,9 @@ def main() -> None:
         for _ in range(10):
             task.adapt(F.mse_loss(task(sx), sy))
         mse[10].append(F.mse_loss(task(qx), qy).item())
-    print(f"unseen tasks: mean query MSE {sum(mse[0]) / 100:.3f} before adaptation, {sum(mse[10]) / 100:.3f} after 10 steps")
+    print(
+        f"unseen tasks: mean query MSE {sum(mse[0]) / 100:.3f} before adaptation, {sum(mse[10]) / 100:.3f} after 10 steps"
+    )
 
 
 if __name__ == "__main__":

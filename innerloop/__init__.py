@@ -1,21 +1,57 @@
 """innerloop: meta-learning on PyTorch, built on torch.func."""
 
 from .algorithms import (
-    ANIL, CNP, FOMAML, MAML, SNAIL, GradientLearner, MetaLearner, MetaSGD, Pretrained, ProtoNets, Reptile,
+    ANIL,
+    CNP,
+    FOMAML,
+    MAML,
+    SNAIL,
+    GradientLearner,
+    MetaLearner,
+    MetaSGD,
+    Pretrained,
+    ProtoNets,
+    Reptile,
 )
+from .algorithms.handle import TaskHandle, TaskList  # your own training loop: learner.clone(), lists of tasks
 from .core import (
-    SGD, LearnedOptimizerLSTM, MetaCurvature, MetaLearnerLSTM, MetaSGDRates, PerLayerPerStepRates, UpdateRule, inner_loop,
+    SGD,
+    LearnedOptimizerLSTM,
+    MetaCurvature,
+    MetaLearnerLSTM,
+    MetaSGDRates,
+    PerLayerPerStepRates,
+    UpdateRule,
+    inner_loop,
 )
 from .tasks import SinusoidTasks, TaskBatch
 from .tasks.checks import set_checks  # the boundary checks of every learner entry point, on by default
-from .algorithms.handle import TaskHandle, TaskList  # your own training loop: learner.clone(), lists of tasks
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "Pretrained", "ProtoNets", "CNP", "SNAIL", "MetaLearner",
+    "ANIL",
+    "CNP",
+    "FOMAML",
+    "MAML",
+    "SGD",
+    "SNAIL",
     "GradientLearner",
-    "UpdateRule", "SGD", "MetaSGDRates", "PerLayerPerStepRates", "MetaCurvature", "LearnedOptimizerLSTM",
-    "MetaLearnerLSTM", "inner_loop", "TaskBatch", "SinusoidTasks", "TaskHandle", "TaskList",
+    "LearnedOptimizerLSTM",
+    "MetaCurvature",
+    "MetaLearner",
+    "MetaLearnerLSTM",
+    "MetaSGD",
+    "MetaSGDRates",
+    "PerLayerPerStepRates",
+    "Pretrained",
+    "ProtoNets",
+    "Reptile",
+    "SinusoidTasks",
+    "TaskBatch",
+    "TaskHandle",
+    "TaskList",
+    "UpdateRule",
+    "inner_loop",
     "set_checks",
 ]

@@ -20,14 +20,29 @@ from .training.evaluate import evaluate_config, format_table
 from .training.trainer import Trainer
 
 
-def run_demo(out_dir: str | Path = "runs/demo", iterations: int = 6000, tasks: int = 1000, seed: int = 0, progress: bool = True, echo=print) -> dict:
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    iterations: int = 6000,
+    tasks: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    echo=print,
+) -> dict:
     # A 40-40 MLP gains nothing from intra-op threads; one thread avoids their overhead.
     torch.set_num_threads(1)
     out_dir = Path(out_dir)
-    common = [f"train.seed={seed}", "train.val_every=1000", "train.checkpoint_every=1000", "eval.steps=[0,1,10]", f"eval.tasks={tasks}"]
+    common = [
+        f"train.seed={seed}",
+        "train.val_every=1000",
+        "train.checkpoint_every=1000",
+        "eval.steps=[0,1,10]",
+        f"eval.tasks={tasks}",
+    ]
     runs = {
         "MAML": load_config("maml-sine", [f"train.iterations={iterations}", *common], out_dir=str(out_dir / "maml")),
-        "pretrained": load_config("pretrained-sine", [f"train.iterations={iterations}", *common], out_dir=str(out_dir / "pretrained")),
+        "pretrained": load_config(
+            "pretrained-sine", [f"train.iterations={iterations}", *common], out_dir=str(out_dir / "pretrained")
+        ),
     }
     learners, results = {}, {}
     for name, config in runs.items():

@@ -3,6 +3,8 @@
 The CLI prints these as one clean line (no traceback); the Python API raises them.
 """
 
+from __future__ import annotations
+
 
 class InnerloopError(Exception):
     """Base class of the user-facing errors.
@@ -26,6 +28,12 @@ class TrainingDiverged(InnerloopError, FloatingPointError):
     """The meta-loss, a meta-gradient or the validation of every task became NaN or infinite (a runtime failure)."""
 
     exit_code = 1
+
+    @classmethod
+    def at(cls, iteration: int, what: str, last_checkpoint: object, fix: str) -> TrainingDiverged:
+        """``training diverged at iteration {iteration}: {what}; {the last good checkpoint or none}. {fix}``"""
+        where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        return cls(f"training diverged at iteration {iteration}: {what}; {where}. {fix}")
 
 
 class DatasetError(InnerloopError, FileNotFoundError):

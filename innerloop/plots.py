@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -35,13 +35,17 @@ def sinusoid_figure(learners: dict, tasks, path: str | Path, steps=(1, 10), draw
         dtype = next(learner.parameters()).dtype
         sx, sy = batch.support_x[0].to(dtype), batch.support_y[0].to(dtype)
         ax.plot(grid.numpy(), truth(grid).numpy(), color="tab:blue", lw=2, label="ground truth")
-        ax.scatter(sx.numpy(), sy.numpy(), color="black", marker="^", s=50, zorder=5, label=f"{sx.shape[0]} support points")
+        ax.scatter(
+            sx.numpy(), sy.numpy(), color="black", marker="^", s=50, zorder=5, label=f"{sx.shape[0]} support points"
+        )
         with torch.no_grad():
             for s in (0, *steps):
                 params = learner.adapt(sx, sy, steps=s)
                 pred = learner.predict(params, grid.to(dtype))
                 label = "pre-update" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
-                ax.plot(grid.numpy(), pred.float().numpy(), ls="--" if s == 0 else "-", color=colors.get(s, None), label=label)
+                ax.plot(
+                    grid.numpy(), pred.float().numpy(), ls="--" if s == 0 else "-", color=colors.get(s), label=label
+                )
         ax.set_title(name)
         ax.set_xlabel("x")
         ax.grid(alpha=0.3)
@@ -92,7 +96,9 @@ def episode_figure(learner, task, path: str | Path, max_query: int = 20) -> Path
     columns = max(min(sx.shape[0], 10), min(len(order), 10))
     support_rows = -(-sx.shape[0] // columns)
     query_rows = -(-len(order) // columns)
-    fig, axes = plt.subplots(support_rows + query_rows, columns, figsize=(1.3 * columns, 1.5 * (support_rows + query_rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        support_rows + query_rows, columns, figsize=(1.3 * columns, 1.5 * (support_rows + query_rows)), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i in range(sx.shape[0]):
@@ -105,14 +111,22 @@ def episode_figure(learner, task, path: str | Path, max_query: int = 20) -> Path
         ax.axis("on")
         _show(ax, qx[i])
         right = int(predicted[i]) == int(qy[i])
-        ax.set_title(f"pred {int(predicted[i])} / true {int(qy[i])}", fontsize=7, color="tab:green" if right else "tab:red")
+        ax.set_title(
+            f"pred {int(predicted[i])} / true {int(qy[i])}", fontsize=7, color="tab:green" if right else "tab:red"
+        )
     accuracy = float((predicted == qy).float().mean())
-    fig.suptitle(f"{sx.shape[0]} support images (top), query predictions (bottom): query accuracy {accuracy:.0%}", fontsize=9)
+    fig.suptitle(
+        f"{sx.shape[0]} support images (top), query predictions (bottom): query accuracy {accuracy:.0%}", fontsize=9
+    )
     return _save(fig, path, dpi=100)
 
 
-def adaptation_curves(curves: dict[str, dict[int, dict]], path: str | Path, metric: str = "loss",
-                      title: str = "query MSE against inner steps") -> Path:
+def adaptation_curves(
+    curves: dict[str, dict[int, dict]],
+    path: str | Path,
+    metric: str = "loss",
+    title: str = "query MSE against inner steps",
+) -> Path:
     """Query ``metric`` (median, and the mean ± 95% CI band) against the number of adaptation steps.
 
     ``curves`` maps a learner's name to ``{steps: {metric: summary}}`` as ``evaluate`` returns it.
@@ -136,8 +150,12 @@ def adaptation_curves(curves: dict[str, dict[int, dict]], path: str | Path, metr
     return _save(fig, path)
 
 
-def return_curve(results: dict[int, dict], path: str | Path, paper: dict[int, float] | None = None,
-                 title: str = "return against adaptation steps") -> Path:
+def return_curve(
+    results: dict[int, dict],
+    path: str | Path,
+    paper: dict[int, float] | None = None,
+    title: str = "return against adaptation steps",
+) -> Path:
     """Mean return (± standard error over tasks) after each number of policy-gradient steps."""
     steps = sorted(results)
     mean = [results[s]["return"]["mean"] for s in steps]
@@ -169,7 +187,14 @@ def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), ep
         for e in range(min(episodes, positions.shape[0])):  # a few sampled episodes, thin
             ax.plot(positions[e, :, 0].numpy(), positions[e, :, 1].numpy(), "-", lw=0.6, alpha=0.35, color=f"C{k}")
         mean = positions.mean(0)  # the average path over all episodes, thick
-        ax.plot(mean[:, 0].numpy(), mean[:, 1].numpy(), "-", lw=2.5, color=f"C{k}", label=f"{label} (mean of {positions.shape[0]})")
+        ax.plot(
+            mean[:, 0].numpy(),
+            mean[:, 1].numpy(),
+            "-",
+            lw=2.5,
+            color=f"C{k}",
+            label=f"{label} (mean of {positions.shape[0]})",
+        )
     ax.plot([float(goal[0])], [float(goal[1])], "*", color="gold", markeredgecolor="black", ms=18, label="goal")
     ax.plot([0], [0], "ko", ms=4)
     ax.set_xlim(-0.6, 0.6)

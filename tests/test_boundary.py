@@ -17,8 +17,19 @@ from torch import nn
 
 import innerloop
 from innerloop import (
-    ANIL, CNP, FOMAML, MAML, SNAIL, MetaSGD, PerLayerPerStepRates, Pretrained, ProtoNets, Reptile, SinusoidTasks,
-    TaskBatch, set_checks,
+    ANIL,
+    CNP,
+    FOMAML,
+    MAML,
+    SNAIL,
+    MetaSGD,
+    PerLayerPerStepRates,
+    Pretrained,
+    ProtoNets,
+    Reptile,
+    SinusoidTasks,
+    TaskBatch,
+    set_checks,
 )
 from innerloop.core import StrategyChooser
 from innerloop.errors import ConfigError, InputError
@@ -221,7 +232,9 @@ def test_regression_targets_of_another_shape_than_the_output_are_an_error(strate
     flat = replace(b, support_y=b.support_y.squeeze(-1), query_y=b.query_y.squeeze(-1))  # (T, S) vs outputs (T, S, 1)
     learners = [MAML(mlp(), strategy=strategy), FOMAML(mlp(), strategy=strategy), Pretrained(mlp())]
     for learner in learners:
-        message = r"outputs \((5|40), 1\) but the regression target has shape \((5|40),\).*unsqueeze\(-1\).*never broadcasts"
+        message = (
+            r"outputs \((5|40), 1\) but the regression target has shape \((5|40),\).*unsqueeze\(-1\).*never broadcasts"
+        )
         with pytest.raises(InputError, match=message):
             learner.meta_loss(flat)
         with pytest.raises(InputError, match="never broadcasts"):
@@ -398,7 +411,9 @@ def test_every_learner_of_the_readme_is_importable_from_innerloop():
 
 
 def test_inner_lr_with_an_update_rule_is_refused():
-    with pytest.raises(ConfigError, match=r"give inner_lr=0\.05 or update_rule=PerLayerPerStepRates\(\.\.\.\), not both"):
+    with pytest.raises(
+        ConfigError, match=r"give inner_lr=0\.05 or update_rule=PerLayerPerStepRates\(\.\.\.\), not both"
+    ):
         MAML(mlp(), inner_lr=0.05, update_rule=PerLayerPerStepRates(0.05))  # was: inner_lr silently ignored
     for make in (MAML, FOMAML, ANIL):
         model = nn.Sequential(nn.Linear(1, 8), nn.Linear(8, 1)) if make is ANIL else mlp()
@@ -433,12 +448,18 @@ def public_api():
     found = {id(getattr(innerloop, n)): (f"innerloop.{n}", getattr(innerloop, n)) for n in innerloop.__all__}
     for package in PACKAGES:
         modules = [importlib.import_module(package)]
-        modules += [importlib.import_module(f"{package}.{m.name}") for m in pkgutil.iter_modules(modules[0].__path__)
-                    if not m.name.startswith("_")]
+        modules += [
+            importlib.import_module(f"{package}.{m.name}")
+            for m in pkgutil.iter_modules(modules[0].__path__)
+            if not m.name.startswith("_")
+        ]
         for module in modules:
             for name, obj in vars(module).items():
-                if not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)) \
-                        and obj.__module__ == module.__name__:
+                if (
+                    not name.startswith("_")
+                    and (inspect.isclass(obj) or inspect.isfunction(obj))
+                    and obj.__module__ == module.__name__
+                ):
                     found.setdefault(id(obj), (f"{module.__name__}.{name}", obj))
     return [(q, o) for q, o in found.values() if (getattr(o, "__module__", "") or "").startswith("innerloop")]
 

@@ -5,22 +5,29 @@ import subprocess
 import sys
 
 import pytest
+from cli_runner import cli  # tests/cli_runner.py
+from shared_data import needs_omniglot  # tests/shared_data.py
 
 from innerloop.training.builders import build_learner, build_rl_learner
 from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import is_rl, load_config, preset_names
 
-from cli_runner import cli  # tests/cli_runner.py
-from shared_data import needs_omniglot  # tests/shared_data.py
-
-FAST = ["train.iterations=4", "train.log_every=1", "train.val_every=2", "train.val_tasks=5", "train.checkpoint_every=2",
-        "train.progress=false", "eval.tasks=20", "eval.steps=[0,1]"]
+FAST = [
+    "train.iterations=4",
+    "train.log_every=1",
+    "train.val_every=2",
+    "train.val_tasks=5",
+    "train.checkpoint_every=2",
+    "train.progress=false",
+    "eval.tasks=20",
+    "eval.steps=[0,1]",
+]
 
 
 @pytest.fixture
 def trained(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", run, *FAST)
+    code, _out, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", run, *FAST)
     assert code == 0, err
     return run
 
@@ -35,20 +42,49 @@ def test_train_prints_eval_table_and_writes_json(trained, tmp_path):
 
 def test_eval_checkpoint(trained, tmp_path, monkeypatch, capsys):
     out_file = tmp_path / "e.json"
-    code, out, err = cli(monkeypatch, capsys, "eval", trained, "--tasks", 30, "--steps", 0, "--steps", 3, "--shots", 5,
-                         "--output", out_file)
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "eval",
+        trained,
+        "--tasks",
+        30,
+        "--steps",
+        0,
+        "--steps",
+        3,
+        "--shots",
+        5,
+        "--output",
+        out_file,
+    )
     assert code == 0, err
     assert "5-shot, 3 steps" in out
     data = json.loads(out_file.read_text())
     assert data["tasks"] == 30 and set(data["results"]["5"]) == {"0", "3"}
     # Seeded: the same tasks and numbers every time.
-    code, _, _ = cli(monkeypatch, capsys, "eval", trained, "--tasks", 30, "--steps", 0, "--steps", 3, "--shots", 5,
-                     "--output", tmp_path / "f.json")
+    code, _, _ = cli(
+        monkeypatch,
+        capsys,
+        "eval",
+        trained,
+        "--tasks",
+        30,
+        "--steps",
+        0,
+        "--steps",
+        3,
+        "--shots",
+        5,
+        "--output",
+        tmp_path / "f.json",
+    )
     assert json.loads((tmp_path / "f.json").read_text())["results"] == data["results"]
 
 
 def test_presets_lists_every_preset(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "presets")
+    assert code == 0
     for name in ("maml-sine", "fomaml-sine", "reptile-sine", "metasgd-sine", "anil-sine", "protonet-omniglot-5w1s"):
         assert name in out.split()
 
@@ -67,14 +103,19 @@ def test_presets_lists_every_preset(monkeypatch, capsys):
         (["--config", "maml-sine", "iterations"], "is not of the form section.key=value"),
         (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
         (["--config", "fomaml-sine", "algorithm.checkpoint_steps=true"], "keeps no second-order inner graph"),
-        (["--config", "maml-sine", "algorithm.checkpoint_steps=true", "algorithm.strategy=vmap"],
-         "set algorithm.strategy=loop or auto"),
+        (
+            ["--config", "maml-sine", "algorithm.checkpoint_steps=true", "algorithm.strategy=vmap"],
+            "set algorithm.strategy=loop or auto",
+        ),
         (["--config", "maml-sine", "algorithm.compile=true"], "set algorithm.strategy=vmap (small models) or loop"),
-        (["--config", "reptile-sine", "algorithm.compile=true", "algorithm.strategy=vmap"], "got algorithm.name='reptile'"),
+        (
+            ["--config", "reptile-sine", "algorithm.compile=true", "algorithm.strategy=vmap"],
+            "got algorithm.name='reptile'",
+        ),
     ],
 )
 def test_bad_train_input_gets_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
-    code, out, err = cli(monkeypatch, capsys, "train", "--out", tmp_path / "x", *args)
+    code, _out, err = cli(monkeypatch, capsys, "train", "--out", tmp_path / "x", *args)
     assert code == 2
     assert message in err
     assert "Traceback" not in err and err.count("\n") == 1
@@ -99,15 +140,37 @@ def test_corrupt_checkpoint(trained, monkeypatch, capsys):
 
 
 def test_checkpoint_for_another_model(trained, monkeypatch, capsys):
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", trained, "--resume",
-                       *FAST, "model.hidden=[20,20]")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "maml-sine",
+        "--out",
+        trained,
+        "--resume",
+        *FAST,
+        "model.hidden=[20,20]",
+    )
     assert code == 2 and "different configuration" in err and "model.hidden" in err
 
 
 def test_diverging_training_stops_with_the_iteration(tmp_path, monkeypatch, capsys):
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", tmp_path / "nan", "--no-evaluate",
-                       "train.iterations=50", "train.progress=false", "train.checkpoint_every=1", "train.optimizer=sgd",
-                       "train.meta_lr=1")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "maml-sine",
+        "--out",
+        tmp_path / "nan",
+        "--no-evaluate",
+        "train.iterations=50",
+        "train.progress=false",
+        "train.checkpoint_every=1",
+        "train.optimizer=sgd",
+        "train.meta_lr=1",
+    )
     assert code == 1 and "training diverged at iteration 4: meta-loss inf" in err  # a runtime failure
     assert "the last good checkpoint is" in err and "step-00000003" in err
     assert load_checkpoint(tmp_path / "nan").iteration == 3  # intact and loadable
@@ -122,7 +185,9 @@ def test_demo_prints_table_and_draws_figure(tmp_path, monkeypatch, capsys):
 
 
 def test_module_entry_point_runs():
-    proc = subprocess.run([sys.executable, "-m", "innerloop", "train", "--config", "nope"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "innerloop", "train", "--config", "nope"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown preset 'nope'")
 
 
@@ -130,9 +195,21 @@ def test_module_entry_point_runs():
 def test_protonets_learns_real_omniglot_from_the_cli(tmp_path, monkeypatch, capsys):
     """The README's command on the real data: a short run already beats chance (20%) by far."""
     run = tmp_path / "pn"
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "--out", run,
-                         "task.ways=20", "train.iterations=25", "train.val_every=25", "train.val_tasks=10",
-                         "train.progress=false", "eval.tasks=60")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "protonet-omniglot-5w1s",
+        "--out",
+        run,
+        "task.ways=20",
+        "train.iterations=25",
+        "train.val_every=25",
+        "train.val_tasks=10",
+        "train.progress=false",
+        "eval.tasks=60",
+    )
     assert code == 0, err
     assert "batch norm transductive" in out and "accuracy %" in out
     result = json.loads((run / "eval.json").read_text())

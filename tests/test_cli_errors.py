@@ -7,14 +7,22 @@ import pathlib
 import re
 
 import pytest
-
-from innerloop.errors import ConfigError, DatasetError, InnerloopError
-
 from cli_runner import cli  # tests/cli_runner.py
 from shared_data import needs_omniglot  # tests/shared_data.py
 
-FAST = ["train.iterations=2", "train.log_every=1", "train.val_every=2", "train.val_tasks=2", "train.checkpoint_every=2",
-        "train.meta_batch_size=2", "train.progress=false", "eval.tasks=4", "eval.steps=[0]"]
+from innerloop.errors import ConfigError, DatasetError, InnerloopError
+
+FAST = [
+    "train.iterations=2",
+    "train.log_every=1",
+    "train.val_every=2",
+    "train.val_tasks=2",
+    "train.checkpoint_every=2",
+    "train.meta_batch_size=2",
+    "train.progress=false",
+    "eval.tasks=4",
+    "eval.steps=[0]",
+]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d ")  # progress lines of the "innerloop" loggers
 
 
@@ -27,8 +35,17 @@ def one_line(err: str) -> str:
 
 def test_a_missing_dataset_names_the_config_keys(tmp_path, monkeypatch, capsys):
     """Seen: a traceback ending in a message about the Python argument ``download=True``."""
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "--out", tmp_path / "run",
-                       f"task.root={tmp_path / 'empty'}", *FAST)
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "protonet-omniglot-5w1s",
+        "--out",
+        tmp_path / "run",
+        f"task.root={tmp_path / 'empty'}",
+        *FAST,
+    )
     line = one_line(err)
     assert code == 2 and line.startswith("error: Omniglot ") and "is not in" in line
     assert "task.download=true" in line and "task.root=" in line
@@ -60,17 +77,30 @@ def test_a_yaml_file_that_is_not_a_mapping_is_refused(tmp_path, monkeypatch, cap
 
 
 @needs_omniglot
-@pytest.mark.parametrize("overrides, message", [
-    (["task.ways=5000"], "train tasks of omniglot (task.ways=5000, task.shots=1, task.queries=5) cannot be drawn: "
-                         "ways=5000 but omniglot/vinyals-train 28x28 has only 4112 classes"),
-    (["task.shots=15", "task.queries=10"], "(task.ways=60, task.shots=15, task.queries=10) cannot be drawn: "
-                                           "shots + queries = 15 + 10 = 25 images per class"),
-    (["eval.shots=[1,18]"], "test tasks of omniglot (eval.ways=5, eval.shots=18, eval.queries=15) cannot be drawn"),
-])
-def test_ways_or_shots_too_large_for_the_dataset_stop_before_training(tmp_path, monkeypatch, capsys, overrides, message):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["task.ways=5000"],
+            "train tasks of omniglot (task.ways=5000, task.shots=1, task.queries=5) cannot be drawn: "
+            "ways=5000 but omniglot/vinyals-train 28x28 has only 4112 classes",
+        ),
+        (
+            ["task.shots=15", "task.queries=10"],
+            "(task.ways=60, task.shots=15, task.queries=10) cannot be drawn: "
+            "shots + queries = 15 + 10 = 25 images per class",
+        ),
+        (["eval.shots=[1,18]"], "test tasks of omniglot (eval.ways=5, eval.shots=18, eval.queries=15) cannot be drawn"),
+    ],
+)
+def test_ways_or_shots_too_large_for_the_dataset_stop_before_training(
+    tmp_path, monkeypatch, capsys, overrides, message
+):
     """Omniglot has 20 drawings per character: shots + queries > 20 cannot be drawn without replacement."""
     run = tmp_path / "run"
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "--out", run, *FAST, *overrides)
+    code, _, err = cli(
+        monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "--out", run, *FAST, *overrides
+    )
     line = one_line(err)
     assert code == 2 and message in line, line
     assert not (run / "checkpoints").exists()  # nothing trained
@@ -79,10 +109,21 @@ def test_ways_or_shots_too_large_for_the_dataset_stop_before_training(tmp_path, 
 @needs_omniglot
 def test_an_option_a_loader_refuses_names_its_config_key(tmp_path, monkeypatch, capsys):
     """Seen: an unknown split name printed as an "internal error" (exit 1) instead of a mistake naming the key."""
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "--out", tmp_path / "run",
-                       *FAST, "task.train_split=foo")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "protonet-omniglot-5w1s",
+        "--out",
+        tmp_path / "run",
+        *FAST,
+        "task.train_split=foo",
+    )
     line = one_line(err)
-    assert code == 2 and line.startswith("error: task.train_split='foo' for task.name=omniglot: unknown Omniglot split"), line
+    assert code == 2 and line.startswith(
+        "error: task.train_split='foo' for task.name=omniglot: unknown Omniglot split"
+    ), line
 
 
 def _deny_writes_under(monkeypatch, folder: pathlib.Path) -> None:
@@ -117,7 +158,9 @@ def test_an_out_below_a_file_is_refused_and_leaves_nothing(tmp_path, monkeypatch
     afile.write_text("x")
     code, _, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", afile / "run", *FAST)
     assert code == 2 and f"cannot write the run directory {afile / 'run'}" in one_line(err)
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", tmp_path / "a" / "b", "task.shots=0")
+    code, _, err = cli(
+        monkeypatch, capsys, "train", "--config", "maml-sine", "--out", tmp_path / "a" / "b", "task.shots=0"
+    )
     assert code == 2 and not (tmp_path / "a").exists()  # the write probe removes the folders it made
 
 
@@ -134,15 +177,21 @@ def test_a_garbage_state_file_is_one_line_without_torchs_advice(tmp_path, monkey
         assert "weights_only" not in err and "step-00000002" in line
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--config", "nope"], "error: unknown preset 'nope'; available presets: "),
-    (["train", "--config", "maml-sine", "train.iteratons=5"], "error: unknown option 'train.iteratons'; valid keys of"),
-    (["train"], "error: Missing option '--config' / '-c'. (see `innerloop train --help`)"),
-    (["train", "--config", "maml-sine", "--bogus"], "error: No such option: --bogus"),
-    (["eval"], "error: Missing argument 'checkpoint'. (see `innerloop eval --help`)"),
-    (["presets", "--show", "nope"], "error: unknown preset 'nope'"),
-    (["config", "--show", "maml-sine", "train.nope=1"], "error: unknown option 'train.nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--config", "nope"], "error: unknown preset 'nope'; available presets: "),
+        (
+            ["train", "--config", "maml-sine", "train.iteratons=5"],
+            "error: unknown option 'train.iteratons'; valid keys of",
+        ),
+        (["train"], "error: Missing option '--config' / '-c'. (see `innerloop train --help`)"),
+        (["train", "--config", "maml-sine", "--bogus"], "error: No such option: --bogus"),
+        (["eval"], "error: Missing argument 'checkpoint'. (see `innerloop eval --help`)"),
+        (["presets", "--show", "nope"], "error: unknown preset 'nope'"),
+        (["config", "--show", "maml-sine", "train.nope=1"], "error: unknown option 'train.nope'"),
+    ],
+)
 def test_user_mistakes_are_one_line_with_status_2(tmp_path, monkeypatch, capsys, args, message):
     """Usage mistakes too: Typer's boxed, multi-line usage error was the last multi-line failure."""
     code, _, err = cli(monkeypatch, capsys, *args)
@@ -164,14 +213,27 @@ class _RuntimeFailure(InnerloopError):
     exit_code = 1
 
 
-@pytest.mark.parametrize("raised, code, line", [
-    (RuntimeError("boom\nsecond line"), 1,
-     "internal error: RuntimeError: boom (run with --debug for the traceback; please report it)"),
-    (_RuntimeFailure("it broke; do this"), 1, "error: it broke; do this"),
-    (PermissionError(errno.EACCES, "Permission denied", "/data/x"), 2,
-     "error: permission denied: /data/x (Permission denied); write elsewhere (--out, --output) or fix the permissions"),
-    (PermissionError("cannot write Omniglot to /d; set task.root=..."), 2, "error: cannot write Omniglot to /d; set task.root=..."),
-])
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (
+            RuntimeError("boom\nsecond line"),
+            1,
+            "internal error: RuntimeError: boom (run with --debug for the traceback; please report it)",
+        ),
+        (_RuntimeFailure("it broke; do this"), 1, "error: it broke; do this"),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/x"),
+            2,
+            "error: permission denied: /data/x (Permission denied); write elsewhere (--out, --output) or fix the permissions",
+        ),
+        (
+            PermissionError("cannot write Omniglot to /d; set task.root=..."),
+            2,
+            "error: cannot write Omniglot to /d; set task.root=...",
+        ),
+    ],
+)
 def test_exit_status_2_for_mistakes_1_for_runtime_failures(monkeypatch, capsys, raised, code, line):
     import innerloop.training.config as config_module
 
@@ -192,11 +254,11 @@ def test_warnings_are_one_line_each(monkeypatch, capsys):
     names = config_module.preset_names()
 
     def warn_then_list():
-        warnings.warn("a cache folder is not writable;\n images are decoded again", UserWarning)
+        warnings.warn("a cache folder is not writable;\n images are decoded again", UserWarning, stacklevel=2)
         return names
 
     monkeypatch.setattr(config_module, "preset_names", warn_then_list)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        code, out, err = cli(monkeypatch, capsys, "presets")
+        code, _out, err = cli(monkeypatch, capsys, "presets")
     assert code == 0 and set(err.splitlines()) == {"warning: a cache folder is not writable; images are decoded again"}

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from cli_runner import cli  # tests/cli_runner.py
 
 from innerloop.algorithms import CNP
 from innerloop.algorithms.cnp import CNPNet, gaussian_nll
@@ -14,8 +15,6 @@ from innerloop.tasks import SinusoidTasks, TaskBatch
 from innerloop.training.builders import build_learner
 from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import load_config
-
-from cli_runner import cli  # tests/cli_runner.py
 
 
 def cnp64(seed=0, **kwargs):
@@ -73,7 +72,9 @@ def test_evaluate_reports_query_mse_as_loss_and_the_same_metrics_at_every_step()
     for t in range(3):
         mu, sigma = learner.predict(b.support_x[t], b.support_y[t], b.query_x[t])
         torch.testing.assert_close(results[0]["loss"][t], ((mu - b.query_y[t]) ** 2).mean(), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(results[0]["nll"][t], gaussian_nll(b.query_y[t], mu, sigma).mean(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            results[0]["nll"][t], gaussian_nll(b.query_y[t], mu, sigma).mean(), rtol=1e-12, atol=1e-12
+        )
     for s in (1, 5):
         assert set(results[s]) == {"loss", "nll"}
         for name in ("loss", "nll"):
@@ -172,8 +173,12 @@ def test_the_preset_builds_the_papers_network():
         ("cnp-sine", ["algorithm.eval_steps=5"], "algorithm.eval_steps=5", "leave algorithm.eval_steps unset"),
         ("cnp-sine", ["eval.steps=[0,1,5]"], "eval.steps=[0, 1, 5]", "set eval.steps=[0]"),
         # On top of a MAML preset both its inner steps and its step columns are named.
-        ("maml-sine", ["algorithm.name=cnp"], "algorithm.inner_steps=1, algorithm.eval_steps=10, eval.steps=[0, 1, 5, 10]",
-         "set algorithm.inner_steps=0, leave algorithm.eval_steps unset, set eval.steps=[0]"),
+        (
+            "maml-sine",
+            ["algorithm.name=cnp"],
+            "algorithm.inner_steps=1, algorithm.eval_steps=10, eval.steps=[0, 1, 5, 10]",
+            "set algorithm.inner_steps=0, leave algorithm.eval_steps unset, set eval.steps=[0]",
+        ),
     ],
 )
 def test_inner_steps_for_a_forward_pass_learner_are_refused_with_the_fix(preset, overrides, asked, fix):
@@ -195,9 +200,22 @@ def test_other_inner_loop_options_and_classification_are_refused_for_cnp():
 
 def test_train_and_eval_from_the_command_line(tmp_path, monkeypatch, capsys):
     run = tmp_path / "cnp"
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", "cnp-sine", "--out", run, "train.iterations=20",
-                         "train.val_every=10", "train.val_tasks=10", "train.checkpoint_every=10", "train.log_every=5",
-                         "train.progress=false", "eval.tasks=20")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "cnp-sine",
+        "--out",
+        run,
+        "train.iterations=20",
+        "train.val_every=10",
+        "train.val_tasks=10",
+        "train.checkpoint_every=10",
+        "train.log_every=5",
+        "train.progress=false",
+        "eval.tasks=20",
+    )
     assert code == 0, err
     assert "trained cnp for 20 iterations" in out and "5-shot, 0 steps" in out
     assert "validation: loss=" in out and "nll=" in out

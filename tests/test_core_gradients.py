@@ -191,7 +191,10 @@ def test_loop_meta_backward_frees_each_task_and_gives_the_batch_gradient(f64):
             torch.manual_seed(0)
             learner = cls(MLP(1, [16, 16], 1), inner_lr=0.05, inner_steps=2, strategy=strategy).double()
             metrics = learner.meta_backward(batch, weight=0.5)
-            grads[strategy] = ([p.grad.clone() for p in learner.parameters()], {k: float(v) for k, v in metrics.items()})
+            grads[strategy] = (
+                [p.grad.clone() for p in learner.parameters()],
+                {k: float(v) for k, v in metrics.items()},
+            )
         for a, b in zip(grads["vmap"][0], grads["loop"][0]):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert grads["vmap"][1] == pytest.approx(grads["loop"][1], rel=1e-10)
@@ -238,8 +241,12 @@ def test_checkpointed_inner_steps_give_the_same_meta_gradient_and_keep_no_inner_
     # With meta_backward (the trainer's call) too.
     plain.zero_grad(), ckpt.zero_grad()
     plain.meta_backward(b), ckpt.meta_backward(b)
-    torch.testing.assert_close(parameters_to_vector([p.grad for p in ckpt.parameters()]),
-                               parameters_to_vector([p.grad for p in plain.parameters()]), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        parameters_to_vector([p.grad for p in ckpt.parameters()]),
+        parameters_to_vector([p.grad for p in plain.parameters()]),
+        rtol=1e-12,
+        atol=1e-14,
+    )
     stored = {name: _graph_size(learner.meta_loss(b[:1])[0]) for name, learner in (("plain", plain), ("ckpt", ckpt))}
     assert stored["ckpt"] * 2 < stored["plain"], stored
 

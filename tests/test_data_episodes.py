@@ -21,7 +21,7 @@ def toy_dataset(counts=None, channels=2, hw=(SIZE, SIZE), rotations=None, seed=0
     n = len(labels)
     assert n < 256
     g = torch.Generator().manual_seed(seed + 1)
-    images = torch.randint(0, 256, (n, channels) + hw, dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (n, channels, *hw), dtype=torch.uint8, generator=g)
     images[:, 0, hw[0] // 2, hw[1] // 2] = torch.arange(n, dtype=torch.uint8)
     return ImageDataset(images, labels, [f"class{c:02d}" for c in range(len(counts))], rotations=rotations, name="toy")
 
@@ -135,8 +135,9 @@ def test_rotation_direction_matches_pil():
 
     img = np.zeros((SIZE, SIZE), np.uint8)
     img[0, 1:4] = 200  # an asymmetric mark
-    ds2 = ImageDataset(torch.from_numpy(np.stack([img, img]))[:, None], torch.zeros(2, dtype=torch.int64), ["a"],
-                       rotations=((90,),))
+    ds2 = ImageDataset(
+        torch.from_numpy(np.stack([img, img]))[:, None], torch.zeros(2, dtype=torch.int64), ["a"], rotations=((90,),)
+    )
     b = EpisodicTasks(ds2, 1, 1, 1).sample(0, [0])
     pil = np.asarray(Image.fromarray(img).rotate(90))  # PIL rotates counter-clockwise
     assert torch.equal((b.support_x[0, 0, 0] * 255).round().to(torch.uint8), torch.from_numpy(pil.copy()))
@@ -271,8 +272,9 @@ def test_image_dataset_validation_and_subset():
     with pytest.raises(ValueError, match="unique"):
         ImageDataset(torch.zeros(2, 1, 3, 3, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "a"])
     with pytest.raises(ValueError, match="angles"):
-        ImageDataset(torch.zeros(2, 1, 3, 3, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"],
-                     rotations=((0,), (45,)))
+        ImageDataset(
+            torch.zeros(2, 1, 3, 3, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"], rotations=((0,), (45,))
+        )
     with pytest.raises(ValueError, match="not in"):
         ds.subset(["nope"])
 

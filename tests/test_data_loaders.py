@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from innerloop.data import ChecksumError, EpisodicTasks, cifar_fs, fc100, image_folder, mini_imagenet
-from innerloop.data import _common
-
 from shared_data import SHARED  # tests/shared_data.py
+
+from innerloop.data import ChecksumError, EpisodicTasks, _common, cifar_fs, fc100, image_folder, mini_imagenet
 
 folders = importlib.import_module("innerloop.data.folders")
 SPLITS = Path(folders.__file__).parent / "splits"
@@ -102,7 +100,7 @@ def mini(tmp_path):
     splits.mkdir()
     rows = [(f"{w}{i:08d}.jpg", w) for w in WNIDS for i in (1, 5, 7, 9)]
     with open(splits / "train.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("filename", "label")] + rows)
+        csv.writer(f).writerows([("filename", "label"), *rows])
     images = rng.integers(0, 256, (12, 84, 84, 3), dtype=np.uint8)
     # the pickle stores classes in another order than the CSV and interleaves their images
     perm = rng.permutation(12)
@@ -121,7 +119,7 @@ def test_mini_imagenet_pickle(mini):
     ds = mini_imagenet(root, "train", split_dir=splits)
     assert ds.class_names == WNIDS and ds.images.shape == (12, 3, 84, 84)
     for c in range(3):
-        assert np.array_equal(ds.images[ds.labels == c].permute(0, 2, 3, 1).numpy(), images[4 * c:4 * c + 4])
+        assert np.array_equal(ds.images[ds.labels == c].permute(0, 2, 3, 1).numpy(), images[4 * c : 4 * c + 4])
     small = mini_imagenet(root, "train", image_size=32, split_dir=splits)
     want = np.asarray(Image.fromarray(images[0]).resize((32, 32), Image.LANCZOS))
     assert np.array_equal(small.images[0].permute(1, 2, 0).numpy(), want)
@@ -130,7 +128,7 @@ def test_mini_imagenet_pickle(mini):
 
 
 def test_mini_imagenet_pickle_with_other_classes(mini):
-    root, splits, _, rows = mini
+    root, splits, _, _rows = mini
     with open(splits / "train.csv", "a", newline="") as f:
         csv.writer(f).writerow(("n09999999" + "00000001.jpg", "n09999999"))
     with pytest.raises(ValueError, match=r"does not hold the Ravi & Larochelle train classes: missing \['n09999999'\]"):
@@ -145,7 +143,9 @@ def test_mini_imagenet_image_files(mini, layout, tmp_path, monkeypatch):
         save(root / "mini-imagenet" / ("images" if layout == "images" else w) / fn, images[k], "JPEG")
     ds = mini_imagenet(root, "train", split_dir=splits)
     assert ds.class_names == WNIDS and ds.images.shape == (12, 3, 84, 84)
-    want = np.asarray(Image.open(root / "mini-imagenet" / ("images" if layout == "images" else rows[5][1]) / rows[5][0]))
+    want = np.asarray(
+        Image.open(root / "mini-imagenet" / ("images" if layout == "images" else rows[5][1]) / rows[5][0])
+    )
     assert np.array_equal(ds.images[5].permute(1, 2, 0).numpy(), want)
     assert list((tmp_path / "cache" / "mini-imagenet").glob("train-84x84-*.npy"))
     monkeypatch.setattr(folders, "decode_files", lambda *a, **k: pytest.fail("decoded again despite the cache"))
@@ -154,11 +154,11 @@ def test_mini_imagenet_image_files(mini, layout, tmp_path, monkeypatch):
 
 def test_mini_imagenet_missing(mini, tmp_path):
     root, splits, images, rows = mini
-    with pytest.raises(FileNotFoundError, match="mini-imagenet-cache-val.pkl"):
+    with pytest.raises(FileNotFoundError, match=r"mini-imagenet-cache-val\.pkl"):
         (splits / "val.csv").write_text("filename,label\nn0111111100000001.jpg,n01111111\n")
         mini_imagenet(root, "val", split_dir=splits)
     (root / "mini-imagenet" / "mini-imagenet-cache-train.pkl").unlink()
-    for fn, w in rows[:-1]:
+    for fn, _w in rows[:-1]:
         save(root / "mini-imagenet" / "images" / fn, images[0], "JPEG")
     with pytest.raises(FileNotFoundError, match=r"1 of the 12 mini-ImageNet train images are missing"):
         mini_imagenet(root, "train", split_dir=splits)
@@ -170,8 +170,15 @@ def test_mini_imagenet_missing(mini, tmp_path):
 
 # --------------------------------------------------------------------------- CIFAR-100 / CIFAR-FS / FC100
 FINE = ["apple", "aquarium_fish", "bear", "beaver", "bed", "bee", "lion"]
-COARSE = ["fruit_and_vegetables", "fish", "large_carnivores", "aquatic_mammals", "household_furniture", "insects",
-          "large_carnivores"]
+COARSE = [
+    "fruit_and_vegetables",
+    "fish",
+    "large_carnivores",
+    "aquatic_mammals",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+]
 COARSE_NAMES = sorted(set(COARSE))
 PER_CLASS = {"train": 5, "test": 1}
 
@@ -184,10 +191,13 @@ def cifar_tar(path: Path):
         fine = np.repeat(np.arange(len(FINE)), n)
         order = rng.permutation(len(fine))  # the official files interleave classes
         fine = fine[order]
-        parts[part] = {b"data": rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8),
-                       b"fine_labels": fine.tolist(),
-                       b"coarse_labels": [COARSE_NAMES.index(COARSE[f]) for f in fine],
-                       b"filenames": [b"x.png"] * len(fine), b"batch_label": part.encode()}
+        parts[part] = {
+            b"data": rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8),
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": [COARSE_NAMES.index(COARSE[f]) for f in fine],
+            b"filenames": [b"x.png"] * len(fine),
+            b"batch_label": part.encode(),
+        }
     meta = {b"fine_label_names": [n.encode() for n in FINE], b"coarse_label_names": [n.encode() for n in COARSE_NAMES]}
     with tarfile.open(path, "w:gz") as tf:
         for name, obj in (("train", parts["train"]), ("test", parts["test"]), ("meta", meta)):
@@ -209,8 +219,9 @@ def cifar(tmp_path, monkeypatch):
     (splits / "train.txt").write_text("bear\napple\nbee\n")
     (splits / "val.txt").write_text("lion\n")
     (splits / "train.json").write_text(json.dumps(["large_carnivores", "fish"]))
-    (splits / "train_classes.csv").write_text("superclass,class\nlarge_carnivores,bear\nlarge_carnivores,lion\n"
-                                              "fish,aquarium_fish\n")
+    (splits / "train_classes.csv").write_text(
+        "superclass,class\nlarge_carnivores,bear\nlarge_carnivores,lion\nfish,aquarium_fish\n"
+    )
     return tmp_path / "data", splits, parts
 
 
@@ -224,7 +235,9 @@ def test_cifar_fs_download_and_pooling(cifar):
     assert ds.class_counts().tolist() == [6, 6, 6]  # train + test pooled
     # pixel layout: a CIFAR row is the R, G, B planes, each 32x32 row-major; train images come first
     bear = FINE.index("bear")
-    rows = [r for part in ("train", "test") for r, f in zip(parts[part][b"data"], parts[part][b"fine_labels"]) if f == bear]
+    rows = [
+        r for part in ("train", "test") for r, f in zip(parts[part][b"data"], parts[part][b"fine_labels"]) if f == bear
+    ]
     got = ds.images[ds.labels == 0]
     for r, img in zip(rows, got):
         assert img[1, 3, 7] == r[1024 + 3 * 32 + 7] and np.array_equal(img.numpy().reshape(-1), r)
@@ -239,7 +252,7 @@ def test_cifar_extracted_folder(cifar):
     root, splits, _ = cifar
     cdir = root / "cifar100"
     cdir.mkdir(parents=True)
-    with tarfile.open(Path(folders.CIFAR100[0][len("file://"):])) as tf:
+    with tarfile.open(Path(folders.CIFAR100[0][len("file://") :])) as tf:
         tf.extractall(cdir, filter="data")
     assert cifar_fs(root, "val", split_dir=splits).images.shape == (6, 3, 32, 32)
 
@@ -267,8 +280,11 @@ def test_fc100(cifar):
     assert ds.class_names == ["bear", "lion", "aquarium_fish"] and ds.class_counts().tolist() == [6, 6, 6]
     (splits / "train_classes.csv").write_text("superclass,class\nlarge_carnivores,bear\nfish,lion\n")
     (splits / "train.json").write_text(json.dumps(["large_carnivores", "fish"]))
-    with pytest.raises(ValueError, match=r"'lion' is listed under superclass 'fish' but CIFAR-100 puts it under "
-                                         r"\['large_carnivores'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"'lion' is listed under superclass 'fish' but CIFAR-100 puts it under "
+        r"\['large_carnivores'\]",
+    ):
         fc100(root, "train", split_dir=splits)
     (splits / "train.json").write_text(json.dumps(["large_carnivores"]))
     with pytest.raises(ValueError, match="disagree on the superclasses"):
@@ -299,12 +315,20 @@ def test_shipped_split_lists():
 
 @pytest.mark.skipif(not (SHARED / "splits").is_dir(), reason=f"{SHARED / 'splits'} is absent")
 def test_shipped_split_files_are_the_published_ones():
-    pairs = [(SPLITS / "mini_imagenet" / f"{s}.csv", SHARED / "splits" / "mini_imagenet_ravi" / f"{s}.csv")
-             for s in ("train", "val", "test")]
-    pairs += [(SPLITS / "cifar_fs" / f"{s}.txt", SHARED / "splits" / "cifar_fs" / "txt" / f"{s}.txt")
-              for s in ("train", "val", "test")]
-    pairs += [(SPLITS / "fc100" / f"{s}.json", SHARED / "splits" / "fc100" / f"{s}.json") for s in ("train", "val", "test")]
-    pairs += [(SPLITS / "fc100" / f"{s}_classes.csv", SHARED / "splits" / "fc100" / "derived" / f"{s}_classes.csv")
-              for s in ("train", "val", "test")]
+    pairs = [
+        (SPLITS / "mini_imagenet" / f"{s}.csv", SHARED / "splits" / "mini_imagenet_ravi" / f"{s}.csv")
+        for s in ("train", "val", "test")
+    ]
+    pairs += [
+        (SPLITS / "cifar_fs" / f"{s}.txt", SHARED / "splits" / "cifar_fs" / "txt" / f"{s}.txt")
+        for s in ("train", "val", "test")
+    ]
+    pairs += [
+        (SPLITS / "fc100" / f"{s}.json", SHARED / "splits" / "fc100" / f"{s}.json") for s in ("train", "val", "test")
+    ]
+    pairs += [
+        (SPLITS / "fc100" / f"{s}_classes.csv", SHARED / "splits" / "fc100" / "derived" / f"{s}_classes.csv")
+        for s in ("train", "val", "test")
+    ]
     for ours, theirs in pairs:
         assert ours.read_bytes() == theirs.read_bytes(), ours

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from innerloop.data import ChecksumError, EpisodicTasks, omniglot
-from innerloop.data import _common
-from innerloop.data.omniglot import convert_omniglot, vinyals_split
-
 from shared_data import SHARED  # tests/shared_data.py
+
+from innerloop.data import ChecksumError, EpisodicTasks, _common, omniglot
+from innerloop.data.omniglot import convert_omniglot, vinyals_split
 
 omniglot_module = importlib.import_module("innerloop.data.omniglot")  # the package attribute is the function
 
 REAL = SHARED / "omniglot"
-needs_real = pytest.mark.skipif(not (REAL / "background.npz").is_file() or not (REAL / "evaluation.npz").is_file(),
-                                reason=f"the prepared Omniglot copy is not at {REAL}")
+needs_real = pytest.mark.skipif(
+    not (REAL / "background.npz").is_file() or not (REAL / "evaluation.npz").is_file(),
+    reason=f"the prepared Omniglot copy is not at {REAL}",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -209,8 +209,13 @@ def test_download_convert_and_load(official):
     odir = root / "omniglot"
     assert (odir / "images_background.zip").is_file() and (odir / "background.npz").is_file()
     assert not (odir / "evaluation.npz").exists()  # only what the split needs
-    assert ds.class_names == ["Greek/character01", "Greek/character02", "Latin/character01", "Latin/character02",
-                              "Latin/character03"]
+    assert ds.class_names == [
+        "Greek/character01",
+        "Greek/character02",
+        "Latin/character01",
+        "Latin/character02",
+        "Latin/character03",
+    ]
     for c, name in enumerate(ds.class_names):
         assert np.array_equal(ds.images[ds.labels == c, 0].numpy(), inks["background"][name].astype(np.uint8) * 255)
     # the cache has the format of the prepared shared copy
@@ -228,13 +233,23 @@ def test_download_convert_and_load(official):
     assert torch.equal(omniglot(root, "background", image_size=105).images, ds.images)
 
 
+def test_image_size_none_keeps_the_original_size(official):
+    # None means "as stored" in every loader; omniglot used to fail on it with a TypeError
+    root, _ = official
+    ds = omniglot(root, "background", image_size=None, download=True)
+    assert torch.equal(ds.images, omniglot(root, "background", image_size=105).images)
+
+
 def test_resize_is_cached_per_size(official, tmp_path, monkeypatch):
     root, inks = official
     small = omniglot(root, "background", image_size=28, download=True)
     other = omniglot(root, "background", image_size=(14, 21))
     assert small.images.shape == (20, 1, 28, 28) and other.images.shape == (20, 1, 14, 21)
-    want = np.asarray(Image.fromarray(inks["background"]["Greek/character01"][0].astype(np.uint8) * 255)
-                      .resize((28, 28), Image.LANCZOS))
+    want = np.asarray(
+        Image.fromarray(inks["background"]["Greek/character01"][0].astype(np.uint8) * 255).resize(
+            (28, 28), Image.LANCZOS
+        )
+    )
     assert np.array_equal(small.images[0, 0].numpy(), want)
     assert len(list((tmp_path / "cache" / "omniglot").glob("background-*.npy"))) == 2
     monkeypatch.setattr(_common, "resize_uint8", lambda *a, **k: pytest.fail("resized again despite the cache"))
@@ -256,7 +271,7 @@ def test_vinyals_style_split_on_fixture(official, tmp_path):
     with pytest.raises(ValueError, match=r"val.txt:1: expected"):
         omniglot(root, "vinyals-val", split_dir=lists)
     (lists / "test.txt").write_text("Greek/character09/rot000\n")
-    with pytest.raises(ValueError, match="Greek/character09 .* not in"):
+    with pytest.raises(ValueError, match=r"Greek/character09 .* not in"):
         omniglot(root, "vinyals-test", split_dir=lists, download=True)
 
 
@@ -280,7 +295,7 @@ def test_failed_download_names_the_url(official, monkeypatch):
     root, _ = official
     missing = (root.parent / "server" / "nothing.zip").as_uri()
     monkeypatch.setitem(omniglot_module.ARCHIVES, "background", (missing, "0" * 32))
-    with pytest.raises(OSError, match="nothing.zip"):
+    with pytest.raises(OSError, match=r"nothing\.zip"):
         omniglot(root, "background", download=True)
     assert not list((root / "omniglot").glob("*.zip*"))  # no partial file left
 
@@ -289,7 +304,7 @@ def test_unzipped_folder_and_bad_files(official, tmp_path):
     root, inks = official
     odir = root / "omniglot"
     odir.mkdir(parents=True)
-    with zipfile.ZipFile(Path(omniglot_module.ARCHIVES["evaluation"][0][len("file://"):])) as zf:
+    with zipfile.ZipFile(Path(omniglot_module.ARCHIVES["evaluation"][0][len("file://") :])) as zf:
         zf.extractall(odir)
     ds = omniglot(root, "evaluation", image_size=105)
     assert ds.class_names == ["Angelic/character01", "Angelic/character02"]
@@ -304,7 +319,7 @@ def test_unzipped_folder_and_bad_files(official, tmp_path):
         convert_omniglot(tmp_path / "junk.zip", tmp_path / "out.npz")
     with zipfile.ZipFile(tmp_path / "flat.zip", "w") as zf:
         zf.writestr("images_background/Latin/img.png", b"")
-    with pytest.raises(ValueError, match="expected <Alphabet>/characterNN/NNNN_DD.png"):
+    with pytest.raises(ValueError, match=r"expected <Alphabet>/characterNN/NNNN_DD\.png"):
         convert_omniglot(tmp_path / "flat.zip", tmp_path / "out.npz")
 
 

@@ -10,16 +10,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import torch
+from cli_runner import cli  # tests/cli_runner.py
 
 import innerloop
 from innerloop.training.config import Config, preset_description, preset_names, preset_text
 from innerloop.training.reference import config_keys, config_reference, field_comments
-
-from cli_runner import cli  # tests/cli_runner.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +26,13 @@ def test_presets_lists_each_preset_with_its_own_comment(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "presets")
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("`")}
     assert code == 0 and set(preset_names()) <= set(lines)
-    assert lines["anil-sine"].split(None, 1)[1] == "ANIL (Raghu et al. 2020): only the output layer adapts in the inner loop."
-    assert lines["maml-omniglot-5w1s"].endswith("MAML on Omniglot 5-way 1-shot (Finn et al. 2017, section 5.2 and appendix A.1)")
+    assert (
+        lines["anil-sine"].split(None, 1)[1]
+        == "ANIL (Raghu et al. 2020): only the output layer adapts in the inner loop."
+    )
+    assert lines["maml-omniglot-5w1s"].endswith(
+        "MAML on Omniglot 5-way 1-shot (Finn et al. 2017, section 5.2 and appendix A.1)"
+    )
     for name in preset_names():  # every description is the head of that preset's first comment line
         first = preset_text(name).splitlines()[0].lstrip("# ")
         assert preset_description(name) and first.startswith(preset_description(name).rstrip("…")[:40]), name
@@ -55,24 +58,33 @@ def test_every_config_key_has_a_type_a_default_and_a_meaning():
     reference = config_reference()
     for k in keys:
         assert f"| `{k.dotted}` |" in reference
-    assert "| `train.log_every` | int | `10` |" in reference and "| `model.hidden` | list[int] | `[40, 40]` |" in reference
+    assert (
+        "| `train.log_every` | int | `10` |" in reference and "| `model.hidden` | list[int] | `[40, 40]` |" in reference
+    )
     assert "| `task.root` | str or null | `null` |" in reference
 
 
+# fmt: off
+@dataclasses.dataclass
+class Example:  # aligned continuation comments, as training/config.py writes them (unformatted there too)
+    plain: int = 1  # the first key
+    spaced: list[int] = dataclasses.field(default_factory=lambda: [1, 2])  # a factory default; a # inside
+    # Images only:
+    grouped: str | None = None  # in the group,
+                                # continued on the next line
+    bare: bool = False
+# fmt: on
+
+
 def test_field_comments_reads_trailing_comments_groups_and_continuations():
-    @dataclasses.dataclass
-    class Example:
-        plain: int = 1  # the first key
-        spaced: list[int] = dataclasses.field(default_factory=lambda: [1, 2])  # a factory default; a # inside
-        # Images only:
-        grouped: Optional[str] = None  # in the group,
-                                       # continued on the next line
-        bare: bool = False
 
     comments = field_comments(Example)
-    assert comments == {"plain": ("the first key", ""), "spaced": ("a factory default; a # inside", ""),
-                        "grouped": ("in the group, continued on the next line", "Images only"),
-                        "bare": ("", "Images only")}
+    assert comments == {
+        "plain": ("the first key", ""),
+        "spaced": ("a factory default; a # inside", ""),
+        "grouped": ("in the group, continued on the next line", "Images only"),
+        "bare": ("", "Images only"),
+    }
 
 
 def test_config_command_prints_the_reference_and_a_merged_config(monkeypatch, capsys):
@@ -89,8 +101,12 @@ def test_readme_points_to_the_config_reference():
 
 def test_version(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "--version")
-    assert code == 0 and out.strip() == f"innerloop {innerloop.__version__} (torch {torch.__version__}, " \
-                                         f"Python {'.'.join(map(str, sys.version_info[:3]))})"
+    assert (
+        code == 0
+        and out.strip()
+        == f"innerloop {innerloop.__version__} (torch {torch.__version__}, "
+        f"Python {'.'.join(map(str, sys.version_info[:3]))})"
+    )
 
 
 def _public_modules():
@@ -128,17 +144,39 @@ def test_every_public_function_class_and_method_has_a_docstring():
 def test_logs_to_a_file_are_plain_lines_with_eta(tmp_path, progress):
     """Seen: ~750 carriage-return bar updates per 5,000 iterations in a log file, and nothing with progress=false."""
     log = tmp_path / "train.log"
-    cmd = [sys.executable, "-m", "innerloop", "train", "--config", "maml-sine", "--out", str(tmp_path / "run"),
-           "train.iterations=12", "train.log_every=4", "train.val_every=6", "train.val_tasks=2", "train.meta_batch_size=2",
-           f"train.progress={progress}", "--no-evaluate"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "innerloop",
+        "train",
+        "--config",
+        "maml-sine",
+        "--out",
+        str(tmp_path / "run"),
+        "train.iterations=12",
+        "train.log_every=4",
+        "train.val_every=6",
+        "train.val_tasks=2",
+        "train.meta_batch_size=2",
+        f"train.progress={progress}",
+        "--no-evaluate",
+    ]
     with open(log, "w") as stderr:
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                              timeout=300)
+        proc = subprocess.run(
+            cmd, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+        )
     text = log.read_text()
     assert proc.returncode == 0, text
     assert "\r" not in text
-    steps = [int(m.group(1)) for m in re.finditer(r"^\d\d:\d\d:\d\d iteration (\d+)/12  loss \S+  grad_norm \S+  "
-                                                  r"tasks/s \d+  ETA \d+:\d\d:\d\d$", text, re.M)]
+    steps = [
+        int(m.group(1))
+        for m in re.finditer(
+            r"^\d\d:\d\d:\d\d iteration (\d+)/12  loss \S+  grad_norm \S+  "
+            r"tasks/s \d+  ETA \d+:\d\d:\d\d$",
+            text,
+            re.M,
+        )
+    ]
     assert steps == [4, 8, 12], text
     assert re.findall(r"^\d\d:\d\d:\d\d validation at iteration (\d+): loss \S+$", text, re.M) == ["6", "12"], text
 
@@ -164,9 +202,18 @@ def test_library_users_keep_control_of_the_log(tmp_path, capsys):
     logging.getLogger("innerloop.train").addHandler(handler)
     logging.getLogger("innerloop.train").setLevel(logging.INFO)
     try:
-        config = load_config("maml-sine", ["train.iterations=2", "train.log_every=1", "train.val_every=100",
-                                           "train.val_tasks=2", "train.meta_batch_size=2", "train.progress=false"],
-                             out_dir=str(tmp_path / "run"))
+        config = load_config(
+            "maml-sine",
+            [
+                "train.iterations=2",
+                "train.log_every=1",
+                "train.val_every=100",
+                "train.val_tasks=2",
+                "train.meta_batch_size=2",
+                "train.progress=false",
+            ],
+            out_dir=str(tmp_path / "run"),
+        )
         Trainer(config).fit()
     finally:
         logging.getLogger("innerloop.train").removeHandler(handler)

@@ -30,8 +30,17 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 INNERLOOP = [sys.executable, "-m", "innerloop"]
 # float64 so that "the same to float tolerance" can be tight; SGD with rate 1 for one
 # iteration makes the weight change exactly minus the meta-gradient.
-EXACT = ["train.dtype=float64", "train.progress=false", "train.log_every=1", "train.val_every=1000",
-         "train.val_tasks=10", "eval.tasks=40", "eval.batch_size=8", "eval.steps=[0,1]", "eval.shots=[5]"]
+EXACT = [
+    "train.dtype=float64",
+    "train.progress=false",
+    "train.log_every=1",
+    "train.val_every=1000",
+    "train.val_tasks=10",
+    "eval.tasks=40",
+    "eval.batch_size=8",
+    "eval.steps=[0,1]",
+    "eval.shots=[5]",
+]
 GRADIENT = ["train.optimizer=sgd", "train.meta_lr=1.0", "train.iterations=1", "train.checkpoint_every=1"]
 
 
@@ -106,7 +115,9 @@ def test_p_processes_give_the_meta_gradient_of_one(tmp_path, preset, procs, batc
 def test_meta_parameters_stay_identical_to_a_single_process_over_adam_steps(tmp_path):
     overrides = [*EXACT, "train.iterations=6", "train.checkpoint_every=3", "train.meta_batch_size=8"]
     out = tmp_path / "p2"
-    result = run([*TORCHRUN, "--nproc-per-node=2", "-m", "innerloop", *train_args("maml-sine", out, overrides), "--no-evaluate"])
+    result = run(
+        [*TORCHRUN, "--nproc-per-node=2", "-m", "innerloop", *train_args("maml-sine", out, overrides), "--no-evaluate"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     _, single, _ = single_process(tmp_path, "maml-sine", overrides)
     assert_same_weights(final_weights(out), dict(single.learner.state_dict()), rtol=1e-9, atol=1e-12)
@@ -128,15 +139,30 @@ def workers_of(launcher_pid: int) -> list[int]:
 
 
 # A run long enough to be killed in the middle: rank 1 dies after the checkpoint of iteration >= 100.
-INTERRUPTED = ["train.iterations=1200", "train.checkpoint_every=50", "train.meta_batch_size=4", "train.progress=false",
-               "train.val_every=100000", "algorithm.strategy=vmap", "train.log_every=1"]
+INTERRUPTED = [
+    "train.iterations=1200",
+    "train.checkpoint_every=50",
+    "train.meta_batch_size=4",
+    "train.progress=false",
+    "train.val_every=100000",
+    "algorithm.strategy=vmap",
+    "train.log_every=1",
+]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = run([*TORCHRUN, "--nproc-per-node=2", "-m", "innerloop", *train_args("maml-sine", out, INTERRUPTED),
-                  "--no-evaluate"])
+    result = run(
+        [
+            *TORCHRUN,
+            "--nproc-per-node=2",
+            "-m",
+            "innerloop",
+            *train_args("maml-sine", out, INTERRUPTED),
+            "--no-evaluate",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return final_weights(out)
 
@@ -167,10 +193,18 @@ def assert_recovered(out: Path, stdout: str, stderr: str, uninterrupted: dict[st
 
 def test_a_killed_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(tmp_path, uninterrupted):
     out = tmp_path / "killed"
-    cmd = [*TORCHRUN, "--nproc-per-node=2", "--max-restarts=1", "-m", "innerloop",
-           *train_args("maml-sine", out, INTERRUPTED), "--no-evaluate"]
-    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        *TORCHRUN,
+        "--nproc-per-node=2",
+        "--max-restarts=1",
+        "-m",
+        "innerloop",
+        *train_args("maml-sine", out, INTERRUPTED),
+        "--no-evaluate",
+    ]
+    agent = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     kill_a_worker_midway([agent], out)
     stdout, stderr = agent.communicate(timeout=300)
     assert agent.returncode == 0, stderr[-3000:]
@@ -182,11 +216,25 @@ def start_two_nodes(overrides_per_node, out, extra=(), launch=False) -> list[sub
     port = free_port()
     procs = []
     for node, overrides in enumerate(overrides_per_node):
-        options = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-                   f"--rdzv-id=rehearsal-{port}", f"--rdzv-conf=is_host={int(node == 0)},join_timeout=120", *extra]
+        options = [
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id=rehearsal-{port}",
+            f"--rdzv-conf=is_host={int(node == 0)},join_timeout=120",
+            *extra,
+        ]
         launcher = [*INNERLOOP, "launch", *options, "--"] if launch else [*TORCHRUN, *options, "-m", "innerloop"]
-        procs.append(subprocess.Popen([*launcher, *train_args("maml-sine", out, overrides)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+        procs.append(
+            subprocess.Popen(
+                [*launcher, *train_args("maml-sine", out, overrides)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        )
     return procs
 
 
@@ -216,13 +264,14 @@ def test_two_node_rehearsal_on_loopback_matches_one_process(tmp_path):
     overrides = [*EXACT, *GRADIENT, "train.meta_batch_size=6"]
     out = tmp_path / "two-nodes"
     results = two_nodes([overrides, overrides], out)
-    for code, stdout, stderr in results:
+    for code, _stdout, stderr in results:
         assert code == 0, stderr[-3000:]
     assert "on 2 processes" in results[0][1] + results[1][1]
     initial, single, _ = single_process(tmp_path, "maml-sine", overrides)
     for k, theta0 in initial.items():
-        torch.testing.assert_close(theta0 - final_weights(out)[k], theta0 - single.learner.state_dict()[k],
-                                   rtol=1e-10, atol=1e-13, msg=k)
+        torch.testing.assert_close(
+            theta0 - final_weights(out)[k], theta0 - single.learner.state_dict()[k], rtol=1e-10, atol=1e-13, msg=k
+        )
 
 
 def test_mismatched_configs_across_nodes_fail_clearly(tmp_path):
@@ -230,12 +279,21 @@ def test_mismatched_configs_across_nodes_fail_clearly(tmp_path):
     results = two_nodes([base, [*base, "train.meta_lr=0.01"]], tmp_path / "mismatch")
     for code, _, stderr in results:
         assert code != 0
-        assert "different configurations" in stderr and "train.meta_lr: rank 0 0.001 vs rank 1 0.01" in stderr, stderr[-2000:]
+        assert "different configurations" in stderr and "train.meta_lr: rank 0 0.001 vs rank 1 0.01" in stderr, stderr[
+            -2000:
+        ]
 
 
 def test_more_processes_than_tasks_is_refused(tmp_path):
-    cmd = [*INNERLOOP, "launch", "--nproc-per-node=2", "--",
-           *train_args("maml-sine", tmp_path / "r", ["train.meta_batch_size=1", "train.iterations=2", "train.progress=false"])]
+    cmd = [
+        *INNERLOOP,
+        "launch",
+        "--nproc-per-node=2",
+        "--",
+        *train_args(
+            "maml-sine", tmp_path / "r", ["train.meta_batch_size=1", "train.iterations=2", "train.progress=false"]
+        ),
+    ]
     result = run(cmd)
     assert result.returncode == 2
     assert "train.meta_batch_size=1 cannot be split across 2 processes" in result.stderr
@@ -248,9 +306,17 @@ def test_more_processes_than_tasks_is_refused(tmp_path):
 
 def test_unreachable_rendezvous_gives_a_clear_timeout(tmp_path):
     port = free_port()  # nobody listens there
-    cmd = [*INNERLOOP, "launch", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-conf=is_host=0,join_timeout=3,read_timeout=3", "--",
-           *train_args("maml-sine", tmp_path / "r", ["train.iterations=2"])]
+    cmd = [
+        *INNERLOOP,
+        "launch",
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-conf=is_host=0,join_timeout=3,read_timeout=3",
+        "--",
+        *train_args("maml-sine", tmp_path / "r", ["train.iterations=2"]),
+    ]
     result = run(cmd)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
@@ -260,13 +326,22 @@ def test_unreachable_rendezvous_gives_a_clear_timeout(tmp_path):
 
 def test_a_rank_that_cannot_reach_the_group_times_out_clearly(tmp_path):
     """Without torchrun's agent (e.g. a scheduler that sets the variables itself)."""
-    env = {**os.environ, "RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "RANK": "1",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     cmd = [*INNERLOOP, *train_args("maml-sine", tmp_path / "r", ["train.iterations=2", "train.dist_timeout=3"])]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error (rank 1 of 2): rank 1 could not join the process group at 127.0.0.1:"), result.stderr[-2000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error (rank 1 of 2): rank 1 could not join the process group at 127.0.0.1:")
+    ), result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("preset,procs", [("maml-trpo-bandit", 2), ("promp-nav2d", 2)])
@@ -274,12 +349,24 @@ def test_meta_rl_rollouts_spread_over_ranks_match_one_process(tmp_path, preset, 
     """Each rank rolls out its shard of the tasks; TRPO's (ProMP's) sums are all-reduced: same step as one process."""
     from innerloop.rl.trainer import RLTrainer
 
-    overrides = ["train.dtype=float64", "train.progress=false", "train.log_every=1", "train.val_every=1000",
-                 "train.iterations=2", "train.checkpoint_every=1", "train.meta_batch_size=5", "rl.episodes=4",
-                 "rl.horizon=10", "model.hidden=[16]", "eval.tasks=4", "rl.eval_episodes=2", "eval.steps=[0,1]",
-                 # TRPO's conjugate gradient on a near-singular Fisher (this tiny policy has many flat directions)
-                 # amplifies summation-order rounding to percents in 10 iterations; damping makes it well conditioned.
-                 "rl.cg_damping=0.1"]
+    overrides = [
+        "train.dtype=float64",
+        "train.progress=false",
+        "train.log_every=1",
+        "train.val_every=1000",
+        "train.iterations=2",
+        "train.checkpoint_every=1",
+        "train.meta_batch_size=5",
+        "rl.episodes=4",
+        "rl.horizon=10",
+        "model.hidden=[16]",
+        "eval.tasks=4",
+        "rl.eval_episodes=2",
+        "eval.steps=[0,1]",
+        # TRPO's conjugate gradient on a near-singular Fisher (this tiny policy has many flat directions)
+        # amplifies summation-order rounding to percents in 10 iterations; damping makes it well conditioned.
+        "rl.cg_damping=0.1",
+    ]
     out = tmp_path / f"p{procs}"
     result = run([*TORCHRUN, f"--nproc-per-node={procs}", "-m", "innerloop", *train_args(preset, out, overrides)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -292,7 +379,11 @@ def test_meta_rl_rollouts_spread_over_ranks_match_one_process(tmp_path, preset, 
     assert_same_weights(ours, alone, rtol=1e-9, atol=1e-12)
     assert sum(float((initial[k] - alone[k]).norm()) for k in alone) > 1e-3  # the policy really moved
     ranks = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"split"' not in line]
-    single = [json.loads(line) for line in (tmp_path / "single/metrics.jsonl").read_text().splitlines() if '"split"' not in line]
+    single = [
+        json.loads(line)
+        for line in (tmp_path / "single/metrics.jsonl").read_text().splitlines()
+        if '"split"' not in line
+    ]
     for a, b in zip(ranks, single):  # the logged meta-batch metrics are the whole batch's, not rank 0's shard
         for key in ("return_before", "return_after", "env_steps"):
             assert a[key] == pytest.approx(b[key], rel=1e-9), key

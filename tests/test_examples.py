@@ -20,8 +20,9 @@ SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 def run_example(name: str, *args: str, timeout: float = 240) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([PYTHON, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=REPO)
+    done = subprocess.run(
+        [PYTHON, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done.stdout
 
@@ -40,11 +41,13 @@ def test_examples_use_only_the_public_api(name):
             module = __import__(node.module, fromlist=["__all__"])
             assert node.module in ("innerloop", "innerloop.models", "innerloop.data", "innerloop.rl"), node.module
             for alias in node.names:
-                assert alias.name in getattr(module, "__all__", ()), f"{name}: {node.module}.{alias.name} is not exported"
+                assert alias.name in getattr(module, "__all__", ()), (
+                    f"{name}: {node.module}.{alias.name} is not exported"
+                )
         elif isinstance(node, ast.Import):
             assert not any(a.name.startswith("innerloop.") for a in node.names)
     source = (EXAMPLES / name).read_text()
-    assert "\"--iterations\"" in source
+    assert '"--iterations"' in source
 
 
 def test_sinusoid_own_loop():
@@ -54,8 +57,19 @@ def test_sinusoid_own_loop():
 
 def test_omniglot_anil():
     """Real Omniglot from ../shared/data (or $INNERLOOP_DATA): this test fails, not skips, when it is missing."""
-    out = run_example("omniglot_anil.py", "--iterations", "2", "--meta-batch", "2", "--steps", "1", "--eval-tasks", "4",
-                      "--strategy", "loop")
+    out = run_example(
+        "omniglot_anil.py",
+        "--iterations",
+        "2",
+        "--meta-batch",
+        "2",
+        "--steps",
+        "1",
+        "--eval-tasks",
+        "4",
+        "--strategy",
+        "loop",
+    )
     assert "iteration 1: query loss" in out and "5-way 1-shot accuracy" in out and "over 4 tasks" in out
 
 
@@ -68,8 +82,22 @@ def test_protonets_on_your_own_image_folder(tmp_path):
         for i in range(4):
             pixels = (rng.random((16, 16)) < 0.1 + 0.12 * c).astype(np.uint8) * 255
             Image.fromarray(pixels, "L").save(tmp_path / "letters" / f"class_{c}" / f"{i}.png")
-    out = run_example("protonets_image_folder.py", str(tmp_path / "letters"), "--iterations", "2", "--ways", "2",
-                      "--shots", "1", "--queries", "2", "--mode", "L", "--eval-tasks", "4")
+    out = run_example(
+        "protonets_image_folder.py",
+        str(tmp_path / "letters"),
+        "--iterations",
+        "2",
+        "--ways",
+        "2",
+        "--shots",
+        "1",
+        "--queries",
+        "2",
+        "--mode",
+        "L",
+        "--eval-tasks",
+        "4",
+    )
     assert "1x16x16" in out and "4 training classes, 2 test classes" in out  # grayscale kept: one channel
     assert "2-way 1-shot accuracy" in out and "over 4 tasks" in out
 

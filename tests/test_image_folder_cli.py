@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import cli  # tests/cli_runner.py
 from PIL import Image
 
 from innerloop.data import folders, image_folder
@@ -20,12 +21,24 @@ from innerloop.training.builders import build_model, build_tasks, learner_from_c
 from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import load_config
 
-from cli_runner import cli  # tests/cli_runner.py
-
 README = Path(__file__).resolve().parents[1] / "README.md"
-SMALL = ["task.ways=2", "task.shots=1", "task.queries=1", "eval.ways=2", "eval.shots=[1]", "eval.queries=1",
-         "eval.tasks=4", "eval.batch_size=2", "train.iterations=2", "train.meta_batch_size=2", "train.val_every=1",
-         "train.val_tasks=2", "train.checkpoint_every=2", "train.progress=false", "model.filters=8"]
+SMALL = [
+    "task.ways=2",
+    "task.shots=1",
+    "task.queries=1",
+    "eval.ways=2",
+    "eval.shots=[1]",
+    "eval.queries=1",
+    "eval.tasks=4",
+    "eval.batch_size=2",
+    "train.iterations=2",
+    "train.meta_batch_size=2",
+    "train.val_every=1",
+    "train.val_tasks=2",
+    "train.checkpoint_every=2",
+    "train.progress=false",
+    "model.filters=8",
+]
 
 
 def make_tree(root: Path, classes: int = 6, images: int = 4, size=(16, 16), rgb: bool = False, seed: int = 0) -> Path:
@@ -57,9 +70,21 @@ def fresh(tmp_path, monkeypatch):
 
 
 def folder_config(root, *overrides):
-    return load_config(None, ["algorithm.name=protonets", "model.name=conv4", "model.filters=8", "task.name=image_folder",
-                              f"task.root={root}", "task.ways=2", "task.shots=1", "task.queries=1",
-                              "task.split_fractions=[1,0,0]", *overrides])
+    return load_config(
+        None,
+        [
+            "algorithm.name=protonets",
+            "model.name=conv4",
+            "model.filters=8",
+            "task.name=image_folder",
+            f"task.root={root}",
+            "task.ways=2",
+            "task.shots=1",
+            "task.queries=1",
+            "task.split_fractions=[1,0,0]",
+            *overrides,
+        ],
+    )
 
 
 def test_readme_config_trains_on_a_flat_folder(tmp_path, monkeypatch, capsys):
@@ -70,8 +95,19 @@ def test_readme_config_trains_on_a_flat_folder(tmp_path, monkeypatch, capsys):
     cfg = load_config(str(config), [f"task.root={root}"])  # the README's config loads as written
     assert cfg.task.name == "image_folder" and cfg.task.rotations == [0, 90, 180, 270] and cfg.task.invert
     run = tmp_path / "run"
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", config, f"task.root={root}", "task.image_size=16",
-                         "task.split_fractions=[0.34,0.33,0.33]", *SMALL, "--out", run)
+    code, _out, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        config,
+        f"task.root={root}",
+        "task.image_size=16",
+        "task.split_fractions=[0.34,0.33,0.33]",
+        *SMALL,
+        "--out",
+        run,
+    )
     assert code == 0, err
     assert (run / "eval.json").exists() and (run / "episode.png").exists()
     assert any(json.loads(line).get("split") == "val" for line in (run / "metrics.jsonl").read_text().splitlines())
@@ -85,8 +121,19 @@ def test_split_folders_without_val_and_test(tmp_path, monkeypatch, capsys, caplo
     root = tmp_path / "mine"
     make_tree(root / "train")
     run = tmp_path / "run"
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "task.name=image_folder",
-                         f"task.root={root}", "task.image_size=null", *SMALL, "--out", run)
+    code, _out, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "protonet-omniglot-5w1s",
+        "task.name=image_folder",
+        f"task.root={root}",
+        "task.image_size=null",
+        *SMALL,
+        "--out",
+        run,
+    )
     assert code == 0, err
     notes = err + caplog.text
     assert "has no val/ folder" in notes and "no validation" in notes
@@ -100,8 +147,18 @@ def test_split_folders_without_val_and_test(tmp_path, monkeypatch, capsys, caplo
     # a root holding split folders and class folders is refused in one line
     make_tree(root / "extra", classes=1)
     builders._folder_split.cache_clear()
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "task.name=image_folder",
-                       f"task.root={root}", *SMALL, "--out", tmp_path / "run2")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "protonet-omniglot-5w1s",
+        "task.name=image_folder",
+        f"task.root={root}",
+        *SMALL,
+        "--out",
+        tmp_path / "run2",
+    )
     assert code == 2 and "is ambiguous: it holds split folders ['train'] but also other folders ['extra']" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -134,7 +191,7 @@ def test_channels_and_size_follow_the_data(tmp_path):
 def test_seeded_class_split():
     names = [f"class{i:02d}" for i in range(40)]
     a = split_classes(names, [0.7, 0.15, 0.15], seed=0)
-    assert [len(p) for p in a] == [28, 6, 6] and sorted(sum(a, [])) == names
+    assert [len(p) for p in a] == [28, 6, 6] and sorted(n for part in a for n in part) == names
     assert split_classes(list(reversed(names)), [0.7, 0.15, 0.15], seed=0) == a  # order of listing is irrelevant
     assert split_classes(names, [0.7, 0.15, 0.15], seed=1) != a
 
@@ -145,7 +202,11 @@ def test_rotations_key_makes_rotated_classes(tmp_path):
     rotated = build_tasks(folder_config(root, "task.rotations=[0,90,180,270]"), "train")
     assert plain.num_classes == 6 and rotated.num_classes == 24 and "c3/rot090" in rotated.class_names
     ds = builders.load_image_dataset(folder_config(root), "train")
-    batch, classes, idx = rotated.sample(3, range(8)), rotated.task_classes(3, range(8)), rotated.image_indices(3, range(8))
+    batch, classes, idx = (
+        rotated.sample(3, range(8)),
+        rotated.task_classes(3, range(8)),
+        rotated.image_indices(3, range(8)),
+    )
     turns = 0
     for t in range(8):
         for label in range(2):
@@ -154,7 +215,7 @@ def test_rotations_key_makes_rotated_classes(tmp_path):
             assert torch.equal(batch.support_x[t, label], want)
             turns += angle != 0
     assert turns > 0
-    with pytest.raises(Exception, match="task.rotations must be distinct angles"):
+    with pytest.raises(Exception, match=r"task\.rotations must be distinct angles"):
         folder_config(root, "task.rotations=[45]")
 
 
@@ -189,12 +250,25 @@ def test_eval_episodes_file(tmp_path, monkeypatch, capsys):
     make_tree(root / "train", classes=4)
     make_tree(root / "test", classes=3, images=5, seed=1)
     run = tmp_path / "run"
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "protonet-omniglot-5w1s", "task.name=image_folder",
-                       f"task.root={root}", "task.image_size=null", *SMALL, "--out", run)
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "protonet-omniglot-5w1s",
+        "task.name=image_folder",
+        f"task.root={root}",
+        "task.image_size=null",
+        *SMALL,
+        "--out",
+        run,
+    )
     assert code == 0, err
     episodes = [
-        {"support": [["test/c0/0.png", "test/c0/1.png"], ["test/c2/4.png", "test/c2/0.png"]],
-         "query": [["test/c0/2.png", "test/c0/3.png"], ["test/c2/1.png", "test/c2/2.png"]]},
+        {
+            "support": [["test/c0/0.png", "test/c0/1.png"], ["test/c2/4.png", "test/c2/0.png"]],
+            "query": [["test/c0/2.png", "test/c0/3.png"], ["test/c2/1.png", "test/c2/2.png"]],
+        },
         {"classes": ["c1", 0], "support": [[0, 1], [4, 3]], "query": [[2, 3], [0, 1]]},
         {"classes": [2, "c1"], "support": [[3, 2], [1, 0]], "query": [[4, 0], [4, 2]]},
     ]
@@ -266,8 +340,20 @@ def test_readme_episode_file_example_reads(tmp_path):
 def test_eval_episodes_that_is_both_a_number_and_a_file_is_refused(tmp_path, monkeypatch, capsys):
     """--episodes takes N (meta-RL) or FILE: a digits-only name of an existing file is not guessed either way."""
     run = tmp_path / "run"
-    code, _, err = cli(monkeypatch, capsys, "train", "--config", "maml-sine", "--out", run, "train.iterations=2",
-                       "train.meta_batch_size=2", "train.val_tasks=2", "train.progress=false", "--no-evaluate")
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "maml-sine",
+        "--out",
+        run,
+        "train.iterations=2",
+        "train.meta_batch_size=2",
+        "train.val_tasks=2",
+        "train.progress=false",
+        "--no-evaluate",
+    )
     assert code == 0, err
     monkeypatch.chdir(tmp_path)
     (tmp_path / "40").write_text("{}")

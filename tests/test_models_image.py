@@ -108,7 +108,9 @@ def test_compiled_conv4_with_batch_norm_traces_whole_and_matches_eager():
     grads = {}
     for compiled in (False, True):
         torch.manual_seed(1)
-        learner = innerloop.FOMAML(Conv4(1, 4, out_features=3, image_size=16), inner_lr=0.4, strategy="loop", compile=compiled)
+        learner = innerloop.FOMAML(
+            Conv4(1, 4, out_features=3, image_size=16), inner_lr=0.4, strategy="loop", compile=compiled
+        )
         counters.clear()
         grads[compiled] = meta_gradient(learner, b)[1]
     assert not counters["graph_break"], dict(counters["graph_break"])

@@ -108,7 +108,10 @@ def test_meta_loss_matches_a_hand_computation(strategy):
     learner = conv_learner(strategy=strategy)
     b = episode_batch(tasks=2, ways=3, shots=2, queries=3)
     loss, metrics = learner.meta_loss(b)
-    ref = [reference_episode(learner, *(t[i] for t in (b.support_x, b.support_y, b.query_x, b.query_y)), 3) for i in range(2)]
+    ref = [
+        reference_episode(learner, *(t[i] for t in (b.support_x, b.support_y, b.query_x, b.query_y)), 3)
+        for i in range(2)
+    ]
     torch.testing.assert_close(loss, torch.stack([r[0] for r in ref]).mean(), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(metrics["accuracy"], torch.stack([r[1] for r in ref]).mean())
     assert not metrics["loss"].requires_grad
@@ -135,7 +138,9 @@ def test_loop_meta_backward_goes_episode_by_episode_with_the_batch_gradient():
     for strategy in ("vmap", "loop"):
         learner = conv_learner(strategy=strategy)
         calls, original = [], learner.meta_loss
-        learner.meta_loss = lambda batch: calls.append(batch.num_tasks) or original(batch)
+        learner.meta_loss = lambda batch, calls=calls, original=original: (
+            calls.append(batch.num_tasks) or original(batch)
+        )
         metrics = learner.meta_backward(b, weight=0.5)
         out[strategy] = ([p.grad for p in learner.parameters()], {k: float(v) for k, v in metrics.items()}, calls)
     assert out["vmap"][2] == [3] and out["loop"][2] == [1, 1, 1]
@@ -226,8 +231,10 @@ def synthetic_episode(templates, ways, shots, queries, g, noise=2.0, shift=3):
     x = (x + noise * torch.randn(x.shape, generator=g)).view(ways, n, 1, 28, 28)
     y = torch.arange(ways)[:, None].expand(ways, n)
     return TaskBatch(
-        x[:, :shots].reshape(1, -1, 1, 28, 28), y[:, :shots].reshape(1, -1),
-        x[:, shots:].reshape(1, -1, 1, 28, 28), y[:, shots:].reshape(1, -1),
+        x[:, :shots].reshape(1, -1, 1, 28, 28),
+        y[:, :shots].reshape(1, -1),
+        x[:, shots:].reshape(1, -1, 1, 28, 28),
+        y[:, shots:].reshape(1, -1),
     )
 
 

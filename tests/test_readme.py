@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 
-
 def test_readme_example_runs():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
@@ -23,7 +22,7 @@ def test_every_row_of_what_happens_when_names_tests_that_exist():
     """Each row of the README's "What happens when..." table is backed by tests that exist."""
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.md").read_text()
-    table = text[text.index("### What happens when"):].split("\n\n")[1]
+    table = text[text.index("### What happens when") :].split("\n\n")[1]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) >= 9
     for row in rows:

@@ -74,4 +74,6 @@ def test_pretrained_trains_jointly_and_fine_tunes():
     torch.testing.assert_close(learner.model.w.grad, 2 * (0 - centers.mean(0)) / 2)
     b = quadratic_tasks(centers)
     adapted = learner.adapt(b.support_x[0], b.support_y[0], steps=2)
-    torch.testing.assert_close(adapted["w"], closed_form_adapt(torch.zeros(2, dtype=torch.float64), centers[0], 0.25, 2, 2))
+    torch.testing.assert_close(
+        adapted["w"], closed_form_adapt(torch.zeros(2, dtype=torch.float64), centers[0], 0.25, 2, 2)
+    )

@@ -6,17 +6,15 @@ import math
 
 import pytest
 import torch
-from torch.func import vmap
-
-from innerloop.errors import ConfigError
-from innerloop.rl import MAMLTRPO, ProMP, make_family, make_policy, rollout
-from innerloop.rl.estimators import ESTIMATORS
-from innerloop.rl.learner import masked_task_mean
-from innerloop.rl.returns import discounted_returns, gae, linear_baseline
-from innerloop.rl.trpo import conjugate_gradient, trpo_step
-from innerloop.training.config import load_config
-
 from cli_runner import cli
+
+from innerloop.core.linalg import conjugate_gradient
+from innerloop.errors import ConfigError
+from innerloop.rl import MAMLTRPO, make_family, make_policy, rollout
+from innerloop.rl.estimators import ESTIMATORS
+from innerloop.rl.returns import discounted_returns, gae, linear_baseline
+from innerloop.rl.trpo import trpo_step
+from innerloop.training.config import load_config
 
 
 def small_nav(**kwargs):
@@ -37,10 +35,15 @@ def test_policy_gradient_matches_the_analytic_bandit_gradient():
     with torch.no_grad():  # a policy that is far from uniform, so the gradient is not trivial
         theta["logits.0.bias"].copy_(torch.tensor([0.5, -0.3, 0.2, -0.8]))
     episodes = rollout(family, probs, learner, theta, 200_000, seed=1)
-    data = {"observations": episodes.observations[0], "actions": episodes.actions[0],
-            "advantages": episodes.rewards[0], "mask": episodes.mask[0]}
-    estimate = torch.autograd.grad(learner.inner_loss({n: p.requires_grad_() for n, p in theta.items()}, data),
-                                   theta["logits.0.bias"])[0]
+    data = {
+        "observations": episodes.observations[0],
+        "actions": episodes.actions[0],
+        "advantages": episodes.rewards[0],
+        "mask": episodes.mask[0],
+    }
+    estimate = torch.autograd.grad(
+        learner.inner_loss({n: p.requires_grad_() for n, p in theta.items()}, data), theta["logits.0.bias"]
+    )[0]
 
     logits = theta["logits.0.bias"].detach().clone().requires_grad_()
     weight = theta["logits.0.weight"].detach()  # the observation is 1, so logits = weight[:, 0] + bias
@@ -81,10 +84,16 @@ def exact_objective(logits, rewards):
 
 def test_dice_hessian_is_exact_and_vpg_is_not():
     logits, rewards, baseline = two_step_problem()
-    exact = torch.autograd.functional.hessian(lambda l: exact_objective(l, rewards), logits)
-    hessians = {name: torch.autograd.functional.hessian(lambda l: expected_estimator(name, l, rewards, baseline), logits)
-                for name in ESTIMATORS}
-    gradients = {name: torch.autograd.grad(expected_estimator(name, logits, rewards, baseline), logits)[0] for name in ESTIMATORS}
+    exact = torch.autograd.functional.hessian(lambda z: exact_objective(z, rewards), logits)
+    hessians = {
+        name: torch.autograd.functional.hessian(
+            lambda z, name=name: expected_estimator(name, z, rewards, baseline), logits
+        )
+        for name in ESTIMATORS
+    }
+    gradients = {
+        name: torch.autograd.grad(expected_estimator(name, logits, rewards, baseline), logits)[0] for name in ESTIMATORS
+    }
     exact_gradient = torch.autograd.grad(exact_objective(logits, rewards), logits)[0]
     for name in ESTIMATORS:  # every estimator's first derivative is unbiased
         assert torch.allclose(gradients[name], exact_gradient, atol=1e-12), name
@@ -199,8 +208,9 @@ def test_dice_inner_step_under_vmap_matches_plain_autograd(f64):
     for a, b in zip(ours, reference):
         assert torch.allclose(a, b, atol=1e-10)
     learner.estimator = "vpg"  # and the estimators' second derivatives really differ here
-    vpg = torch.autograd.grad(outer([{n: p[i] for n, p in learner.adapt(theta, draw.inner).items()} for i in range(2)]),
-                              list(theta.values()))
+    vpg = torch.autograd.grad(
+        outer([{n: p[i] for n, p in learner.adapt(theta, draw.inner).items()} for i in range(2)]), list(theta.values())
+    )
     assert max(float((a - b).abs().max()) for a, b in zip(ours, vpg)) > 1e-4
 
 
@@ -223,7 +233,9 @@ def test_linear_baseline_fits_each_task_its_own_returns(f64):
     t = torch.arange(5) / 100.0
     coefficients = torch.tensor([[1.5, -0.7, 2.0, 30.0], [-0.4, 0.2, 1.0, -50.0]])  # s_0, s_1^2, 1, t^2 per task
     c = coefficients[:, None, None, :]
-    exact = c[..., 0] * observations[..., 0] + c[..., 1] * observations[..., 1].pow(2) + c[..., 2] + c[..., 3] * t.pow(2)
+    exact = (
+        c[..., 0] * observations[..., 0] + c[..., 1] * observations[..., 1].pow(2) + c[..., 2] + c[..., 3] * t.pow(2)
+    )
     rewards = exact.clone()  # invert R_t = r_t + gamma R_{t+1}
     rewards[..., :-1] = exact[..., :-1] - 0.9 * exact[..., 1:]
     values = linear_baseline(observations, rewards, torch.ones(2, 3, 5), gamma=0.9, reg=1e-12)
@@ -266,7 +278,9 @@ def test_batched_rollouts_and_adaptation_match_a_per_task_loop(f64):
     params = {n: p.detach() + 0.1 * torch.randn(3, *p.shape) for n, p in learner.params().items()}
     batched = rollout(family, tasks, learner, params, 2, seed=0, per_task=True, deterministic=True)
     for i in range(3):
-        single = rollout(family, tasks[i : i + 1], learner, {n: p[i] for n, p in params.items()}, 2, seed=0, deterministic=True)
+        single = rollout(
+            family, tasks[i : i + 1], learner, {n: p[i] for n, p in params.items()}, 2, seed=0, deterministic=True
+        )
         assert torch.allclose(batched.observations[i], single.observations[0])
         assert torch.allclose(batched.rewards[i], single.rewards[0])
     draw = learner.sample(tasks, seed=0)
@@ -310,38 +324,76 @@ def test_meta_training_on_bandits_makes_one_step_of_adaptation_pay(tmp_path, alg
 # -- runs from the command line --------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["maml-trpo-bandit", "promp-nav2d"])
 def test_training_resumes_exactly(tmp_path, monkeypatch, capsys, preset):
-    small = ["train.iterations=4", "train.checkpoint_every=2", "train.val_every=100", "train.meta_batch_size=3",
-             "rl.episodes=3", "rl.horizon=8", "model.hidden=[8]", "train.progress=false"]
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", preset, "--out", tmp_path / "a", "--no-evaluate", *small)
+    small = [
+        "train.iterations=4",
+        "train.checkpoint_every=2",
+        "train.val_every=100",
+        "train.meta_batch_size=3",
+        "rl.episodes=3",
+        "rl.horizon=8",
+        "model.hidden=[8]",
+        "train.progress=false",
+    ]
+    code, out, err = cli(
+        monkeypatch, capsys, "train", "--config", preset, "--out", tmp_path / "a", "--no-evaluate", *small
+    )
     assert code == 0, err
     half = [s if s != "train.iterations=4" else "train.iterations=2" for s in small]
-    assert cli(monkeypatch, capsys, "train", "--config", preset, "--out", tmp_path / "b", "--no-evaluate", *half)[0] == 0
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", preset, "--out", tmp_path / "b", "--resume", "--no-evaluate", *small)
+    assert (
+        cli(monkeypatch, capsys, "train", "--config", preset, "--out", tmp_path / "b", "--no-evaluate", *half)[0] == 0
+    )
+    code, out, err = cli(
+        monkeypatch, capsys, "train", "--config", preset, "--out", tmp_path / "b", "--resume", "--no-evaluate", *small
+    )
     assert code == 0 and "resuming from iteration 2" in out, err
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "a/checkpoints/step-00000004/weights.safetensors")
     b = load_file(tmp_path / "b/checkpoints/step-00000004/weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], load_file(tmp_path / "b/checkpoints/step-00000002/weights.safetensors")[k]) for k in a)
+    assert any(
+        not torch.equal(a[k], load_file(tmp_path / "b/checkpoints/step-00000002/weights.safetensors")[k]) for k in a
+    )
 
 
 def test_cli_trains_and_evaluates_navigation(tmp_path, monkeypatch, capsys):
-    small = ["train.iterations=2", "train.meta_batch_size=3", "rl.episodes=4", "rl.horizon=10", "model.hidden=[8]",
-             "train.progress=false", "eval.tasks=3", "rl.eval_episodes=4"]
+    small = [
+        "train.iterations=2",
+        "train.meta_batch_size=3",
+        "rl.episodes=4",
+        "rl.horizon=10",
+        "model.hidden=[8]",
+        "train.progress=false",
+        "eval.tasks=3",
+        "rl.eval_episodes=4",
+    ]
     code, out, err = cli(monkeypatch, capsys, "train", "--config", "maml-trpo-nav2d", "--out", tmp_path, *small)
     assert code == 0, err
     assert "paper (Finn et al. 2017)" in out and "-11.68" in out
     assert (tmp_path / "returns.png").exists() and (tmp_path / "trajectories.png").exists()
     code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--tasks", "2", "--steps", "0", "--steps", "1")
     assert code == 0, err
-    lines = [l for l in out.splitlines() if l.strip().startswith(("0 ", "1 "))]
-    assert len(lines) == 2 and all(l.split()[3] == "2" for l in lines)
+    lines = [line for line in out.splitlines() if line.strip().startswith(("0 ", "1 "))]
+    assert len(lines) == 2 and all(line.split()[3] == "2" for line in lines)
     code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--shots", "5")
     assert code == 2 and "--shots does not apply to meta-RL" in err
     # The adaptation protocol can change at evaluation (the paper's code tests with 40 episodes, steps 0.5 then 0.25).
-    code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--tasks", "2", "--episodes", "6", "--lrs", "0.5", "--lrs", "0.25",
-                         "--output", tmp_path / "e.json")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "eval",
+        tmp_path,
+        "--tasks",
+        "2",
+        "--episodes",
+        "6",
+        "--lrs",
+        "0.5",
+        "--lrs",
+        "0.25",
+        "--output",
+        tmp_path / "e.json",
+    )
     assert code == 0 and "6 episodes per step, step sizes [0.5, 0.25]" in out, err
     saved = json.loads((tmp_path / "e.json").read_text())
     assert saved["episodes"] == 6 and saved["lrs"] == [0.5, 0.25]
@@ -349,16 +401,19 @@ def test_cli_trains_and_evaluates_navigation(tmp_path, monkeypatch, capsys):
     assert code == 2 and "rl.eval_lrs must be a non-empty list of positive step sizes" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["algorithm.name=maml"], "meta-RL pairs an algorithm"),
-    (["task.name=sinusoid"], "meta-RL pairs an algorithm"),
-    (["rl.estimator=reinforce"], "rl.estimator='reinforce' is not supported"),
-    (["algorithm.inner_steps=0"], "at least one policy-gradient step"),
-    (["rl.gamma=1.5"], "rl.gamma"),
-    (["model.name=conv4"], "policies are MLPs"),
-    (["rl.eval_lrs=[]"], "rl.eval_lrs"),
-    (["rl.inner_lrs=[0.1,0.05]"], "rl.inner_lrs must hold 1 to algorithm.inner_steps=1"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["algorithm.name=maml"], "meta-RL pairs an algorithm"),
+        (["task.name=sinusoid"], "meta-RL pairs an algorithm"),
+        (["rl.estimator=reinforce"], "rl.estimator='reinforce' is not supported"),
+        (["algorithm.inner_steps=0"], "at least one policy-gradient step"),
+        (["rl.gamma=1.5"], "rl.gamma"),
+        (["model.name=conv4"], "policies are MLPs"),
+        (["rl.eval_lrs=[]"], "rl.eval_lrs"),
+        (["rl.inner_lrs=[0.1,0.05]"], "rl.inner_lrs must hold 1 to algorithm.inner_steps=1"),
+    ],
+)
 def test_bad_rl_configs_get_clear_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_config("maml-trpo-nav2d", overrides)

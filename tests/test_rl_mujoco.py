@@ -23,8 +23,9 @@ NAMES = ["halfcheetah-vel", "halfcheetah-dir", "ant-dir"]
 ENV_ID = {"halfcheetah-vel": "HalfCheetah-v5", "halfcheetah-dir": "HalfCheetah-v5", "ant-dir": "Ant-v5"}
 DIMS = {"halfcheetah-vel": (17, 6), "halfcheetah-dir": (17, 6), "ant-dir": (105, 8)}
 # All but the missing-gymnasium tests need the `rl` extra (part of `dev`).
-needs_mujoco = pytest.mark.skipif(find_spec("gymnasium") is None or find_spec("mujoco") is None,
-                                  reason="needs pip install 'innerloop[rl]'")
+needs_mujoco = pytest.mark.skipif(
+    find_spec("gymnasium") is None or find_spec("mujoco") is None, reason="needs pip install 'innerloop[rl]'"
+)
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +150,9 @@ def test_worker_processes_give_the_same_rollouts():
     in_process, pooled = make_family("ant-dir", workers=1), make_family("ant-dir", workers=2)
     try:
         actions = random_actions(in_process, 10, 3, 1)
-        for a, b in zip(play(in_process, [[1.0], [-1.0], [1.0]], 1, 4, actions),
-                        play(pooled, [[1.0], [-1.0], [1.0]], 1, 4, actions)):
+        for a, b in zip(
+            play(in_process, [[1.0], [-1.0], [1.0]], 1, 4, actions), play(pooled, [[1.0], [-1.0], [1.0]], 1, 4, actions)
+        ):
             assert torch.equal(a, b)
     finally:
         in_process.close(), pooled.close()
@@ -231,11 +233,13 @@ def test_missing_gymnasium_is_a_config_error_saying_how_to_install(monkeypatch):
 
 
 def test_task_families_import_without_gymnasium():
-    code = ("import sys; sys.modules['gymnasium'] = sys.modules['mujoco'] = None\n"
-            "import innerloop.rl.envs, innerloop.rl.envs.mujoco\n"
-            "innerloop.rl.envs.make_family('nav2d')\n"
-            "try:\n    innerloop.rl.envs.make_family('ant-dir')\n"
-            "except innerloop.errors.ConfigError as e:\n    print('ConfigError', e)\n")
+    code = (
+        "import sys; sys.modules['gymnasium'] = sys.modules['mujoco'] = None\n"
+        "import innerloop.rl.envs, innerloop.rl.envs.mujoco\n"
+        "innerloop.rl.envs.make_family('nav2d')\n"
+        "try:\n    innerloop.rl.envs.make_family('ant-dir')\n"
+        "except innerloop.errors.ConfigError as e:\n    print('ConfigError', e)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "ConfigError" in result.stdout and "pip install 'innerloop[rl]'" in result.stdout

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runner import cli  # tests/cli_runner.py
+from shared_data import needs_omniglot  # tests/shared_data.py
 from torch import nn
 
 from innerloop.algorithms import SNAIL
@@ -17,9 +19,6 @@ from innerloop.tasks import TaskBatch
 from innerloop.training.builders import build_learner
 from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import load_config
-
-from cli_runner import cli  # tests/cli_runner.py
-from shared_data import needs_omniglot  # tests/shared_data.py
 
 
 def snail64(ways=3, shots=2, hidden=4, seed=0, **kwargs) -> SNAIL:
@@ -36,8 +35,10 @@ def episode_batch(tasks=2, ways=3, shots=2, queries=2, size=16, seed=0, dtype=to
         return torch.arange(ways).repeat_interleave(n).repeat(tasks, 1)
 
     return TaskBatch(
-        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=dtype), labels(shots),
-        torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=dtype), labels(queries),
+        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=dtype),
+        labels(shots),
+        torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=dtype),
+        labels(queries),
     )
 
 
@@ -191,8 +192,11 @@ def test_the_support_order_is_a_function_of_the_support_set():
 def test_flat_vmap_and_loop_agree_on_loss_and_gradients():
     b = episode_batch(tasks=3, queries=2)
     out = {}
-    for name, kwargs in {"flat": {}, "vmap": {"flatten_tasks": False, "strategy": "vmap"},
-                         "loop": {"flatten_tasks": False, "strategy": "loop"}}.items():
+    for name, kwargs in {
+        "flat": {},
+        "vmap": {"flatten_tasks": False, "strategy": "vmap"},
+        "loop": {"flatten_tasks": False, "strategy": "loop"},
+    }.items():
         learner = snail64(**kwargs)
         loss, metrics = learner.meta_loss(b)
         assert not metrics["loss"].requires_grad
@@ -238,7 +242,7 @@ def test_evaluate_reports_cross_entropy_at_the_query_and_the_same_metrics_at_eve
 def test_bad_inputs_are_refused():
     learner = snail64()  # 3-way 2-shot
     b = episode_batch(tasks=1, ways=3, shots=1)
-    with pytest.raises(ValueError, match="3-way 2-shot sequences, i.e. 6 support examples per task, got 3"):
+    with pytest.raises(ValueError, match=r"3-way 2-shot sequences, i\.e\. 6 support examples per task, got 3"):
         learner.meta_loss(b)
     b = episode_batch(tasks=1)
     with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2"):
@@ -268,8 +272,14 @@ def pattern_episodes(patterns, tasks, g, ways=5, queries=2, noise=0.5) -> TaskBa
         x = chosen.repeat_interleave(1 + queries, 0)
         x = (x + noise * torch.randn(x.shape, generator=g)).view(ways, 1 + queries, 1, 28, 28)
         y = torch.arange(ways)[:, None].expand(ways, 1 + queries)
-        out.append(TaskBatch(x[:, :1].reshape(1, -1, 1, 28, 28), y[:, :1].reshape(1, -1),
-                             x[:, 1:].reshape(1, -1, 1, 28, 28), y[:, 1:].reshape(1, -1)))
+        out.append(
+            TaskBatch(
+                x[:, :1].reshape(1, -1, 1, 28, 28),
+                y[:, :1].reshape(1, -1),
+                x[:, 1:].reshape(1, -1, 1, 28, 28),
+                y[:, 1:].reshape(1, -1),
+            )
+        )
     return TaskBatch.cat(out)
 
 
@@ -322,17 +332,29 @@ def test_the_preset_builds_the_papers_omniglot_learner():
 @pytest.mark.parametrize(
     "preset, overrides, words",
     [
-        ("snail-omniglot-5w1s", ["algorithm.inner_steps=1"],
-         ["one forward pass", "set algorithm.inner_steps=0", "(the snail-omniglot-5w1s preset does)"]),
+        (
+            "snail-omniglot-5w1s",
+            ["algorithm.inner_steps=1"],
+            ["one forward pass", "set algorithm.inner_steps=0", "(the snail-omniglot-5w1s preset does)"],
+        ),
         ("snail-omniglot-5w1s", ["eval.steps=[0,1]"], ["one forward pass", "set eval.steps=[0]"]),
-        ("maml-omniglot-5w1s", ["algorithm.name=snail"],
-         ["algorithm.inner_steps=1, algorithm.eval_steps=3, eval.steps=[0, 1, 3]", "set algorithm.inner_steps=0"]),
+        (
+            "maml-omniglot-5w1s",
+            ["algorithm.name=snail"],
+            ["algorithm.inner_steps=1, algorithm.eval_steps=3, eval.steps=[0, 1, 3]", "set algorithm.inner_steps=0"],
+        ),
         ("snail-omniglot-5w1s", ["algorithm.update_rule=lslr"], ["does not apply to algorithm.name='snail'"]),
-        ("snail-omniglot-5w1s", ["task.name=sinusoid", "model.name=mlp"],
-         ["few-shot image classifier", "task.name=omniglot model.name=conv4", "or cnp for regression"]),
+        (
+            "snail-omniglot-5w1s",
+            ["task.name=sinusoid", "model.name=mlp"],
+            ["few-shot image classifier", "task.name=omniglot model.name=conv4", "or cnp for regression"],
+        ),
         ("snail-omniglot-5w1s", ["eval.ways=20"], ["output layer of task.ways=5 classes", "eval.ways=20"]),
-        ("snail-omniglot-5w1s", ["eval.shots=[1,5]"],
-         ["task.ways * task.shots + 1 = 6", "set eval.shots=[1]", "eval.shots=[1, 5]"]),
+        (
+            "snail-omniglot-5w1s",
+            ["eval.shots=[1,5]"],
+            ["task.ways * task.shots + 1 = 6", "set eval.shots=[1]", "eval.shots=[1, 5]"],
+        ),
         ("snail-omniglot-5w1s", ["task.shots=5"], ["set eval.shots=[5]"]),
     ],
 )
@@ -349,10 +371,25 @@ def test_bad_configs_are_refused_with_the_fix(preset, overrides, words):
 @needs_omniglot
 def test_train_the_preset_from_the_command_line(tmp_path, monkeypatch, capsys):
     run = tmp_path / "snail"
-    code, out, err = cli(monkeypatch, capsys, "train", "--config", "snail-omniglot-5w1s", "--out", run,
-                         "train.iterations=2", "train.meta_batch_size=2", "train.val_every=2", "train.val_tasks=4",
-                         "train.checkpoint_every=2", "train.log_every=1", "train.progress=false",
-                         "eval.tasks=4", "eval.queries=2", "eval.batch_size=4")
+    code, out, err = cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        "snail-omniglot-5w1s",
+        "--out",
+        run,
+        "train.iterations=2",
+        "train.meta_batch_size=2",
+        "train.val_every=2",
+        "train.val_tasks=4",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "train.progress=false",
+        "eval.tasks=4",
+        "eval.queries=2",
+        "eval.batch_size=4",
+    )
     assert code == 0, err
     assert "trained snail for 2 iterations" in out and "1-shot, 0 steps" in out and "validation: loss=" in out
     assert "batch norm from each task's support set" in out and "transductive" not in out

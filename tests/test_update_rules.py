@@ -47,7 +47,7 @@ def meta_gradient(learner, b):
 def test_the_meta_gradient_reaches_every_meta_parameter_and_matches_finite_differences(name):
     learner, b = learner_with(name), batch()
     grads = meta_gradient(learner, b)
-    for (pname, p), g in zip(learner.named_parameters(), grads):
+    for (pname, _p), g in zip(learner.named_parameters(), grads):
         assert g is not None and (g != 0).any(), f"no meta-gradient reaches {pname}"
     # Directional finite differences along random directions, float64.
     params = list(learner.parameters())
@@ -132,9 +132,13 @@ def test_gradient_preprocessing_follows_andrychowicz_appendix_a():
     p = 10.0
     out = preprocess(x, p)
     torch.testing.assert_close(out[0], torch.tensor([0.0, 1.0], dtype=torch.float64))
-    torch.testing.assert_close(out[1], torch.tensor([torch.log(torch.tensor(1e-2)).item() / p, -1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        out[1], torch.tensor([torch.log(torch.tensor(1e-2)).item() / p, -1.0], dtype=torch.float64)
+    )
     # |x| < e^-10 ~ 4.5e-5: (-1, e^p x)
-    torch.testing.assert_close(out[2], torch.tensor([-1.0, torch.exp(torch.tensor(p)).item() * 1e-6], dtype=torch.float64))
+    torch.testing.assert_close(
+        out[2], torch.tensor([-1.0, torch.exp(torch.tensor(p)).item() * 1e-6], dtype=torch.float64)
+    )
     torch.testing.assert_close(out[4], torch.tensor([-1.0, 0.0], dtype=torch.float64))
 
 
@@ -146,7 +150,7 @@ def test_a_rule_serving_one_model_refuses_another():
 
 
 def test_bad_rule_configurations_fail_clearly():
-    with pytest.raises(ConfigError, match="does not apply to algorithm.name='reptile'"):
+    with pytest.raises(ConfigError, match=r"does not apply to algorithm\.name='reptile'"):
         load_config("reptile-sine", ["algorithm.update_rule=meta-lstm"])
     with pytest.raises(ConfigError, match="update_rule='adamw' is not supported; choose one of"):
         load_config("maml-sine", ["algorithm.update_rule=adamw"])
@@ -174,4 +178,6 @@ def test_each_learned_rule_learns_on_a_short_run(name):
     trained = post_adaptation_mse()
     # 300 iterations take the post-adaptation MSE from about 4.1 to about 2.9 (MAML with SGD: 2.98).
     assert trained < 0.8 * untrained, (name, untrained, trained)
-    assert not torch.equal(parameters_to_vector(learner.update_rule.parameters()), rule_before)  # the rule itself learned
+    assert not torch.equal(
+        parameters_to_vector(learner.update_rule.parameters()), rule_before
+    )  # the rule itself learned

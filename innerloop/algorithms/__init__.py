@@ -9,5 +9,15 @@ from .reptile import Reptile
 from .snail import SNAIL
 
 __all__ = [
-    "MetaLearner", "GradientLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "Reptile", "Pretrained", "ProtoNets", "CNP", "SNAIL",
+    "ANIL",
+    "CNP",
+    "FOMAML",
+    "MAML",
+    "SNAIL",
+    "GradientLearner",
+    "MetaLearner",
+    "MetaSGD",
+    "Pretrained",
+    "ProtoNets",
+    "Reptile",
 ]

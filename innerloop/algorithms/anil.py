@@ -39,7 +39,9 @@ class ANIL(MAML):
         **kwargs: as :class:`MAML` (``inner_steps``, ``first_order``, ``update_rule``, ...), except ``adapt``.
     """
 
-    def __init__(self, model: nn.Module, inner_lr: float = DEFAULT_INNER_LR, head: nn.Module | None = None, **kwargs):
+    def __init__(
+        self, model: nn.Module, inner_lr: float | None = DEFAULT_INNER_LR, head: nn.Module | None = None, **kwargs
+    ):
         if head is not None:
             model = nn.Sequential(model, head)
         if not isinstance(model, nn.Sequential) or len(model) < 2:

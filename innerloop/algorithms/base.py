@@ -19,7 +19,8 @@ algorithms without a differentiable meta-loss (Reptile) override it.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from ..core.update_rules import SGD, UpdateRule
 from ..errors import ConfigError
 from ..tasks import checks
 from ..tasks.batch import TaskBatch
+from ..validate import positive_int
 from .handle import TaskHandle, TaskList, is_task_list, map_task_list
 
 
@@ -115,8 +117,7 @@ class MetaLearner(nn.Module):
             return
         one_hot = self.loss_fn is default_loss and self.float_targets_by_mse
         tasks = list(TaskList.of(batch)) if is_task_list(batch) else [batch]
-        ranges = [checks.check_batch_values(task, one_hot, where) for task in tasks]
-        ranges = [r for r in ranges if r is not None]
+        ranges = [r for r in (checks.check_batch_values(task, one_hot, where) for task in tasks) if r is not None]
         self._labels = checks.Labels(min(r.low for r in ranges), max(r.high for r in ranges)) if ranges else None
         self._example_shape = tuple(tasks[0].support_x.shape[2:]) if tasks else None
 
@@ -156,7 +157,7 @@ class MetaLearner(nn.Module):
         ~10x the memory; 8 ProtoNets episodes: 4x). Same gradient, to rounding.
         """
         if is_task_list(batch):
-            batch = TaskList.of(batch)
+            batch = TaskList.of(batch)  # type: ignore[assignment]  # a TaskList stands in for a TaskBatch here
         if not self.backward_per_task(batch):
             loss, metrics = self.meta_loss(batch)
             (loss * weight).backward()
@@ -171,8 +172,9 @@ class MetaLearner(nn.Module):
                     totals[name] = totals.get(name, 0) + value.detach() / batch.num_tasks
         return totals
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Params:
-        """What the learner adapts to one task, from its support set ``(S, ...)`` (no task dimension)."""
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Any:
+        """What the learner adapts to one task, from its support set ``(S, ...)`` (no task dimension): its own kind
+        (adapted parameters, prototypes, a representation, a context)."""
         raise NotImplementedError
 
     def evaluate(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
@@ -194,13 +196,6 @@ class _Checked:
 
 
 check_class_labels = checks.check_class_labels  # classification learners: integer labels, one clear error
-
-
-def _check_positive_int(name: str, value: int, allow_zero: bool = False) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-        bound = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{name} must be {bound} integer, got {value!r}")
-    return value
 
 
 class _DefaultRate(float):
@@ -268,8 +263,10 @@ class GradientLearner(MetaLearner):
         # Recomputation only pays where memory is the limit: the per-task loop on big models.
         super().__init__(model, loss_fn, "loop" if checkpoint_steps else strategy)
         self.checkpoint_steps = bool(checkpoint_steps)
-        self.inner_steps = _check_positive_int("inner_steps", inner_steps, allow_zero=True)
-        self.eval_steps = _check_positive_int("eval_steps", eval_steps if eval_steps is not None else inner_steps, True)
+        self.inner_steps = positive_int("inner_steps", inner_steps, allow_zero=True)
+        self.eval_steps = positive_int(
+            "eval_steps", eval_steps if eval_steps is not None else inner_steps, allow_zero=True
+        )
         self.first_order = bool(first_order)
         self.adapted_names = select_adapted(model, adapt)
         if update_rule is not None and inner_lr is not None and inner_lr is not DEFAULT_INNER_LR:
@@ -294,9 +291,11 @@ class GradientLearner(MetaLearner):
                 self.check_batch(batch)
                 return compiled(batch, *args, **kwargs)
 
-            self.meta_loss = meta_loss
+            self.meta_loss = meta_loss  # type: ignore[method-assign]  # this learner's meta_loss, compiled
         params = self.model_params()
-        update_rule.bind({n: params[n].shape for n in self.adapted_names}, max(inner_steps, 1), params[self.adapted_names[0]])
+        update_rule.bind(
+            {n: params[n].shape for n in self.adapted_names}, max(inner_steps, 1), params[self.adapted_names[0]]
+        )
         self.update_rule = update_rule
 
     # -- hooks ANIL overrides ---------------------------------------------------------
@@ -313,8 +312,16 @@ class GradientLearner(MetaLearner):
         """theta'_i: ``steps`` applications of the update rule on the support loss of one task."""
         fast, shared = split(params, self.adapted_names)
         return inner_loop(
-            self.head_forward, self.task_loss, self.update_rule, fast, shared, x, y, steps,
-            first_order=self.first_order if first_order is None else first_order, trajectory=trajectory,
+            self.head_forward,
+            self.task_loss,
+            self.update_rule,
+            fast,
+            shared,
+            x,
+            y,
+            steps,
+            first_order=self.first_order if first_order is None else first_order,
+            trajectory=trajectory,
             checkpoint=self.checkpoint_steps,
         )
 
@@ -326,7 +333,7 @@ class GradientLearner(MetaLearner):
             support_y: ``(S,)`` integer labels or ``(S, *target)`` float targets.
             steps: inner steps (default ``eval_steps``).
         """
-        steps = self.eval_steps if steps is None else _check_positive_int("steps", steps, allow_zero=True)
+        steps = self.eval_steps if steps is None else positive_int("steps", steps, allow_zero=True)
         self.check_task(support_x, support_y)
         params = self.model_params()
         return self.task_adapt(params, self.embed(params, support_x), support_y, steps)
@@ -346,7 +353,7 @@ class GradientLearner(MetaLearner):
     def evaluate(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
         """``{s: {"loss": (T,), ...}}``: per-task query metrics after ``s`` inner steps, for each ``s`` in ``steps``."""
         # The inner gradients are still taken: torch.func.grad ignores an outer no_grad.
-        steps = sorted({_check_positive_int("steps", s, allow_zero=True) for s in steps})
+        steps = sorted({positive_int("steps", s, allow_zero=True) for s in steps})
         self.check_batch(batch, "evaluate")
         params = self.model_params()
 

@@ -45,7 +45,7 @@ Implementation notes:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,8 @@ from torch import nn
 from ..models import MLP
 from ..tasks import checks
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, _check_positive_int
+from ..validate import positive_int
+from .base import MetaLearner
 from .handle import is_task_list
 
 SIGMA_FLOOR = 0.1
@@ -80,11 +81,11 @@ class CNPNet(nn.Module):
 
     def __init__(self, x_dim: int = 1, y_dim: int = 1, widths: Sequence[int] = (128, 128, 128)) -> None:
         super().__init__()
-        widths = [_check_positive_int("width", w) for w in widths]
+        widths = [positive_int("width", w) for w in widths]
         if not widths:
             raise ValueError("a CNP needs at least one layer: widths must not be empty")
-        self.x_dim = _check_positive_int("x_dim", x_dim)
-        self.y_dim = _check_positive_int("y_dim", y_dim)
+        self.x_dim = positive_int("x_dim", x_dim)
+        self.y_dim = positive_int("y_dim", y_dim)
         self.encoder = MLP(x_dim + y_dim, widths[:-1], widths[-1])
         self.decoder = MLP(x_dim + widths[-1], widths[:-1], 2 * y_dim)  # mu and the raw sigma
 
@@ -120,13 +121,15 @@ class CNP(MetaLearner):
     the ``(mu, sigma)`` of one task, ``learner.decode(r, query_x)`` the same from r.
     """
 
+    model: CNPNet
+
     eval_steps = 0  # no inner loop: the trainer validates at step 0
     float_targets_by_mse = False  # a Gaussian likelihood: any float targets are legitimate
 
     def __init__(
         self, x_dim: int = 1, y_dim: int = 1, hidden: int | Sequence[int] = 128, layers: int = 3, strategy: str = "auto"
     ) -> None:
-        widths = [hidden] * _check_positive_int("layers", layers) if isinstance(hidden, int) else list(hidden)
+        widths = [hidden] * positive_int("layers", layers) if isinstance(hidden, int) else list(hidden)
         super().__init__(CNPNet(x_dim, y_dim, widths), loss_fn=None, strategy=strategy)
 
     # -- one task ---------------------------------------------------------------------------
@@ -144,7 +147,7 @@ class CNP(MetaLearner):
         """``(mu, sigma)``, each ``(Q, y_dim)``, at the query inputs of one task."""
         return self.model(support_x, support_y, query_x)
 
-    def forward(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]  # forward-pass learner: a whole task
         """The same as :meth:`predict`: ``(mu, sigma)`` at the query inputs of one task."""
         return self.predict(support_x, support_y, query_x)
 
@@ -174,6 +177,6 @@ class CNP(MetaLearner):
     def evaluate(self, batch: TaskBatch, steps: Sequence[int] = (0,)) -> dict[int, dict[str, torch.Tensor]]:
         """``{s: {"loss": (T,), "nll": (T,)}}`` for each ``s`` in ``steps``, all the same metrics:
         a CNP has no adaptation steps; ``steps`` only exists to share the evaluation protocol."""
-        steps = sorted({_check_positive_int("steps", s, allow_zero=True) for s in steps})
+        steps = sorted({positive_int("steps", s, allow_zero=True) for s in steps})
         per_task = self.episode_metrics(batch)
         return {s: dict(per_task) for s in steps}

@@ -29,8 +29,9 @@ Same meta-gradient as ``meta_loss`` (tested in float64).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -121,10 +122,14 @@ class TaskHandle:
         loss = loss if loss.dim() == 0 else loss.reshape(())
         names = list(self._fast)
         with torch.enable_grad():
-            grads = torch.autograd.grad(
-                loss, [self._fast[n] for n in names], create_graph=not first_order, allow_unused=True, materialize_grads=True,
+            flat = torch.autograd.grad(
+                loss,
+                [self._fast[n] for n in names],
+                create_graph=not first_order,
+                allow_unused=True,
+                materialize_grads=True,
             )
-        grads = dict(zip(names, grads))
+        grads = dict(zip(names, flat))
         if first_order:
             grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
         self._fast, self._state = self.learner.update_rule.update(self._fast, grads, self.steps, self._state, loss)
@@ -141,8 +146,10 @@ class TaskHandle:
 
     def __repr__(self) -> str:
         order = "first" if self.first_order else "second"
-        return (f"TaskHandle({type(self.learner).__name__}, {self.learner.update_rule.describe()}, "
-                f"{len(self._fast)} adapted tensors, {self.steps} steps, {order} order)")
+        return (
+            f"TaskHandle({type(self.learner).__name__}, {self.learner.update_rule.describe()}, "
+            f"{len(self._fast)} adapted tensors, {self.steps} steps, {order} order)"
+        )
 
 
 class TaskList(Sequence[TaskBatch]):

@@ -100,13 +100,18 @@ from torch import nn
 
 from ..core.batchnorm import TransductiveBatchNorm
 from ..tasks.batch import TaskBatch
-from .base import MetaLearner, _check_positive_int, check_class_labels
+from ..validate import positive_int
+from .base import MetaLearner, check_class_labels
 
 SUPPORT_ORDERS = ("content", "batch")
 #: The few-shot classification network of the paper's appendix: ("attention", key size, value size)
 #: and ("tc", filters) blocks, in order; a linear map to the N classes follows.
 FEW_SHOT_ARCHITECTURE = (
-    ("attention", 64, 32), ("tc", 128), ("attention", 256, 128), ("tc", 128), ("attention", 512, 256),
+    ("attention", 64, 32),
+    ("tc", 128),
+    ("attention", 256, 128),
+    ("tc", 128),
+    ("attention", 512, 256),
 )
 
 
@@ -127,6 +132,9 @@ class SupportBatchNorm(nn.Module):
         eps: added to the variance.
     """
 
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -136,7 +144,7 @@ class SupportBatchNorm(nn.Module):
         self.layout: tuple[int, int] | None = None  # (rows per group, support rows), set by SNAILNet.embed
 
     @classmethod
-    def like(cls, bn: nn.Module) -> SupportBatchNorm:
+    def like(cls, bn: nn.modules.batchnorm._BatchNorm | TransductiveBatchNorm) -> SupportBatchNorm:
         """The same parameters (the very ``Parameter`` objects) as a torch or transductive batch norm."""
         new = cls(bn.num_features, bn.eps)
         new.weight, new.bias = bn.weight, bn.bias
@@ -149,7 +157,7 @@ class SupportBatchNorm(nn.Module):
         dims = [1, *range(3, groups.dim())]
         var, mean = torch.var_mean(groups[:, :support], dims, correction=0, keepdim=True)  # (G, 1, C, 1, ...)
         scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:  # affine: both
             shape = [1, 1, -1] + [1] * (x.dim() - 2)
             scale = scale * self.weight.view(shape)
             shift = self.bias.view(shape) - mean * scale
@@ -197,7 +205,7 @@ class DenseBlock(nn.Module):
     def __init__(self, in_channels: int, filters: int, dilation: int) -> None:
         super().__init__()
         self.in_channels, self.filters = in_channels, filters
-        self.dilation = _check_positive_int("dilation", dilation)
+        self.dilation = positive_int("dilation", dilation)
         # Kernel 2, dilation R: one linear map of (h[t - R], h[t]) (input columns: the two taps),
         # outputs: the filter and gate pre-activations xf, xg.
         self.conv = nn.Linear(2 * in_channels, 2 * filters)
@@ -238,7 +246,7 @@ class TCBlock(nn.Module):
 
     def __init__(self, in_channels: int, length: int, filters: int, first_dilation: int = 1) -> None:
         super().__init__()
-        depth = (_check_positive_int("length", length) - 1).bit_length()  # ceil(log2 T) for T >= 2
+        depth = (positive_int("length", length) - 1).bit_length()  # ceil(log2 T) for T >= 2
         self.blocks = nn.ModuleList(
             DenseBlock(in_channels + j * filters, filters, first_dilation * 2**j) for j in range(depth)
         )
@@ -247,7 +255,7 @@ class TCBlock(nn.Module):
     @property
     def dilations(self) -> list[int]:
         """The dilations of the dense blocks, in order."""
-        return [b.dilation for b in self.blocks]
+        return [b.dilation for b in self.blocks]  # type: ignore[misc]  # ModuleList items are typed Module
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """The dense blocks in order: ``(..., L, C) -> (..., L, out_channels)``."""
@@ -258,7 +266,7 @@ class TCBlock(nn.Module):
     def step(self, prefix: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The prefix's outputs and each new row's output as the element after the prefix."""
         for block in self.blocks:
-            prefix, new = block.step(prefix, new)
+            prefix, new = block.step(prefix, new)  # type: ignore[operator]  # ModuleList items are typed Module
         return prefix, new
 
 
@@ -335,8 +343,8 @@ class SNAILNet(nn.Module):
         architecture: Sequence[tuple] = FEW_SHOT_ARCHITECTURE,
     ) -> None:
         super().__init__()
-        self.ways = _check_positive_int("ways", ways)
-        self.shots = _check_positive_int("shots", shots)
+        self.ways = positive_int("ways", ways)
+        self.shots = positive_int("shots", shots)
         if embedding_dim is None:
             embedding_dim = getattr(embedding, "embedding_dim", None)
             if embedding_dim is None:
@@ -344,12 +352,12 @@ class SNAILNet(nn.Module):
                     f"cannot tell the output size of the embedding {type(embedding).__name__}: pass embedding_dim "
                     "(the number of features per example) or give it an embedding_dim attribute"
                 )
-        self.embedding_dim = _check_positive_int("embedding_dim", embedding_dim)
+        self.embedding_dim = positive_int("embedding_dim", embedding_dim)
         self.length = self.ways * self.shots + 1  # T: the support pairs and one query
         self.embedding = embedding
         self.norms = use_support_batch_norm_(embedding)
         channels = self.embedding_dim + self.ways
-        blocks: list[nn.Module] = []
+        blocks: list[AttentionBlock | TCBlock] = []
         for spec in architecture:
             if spec[0] == "attention" and len(spec) == 3:
                 blocks.append(AttentionBlock(channels, spec[1], spec[2]))
@@ -403,7 +411,7 @@ class SNAILNet(nn.Module):
         """Logits ``(..., Q, N)`` at the last position of each sequence ``support + [query_q]``."""
         prefix, new = self.inputs(support_x, support_y, query_x)
         for block in self.blocks:
-            prefix, new = block.step(prefix, new)
+            prefix, new = block.step(prefix, new)  # type: ignore[operator]  # ModuleList items are typed Module
         return self.head(new)
 
 
@@ -456,6 +464,8 @@ class SNAIL(MetaLearner):
     ``predict(context, query_x)`` the logits ``(Q, N)``, ``learner(support_x, support_y,
     query_x)`` the same in one call.
     """
+
+    model: SNAILNet
 
     eval_steps = 0  # no inner loop: the trainer validates at step 0
 
@@ -519,7 +529,7 @@ class SNAIL(MetaLearner):
         """Logits ``(Q, N)``: each query read as the last element after the support sequence."""
         return self.model(context.support_x, context.support_y, query_x)
 
-    def forward(self, support_x, support_y, query_x) -> torch.Tensor:
+    def forward(self, support_x, support_y, query_x) -> torch.Tensor:  # type: ignore[override]  # forward-pass learner: a whole task
         """Logits ``(Q, N)`` of one task's queries: ``predict(adapt(support_x, support_y), query_x)``."""
         return self.predict(self.adapt(support_x, support_y), query_x)
 
@@ -550,6 +560,6 @@ class SNAIL(MetaLearner):
     def evaluate(self, batch: TaskBatch, steps: Sequence[int] = (0,)) -> dict[int, dict[str, torch.Tensor]]:
         """``{s: {"loss": (T,), "accuracy": (T,)}}`` for each ``s`` in ``steps``, all the same metrics:
         SNAIL has no adaptation steps; ``steps`` only exists to share the evaluation protocol."""
-        steps = sorted({_check_positive_int("steps", s, allow_zero=True) for s in steps})
+        steps = sorted({positive_int("steps", s, allow_zero=True) for s in steps})
         per_task = self.episode_metrics(batch)
         return {s: dict(per_task) for s in steps}

@@ -1,11 +1,28 @@
-from .engine import functional_model, inner_loop, map_tasks, StrategyChooser
+from .engine import StrategyChooser, functional_model, inner_loop, map_tasks
 from .params import named_params, select_adapted, split
 from .update_rules import (
-    SGD, LearnedOptimizerLSTM, MetaCurvature, MetaLearnerLSTM, MetaSGDRates, PerLayerPerStepRates, UpdateRule,
+    SGD,
+    LearnedOptimizerLSTM,
+    MetaCurvature,
+    MetaLearnerLSTM,
+    MetaSGDRates,
+    PerLayerPerStepRates,
+    UpdateRule,
 )
 
 __all__ = [
-    "functional_model", "inner_loop", "map_tasks", "StrategyChooser", "named_params", "select_adapted",
-    "split", "UpdateRule", "SGD", "MetaSGDRates", "PerLayerPerStepRates", "MetaCurvature", "LearnedOptimizerLSTM",
+    "SGD",
+    "LearnedOptimizerLSTM",
+    "MetaCurvature",
     "MetaLearnerLSTM",
+    "MetaSGDRates",
+    "PerLayerPerStepRates",
+    "StrategyChooser",
+    "UpdateRule",
+    "functional_model",
+    "inner_loop",
+    "map_tasks",
+    "named_params",
+    "select_adapted",
+    "split",
 ]

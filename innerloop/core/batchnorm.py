@@ -64,7 +64,7 @@ class TransductiveBatchNorm(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> "TransductiveBatchNorm":
+    def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> TransductiveBatchNorm:
         """The same layer as a torch batch norm, sharing its very ``weight`` and ``bias`` Parameters."""
         new = cls(bn.num_features, bn.eps, affine=False)
         if bn.affine:

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Literal
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ..errors import ConfigError, InnerloopError
@@ -46,7 +46,6 @@ from .update_rules import UpdateRule
 
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Strategy = Literal["vmap", "loop", "auto"]
 STRATEGIES = ("vmap", "loop", "auto")
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def inner_loop(
     # non-leaf, e.g. ANIL's embedding) instead of back-propagating into the rest of the graph itself.
     recompute = checkpoint and not first_order and torch.is_grad_enabled()
     step_fn = (lambda *args: recomputed_in_backward(one_step, *args)) if recompute else one_step
-    path = [{**shared, **fast}] if trajectory else None
+    path: list[Params] = [{**shared, **fast}] if trajectory else []
     state = rule.init_state(fast)
     for step in range(steps):
         fast, state = step_fn(fast, state, step, shared, x)
@@ -126,7 +125,7 @@ def recomputed_in_backward(fn: Callable, *args):
     """
     leaves, spec = tree_flatten(args)
     tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-    out_spec = []
+    out_spec: list[TreeSpec] = []
 
     def flat_fn(*tensors):
         full = list(leaves)
@@ -190,7 +189,7 @@ class StrategyChooser:
         sample_tasks: how many tasks of the first batch ``auto`` times each strategy on.
     """
 
-    def __init__(self, strategy: Strategy = "auto", sample_tasks: int = 8) -> None:
+    def __init__(self, strategy: str = "auto", sample_tasks: int = 8) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.strategy = strategy
@@ -198,8 +197,13 @@ class StrategyChooser:
         self.choices: dict[str, str] = {}
         self.fallback: str | None = None  # why auto gave up vmap (the first line of vmap's error), once it did
 
-    def map(self, fn: TaskFn, batch: TaskBatch, run: Callable[[str, TaskBatch], torch.Tensor],
-            params: list[torch.Tensor]):
+    def map(
+        self,
+        fn: TaskFn,
+        batch: TaskBatch,
+        run: Callable[[str, TaskBatch], torch.Tensor],
+        params: Sequence[torch.Tensor],
+    ):
         """``map_tasks(fn, batch, strategy)`` with the resolved strategy; a vmap failure falls back to the loop
         under ``auto`` and is a one-line ``ConfigError`` under ``strategy="vmap"``."""
         strategy = self.resolve(run, batch, params)
@@ -227,7 +231,8 @@ class StrategyChooser:
             self.fallback = _first_line(err)
             logger.warning(
                 'strategy="auto": vmap cannot run this model or loss (%s); tasks run in a per-task loop instead. '
-                'Set strategy="loop" to skip the attempt.', self.fallback,
+                'Set strategy="loop" to skip the attempt.',
+                self.fallback,
             )
 
     def _key(self, batch: TaskBatch) -> str:
@@ -248,7 +253,9 @@ class StrategyChooser:
         """The strategy training batches like ``batch`` use, if already decided (None before the first one)."""
         return self.strategy if self.strategy != "auto" else self.choices.get(self.training_key(batch))
 
-    def resolve(self, run: Callable[[str, TaskBatch], torch.Tensor], batch: TaskBatch, params: list[torch.Tensor]) -> str:
+    def resolve(
+        self, run: Callable[[str, TaskBatch], torch.Tensor], batch: TaskBatch, params: Sequence[torch.Tensor]
+    ) -> str:
         """``strategy``, or under ``auto`` the measured choice for batches like ``batch`` (measured on the first)."""
         if self.strategy != "auto":
             return self.strategy
@@ -269,7 +276,7 @@ class StrategyChooser:
         with torch.random.fork_rng(devices=[]):
             for strategy in ("vmap", "loop"):
                 try:
-                    for timed in (False, True):  # a warm-up, then the measurement
+                    for _ in range(2):  # a warm-up, then the measurement
                         start = time.perf_counter()
                         loss = run(strategy, sample)
                         if trainable:
@@ -284,4 +291,4 @@ class StrategyChooser:
                 timings[strategy] = time.perf_counter() - start
         if failure is not None:
             self._give_up_vmap(failure)
-        return min(timings, key=timings.get)
+        return min(timings, key=timings.__getitem__)

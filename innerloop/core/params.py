@@ -10,7 +10,8 @@ which is what makes the engine safe under ``vmap``, ``torch.compile`` and
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, Mapping, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import overload
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ Params = dict[str, torch.Tensor]
 
 # "all", "head", a regular expression over parameter names, an explicit list of
 # names, or a predicate name -> bool.
-AdaptSpec = Union[str, Iterable[str], Callable[[str], bool]]
+AdaptSpec = str | Iterable[str] | Callable[[str], bool]
 
 
 def named_params(module: nn.Module) -> Params:
@@ -65,10 +66,7 @@ def select_adapted(module: nn.Module, spec: AdaptSpec) -> list[str]:
         wanted = list(spec)
         unknown = sorted(set(wanted) - set(names))
         if unknown:
-            raise ValueError(
-                f"adapt names {unknown} are not parameters of the model; "
-                f"its parameters are {names}"
-            )
+            raise ValueError(f"adapt names {unknown} are not parameters of the model; its parameters are {names}")
         chosen = [n for n in names if n in wanted]
     if not chosen:
         raise ValueError(
@@ -89,3 +87,38 @@ def split(params: Mapping[str, torch.Tensor], adapted: Iterable[str]) -> tuple[P
 def slot(name: str) -> str:
     """A parameter name usable as an attribute/ParameterDict key ('.' is not allowed there)."""
     return name.replace(".", "__")
+
+
+def flatten(tensors: Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> torch.Tensor:
+    """All coordinates of ``tensors`` in one vector, in order (a mapping's values in the mapping's order).
+
+    ``torch.nn.utils.parameters_to_vector`` for any tensors: gradients need not be contiguous, nor parameters.
+    """
+    values = tensors.values() if isinstance(tensors, Mapping) else tensors
+    return torch.cat([t.reshape(-1) for t in values])
+
+
+@overload
+def unflatten(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params: ...
+@overload
+def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+def unflatten(flat, like):
+    """The inverse of :func:`flatten`: consecutive pieces of ``flat`` as views shaped like ``like`` (differentiable).
+
+    A name -> tensor dict for a mapping, else a list.
+    """
+    shapes = like.values() if isinstance(like, Mapping) else like
+    pieces, offset = [], 0
+    for t in shapes:
+        pieces.append(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return dict(zip(like.keys(), pieces)) if isinstance(like, Mapping) else pieces
+
+
+def copy_flat_(tensors: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
+    """Write the consecutive pieces of ``flat`` into ``tensors`` in place (gradients, buffers, parameters).
+
+    Unlike ``torch.nn.utils.vector_to_parameters``, which rebinds ``.data`` to views of ``flat``.
+    """
+    for t, piece in zip(tensors, unflatten(flat, tensors)):
+        t.copy_(piece)

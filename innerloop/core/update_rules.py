@@ -19,12 +19,13 @@ rule value can be created before the model it will serve.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .params import Params, slot
+from .params import Params, flatten, slot, unflatten
 
 State = Any
 
@@ -40,22 +41,24 @@ class UpdateRule(nn.Module):
 
     def bind(self, shapes: Mapping[str, torch.Size], steps: int, like: torch.Tensor) -> None:
         """``setup`` once; a rule already serving other parameters is refused (its meta-parameters fit those)."""
-        shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        dims = {name: tuple(shape) for name, shape in shapes.items()}
         bound = getattr(self, "_shapes", None)
-        if bound is not None and bound != shapes:
+        if bound is not None and bound != dims:
             raise ValueError(
                 f"{self.describe()} was already set up for other parameters ({len(bound)} tensors, e.g. "
                 f"{next(iter(bound.items()))}); create a new update rule for each learner"
             )
         if bound is None:
             self.setup(shapes, steps, like)
-            self._shapes = shapes
+            self._shapes = dims
 
     def init_state(self, params: Params) -> State:
         """Per-task optimizer state before the first inner step (stateless rules: None)."""
         return None
 
-    def update(self, params: Params, grads: Params, step: int, state: State, loss: torch.Tensor) -> tuple[Params, State]:
+    def update(
+        self, params: Params, grads: Params, step: int, state: State, loss: torch.Tensor
+    ) -> tuple[Params, State]:
         """One inner step. Stateless rules apply :meth:`forward`; learned optimizers override this."""
         return self(params, grads, step), state
 
@@ -247,24 +250,10 @@ class CoordinateLSTMCell(nn.Module):
         return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def flatten(params: Params) -> torch.Tensor:
-    """All coordinates of ``params`` in one vector (in the dict's order)."""
-    return torch.cat([t.reshape(-1) for t in params.values()])
-
-
 def coordinate_zeros(params: Params, width: int) -> torch.Tensor:
     """A zero state of ``width`` features for every coordinate of ``params`` (in ``flatten`` order)."""
     like = next(iter(params.values()))
     return like.new_zeros(sum(t.numel() for t in params.values()), width)
-
-
-def unflatten(flat: torch.Tensor, like: Params) -> Params:
-    """The inverse of :func:`flatten`: ``flat`` cut into tensors shaped like ``like``."""
-    out, offset = {}, 0
-    for name, t in like.items():
-        out[name] = flat[offset : offset + t.numel()].view_as(t)
-        offset += t.numel()
-    return out
 
 
 class LearnedOptimizerLSTM(UpdateRule):
@@ -347,10 +336,14 @@ class MetaLearnerLSTM(UpdateRule):
         preprocess_p: p of the gradient and loss preprocessing.
     """
 
-    def __init__(self, lr: float = 0.01, hidden: int = 20, forget_bias: float = 10.0, preprocess_p: float = 10.0) -> None:
+    def __init__(
+        self, lr: float = 0.01, hidden: int = 20, forget_bias: float = 10.0, preprocess_p: float = 10.0
+    ) -> None:
         super().__init__()
         if not 0 < lr < 1:
-            raise ValueError(f"the meta-learner LSTM's input gate is a sigmoid: its initial rate must be in (0, 1), got {lr}")
+            raise ValueError(
+                f"the meta-learner LSTM's input gate is a sigmoid: its initial rate must be in (0, 1), got {lr}"
+            )
         self.lr = float(lr)
         self.preprocess_p = preprocess_p
         self.forget_bias = float(forget_bias)
@@ -384,7 +377,9 @@ class MetaLearnerLSTM(UpdateRule):
     def update(self, params, grads, step, state, loss):
         """theta_t = f_t * theta_{t-1} - i_t * grad_t (eq. 2), gates read from the encoder and the previous gates."""
         g, theta = flatten(grads), flatten(params)
-        features = torch.cat([preprocess(g, self.preprocess_p), preprocess(loss, self.preprocess_p).expand(g.shape[0], 2)], -1)
+        features = torch.cat(
+            [preprocess(g, self.preprocess_p), preprocess(loss, self.preprocess_p).expand(g.shape[0], 2)], -1
+        )
         h, c = self.encoder(features, state["encoder"])
         i, f = self.gates(h, theta, state)
         theta = f * theta - i * g

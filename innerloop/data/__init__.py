@@ -13,7 +13,18 @@ from .folders import cifar_fs, fc100, image_folder, load_cifar100, mini_imagenet
 from .omniglot import download_omniglot, omniglot
 
 __all__ = [
-    "ImageDataset", "EpisodicTasks", "FixedTasks", "fixed_tasks", "EVAL_DRAW",
-    "omniglot", "download_omniglot", "mini_imagenet", "cifar_fs", "fc100", "load_cifar100", "image_folder",
-    "data_root", "ChecksumError",
+    "EVAL_DRAW",
+    "ChecksumError",
+    "EpisodicTasks",
+    "FixedTasks",
+    "ImageDataset",
+    "cifar_fs",
+    "data_root",
+    "download_omniglot",
+    "fc100",
+    "fixed_tasks",
+    "image_folder",
+    "load_cifar100",
+    "mini_imagenet",
+    "omniglot",
 ]

@@ -14,9 +14,9 @@ import shutil
 import tempfile
 import urllib.request
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -148,15 +148,22 @@ def cache_dir(dataset: str, data_dir: Path) -> Path | None:
     if set, else ``<data_dir>/cache`` if writable, else ``~/.cache/innerloop/<dataset>/cache``;
     None (no caching, with a warning) if none of them is writable."""
     env = os.environ.get(CACHE_ENV)
-    candidates = [Path(env).expanduser() / dataset] if env else [
-        data_dir / "cache",
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "innerloop" / dataset / "cache",
-    ]
+    candidates = (
+        [Path(env).expanduser() / dataset]
+        if env
+        else [
+            data_dir / "cache",
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "innerloop" / dataset / "cache",
+        ]
+    )
     for c in candidates:
         if _writable_dir(c):
             return c
-    warnings.warn(f"no writable cache folder among {[str(c) for c in candidates]}; {dataset} images will be "
-                  f"re-derived on every load (set ${CACHE_ENV} to a writable folder)", stacklevel=3)
+    warnings.warn(
+        f"no writable cache folder among {[str(c) for c in candidates]}; {dataset} images will be "
+        f"re-derived on every load (set ${CACHE_ENV} to a writable folder)",
+        stacklevel=3,
+    )
     return None
 
 
@@ -227,7 +234,7 @@ def image_hw(image_size) -> tuple[int, int] | None:
     if image_size is None:
         return None
     if isinstance(image_size, int) and not isinstance(image_size, bool):
-        hw = (image_size, image_size)
+        hw: tuple[int, ...] = (image_size, image_size)
     else:
         try:
             hw = tuple(int(s) for s in image_size)
@@ -235,15 +242,16 @@ def image_hw(image_size) -> tuple[int, int] | None:
             hw = ()
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
-    return hw  # type: ignore[return-value]
+    return hw[0], hw[1]
 
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def resize_uint8(images: np.ndarray, hw: tuple[int, int], resample: str = "lanczos",
-                 num_workers: int | None = None) -> np.ndarray:
+def resize_uint8(
+    images: np.ndarray, hw: tuple[int, int], resample: str = "lanczos", num_workers: int | None = None
+) -> np.ndarray:
     """Resize uint8 images ``(N, H, W)`` or ``(N, H, W, 3)`` with Pillow (threads; Pillow releases the GIL)."""
     from PIL import Image
 
@@ -251,7 +259,7 @@ def resize_uint8(images: np.ndarray, hw: tuple[int, int], resample: str = "lancz
     n = len(images)
     if images.shape[1:3] == (h, w):
         return images
-    out = np.empty((n, h, w) + images.shape[3:], np.uint8)
+    out = np.empty((n, h, w, *images.shape[3:]), np.uint8)
     filt = pil_resample(resample)
 
     def work(bounds):
@@ -265,8 +273,13 @@ def resize_uint8(images: np.ndarray, hw: tuple[int, int], resample: str = "lancz
     return out
 
 
-def decode_files(paths: Sequence[Path], mode: str, hw: tuple[int, int] | None, resample: str = "lanczos",
-                 num_workers: int | None = None) -> np.ndarray:
+def decode_files(
+    paths: Sequence[Path],
+    mode: str,
+    hw: tuple[int, int] | None,
+    resample: str = "lanczos",
+    num_workers: int | None = None,
+) -> np.ndarray:
     """Decode image files once with Pillow into ``(N, H, W)`` (mode "L") or ``(N, H, W, 3)`` (mode "RGB") uint8.
 
     With ``hw=None`` every image must already have the same size. Errors name the file.
@@ -291,7 +304,7 @@ def decode_files(paths: Sequence[Path], mode: str, hw: tuple[int, int] | None, r
     if not paths:
         raise ValueError("no image files to decode")
     first = load(paths[0])
-    out = np.empty((len(paths),) + first.shape, np.uint8)
+    out = np.empty((len(paths), *first.shape), np.uint8)
     out[0] = first
 
     def work(bounds):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,14 +24,20 @@ class ImageDataset:
       relative to the folder), so that an episode can name its images by file.
     """
 
-    def __init__(self, images, labels, class_names: Sequence[str], *, rotations: Rotations | None = None,
-                 files: Sequence[str] | None = None, name: str = "images"):
+    def __init__(
+        self,
+        images,
+        labels,
+        class_names: Sequence[str],
+        *,
+        rotations: Rotations | None = None,
+        files: Sequence[str] | None = None,
+        name: str = "images",
+    ):
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
-                f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.dim() != 1 or len(labels) != len(images):
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if labels.is_floating_point() or labels.dtype == torch.bool:
@@ -43,7 +49,9 @@ class ImageDataset:
             dup = sorted({c for c in class_names if class_names.count(c) > 1})[:5]
             raise ValueError(f"class names must be unique; repeated: {dup}")
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-            raise ValueError(f"labels must lie in 0..{k - 1} (one per class name), got {int(labels.min())}..{int(labels.max())}")
+            raise ValueError(
+                f"labels must lie in 0..{k - 1} (one per class name), got {int(labels.min())}..{int(labels.max())}"
+            )
         counts = torch.bincount(labels, minlength=k)
         if k and int(counts.min()) == 0:
             empty = [class_names[i] for i in torch.nonzero(counts == 0).flatten()[:5].tolist()]
@@ -51,7 +59,9 @@ class ImageDataset:
         if rotations is not None:
             rotations = tuple(tuple(int(a) for a in r) for r in rotations)
             if len(rotations) != k:
-                raise ValueError(f"rotations must list the angles of each of the {k} classes, got {len(rotations)} entries")
+                raise ValueError(
+                    f"rotations must list the angles of each of the {k} classes, got {len(rotations)} entries"
+                )
             for r in rotations:
                 if not r or any(a % 90 or not 0 <= a < 360 for a in r) or len(set(r)) != len(r):
                     raise ValueError(f"rotation angles must be distinct values from (0, 90, 180, 270), got {r}")
@@ -75,7 +85,7 @@ class ImageDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image."""
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.images.shape[1:])
 
     def __len__(self) -> int:
         return len(self.images)
@@ -89,7 +99,7 @@ class ImageDataset:
         c = self.class_names.index(c) if isinstance(c, str) else int(c)
         return torch.nonzero(self.labels == c).flatten()
 
-    def subset(self, classes: Sequence[int | str]) -> "ImageDataset":
+    def subset(self, classes: Sequence[int | str]) -> ImageDataset:
         """The images of ``classes`` (indices or names, in that order), relabelled ``0..len(classes)-1``."""
         ids = []
         for c in classes:
@@ -107,7 +117,9 @@ class ImageDataset:
         keep = torch.nonzero(new >= 0).flatten()
         keep = keep[torch.argsort(new[keep], stable=True)]
         return ImageDataset(
-            self.images[keep], new[keep], [self.class_names[i] for i in ids],
+            self.images[keep],
+            new[keep],
+            [self.class_names[i] for i in ids],
             rotations=None if self.rotations is None else tuple(self.rotations[i] for i in ids),
             files=None if self.files is None else [self.files[i] for i in keep.tolist()],
             name=f"{self.name}[subset of {len(ids)} classes]",
@@ -116,16 +128,26 @@ class ImageDataset:
     def __repr__(self) -> str:
         c, h, w = self.image_shape
         counts = self._counts
-        per = f"{int(counts.min())}" if int(counts.min()) == int(counts.max()) else f"{int(counts.min())}..{int(counts.max())}"
+        per = (
+            f"{int(counts.min())}"
+            if int(counts.min()) == int(counts.max())
+            else f"{int(counts.min())}..{int(counts.max())}"
+        )
         rot = ""
         if self.rotations is not None:
             n = sum(len(r) for r in self.rotations)
             rot = f", {n} classes with rotations"
-        return (f"ImageDataset({self.name!r}: {len(self)} images {c}x{h}x{w} uint8, {self.num_classes} classes "
-                f"x {per} images{rot})")
+        return (
+            f"ImageDataset({self.name!r}: {len(self)} images {c}x{h}x{w} uint8, {self.num_classes} classes "
+            f"x {per} images{rot})"
+        )
 
 
 def from_numpy(images: np.ndarray, labels: np.ndarray, class_names, **kw) -> ImageDataset:
     """An ``ImageDataset`` from numpy arrays (``images`` uint8 NCHW, shared, not copied)."""
-    return ImageDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.asarray(labels, np.int64)),
-                        class_names, **kw)
+    return ImageDataset(
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(np.asarray(labels, np.int64)),
+        class_names,
+        **kw,
+    )

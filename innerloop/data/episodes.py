@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,15 +39,9 @@ from ..errors import ConfigError
 from ..tasks.batch import TaskBatch
 from ..tasks.fixed import EVAL_DRAW, FixedTasks, fixed_tasks  # noqa: F401 (re-exported)
 from ..tasks.seeding import task_generator
+from ..validate import positive_int
 
 ALL_ROTATIONS = (0, 90, 180, 270)
-
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _angles(spec, what: str) -> tuple[int, ...]:
@@ -82,7 +76,9 @@ def _as_rows(images: torch.Tensor) -> torch.Tensor:
     """``images`` (N, C, H, W) uint8 viewed as N rows of the widest integer type that divides an
     image's byte size: gathering whole images is then a copy of few wide elements per image."""
     row = int(np.prod(images.shape[1:]))
-    wide = next(dt for dt, b in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2), (torch.uint8, 1)) if row % b == 0)
+    wide = next(
+        dt for dt, b in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2), (torch.uint8, 1)) if row % b == 0
+    )
     return images.view(len(images), row).view(wide)
 
 
@@ -104,11 +100,21 @@ class EpisodicTasks:
         normalize: optional ``(mean, std)`` per channel, applied after scaling to ``[0, 1]``.
     """
 
-    def __init__(self, dataset, ways: int, shots: int, queries: int, seed: int = 0, rotations=None, *,
-                 device=None, normalize: tuple[Sequence[float], Sequence[float]] | None = None):
-        self.ways = _positive_int("ways", ways)
-        self.shots = _positive_int("shots", shots)
-        self.queries = _positive_int("queries", queries)
+    def __init__(
+        self,
+        dataset,
+        ways: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        rotations=None,
+        *,
+        device=None,
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    ):
+        self.ways = positive_int("ways", ways)
+        self.shots = positive_int("shots", shots)
+        self.queries = positive_int("queries", queries)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed = seed
@@ -151,8 +157,10 @@ class EpisodicTasks:
         self._turns = torch.tensor(turns, dtype=torch.int64)
         self._rotate = any(turns)
         if any(t % 2 for t in turns) and images.shape[-1] != images.shape[-2]:
-            raise ValueError(f"90/270 degree rotations need square images, got {images.shape[-2]}x{images.shape[-1]}; "
-                             "resize the images or use rotations=(0, 180)")
+            raise ValueError(
+                f"90/270 degree rotations need square images, got {images.shape[-2]}x{images.shape[-1]}; "
+                "resize the images or use rotations=(0, 180)"
+            )
 
         m = len(base)
         if self.ways > m:
@@ -186,7 +194,9 @@ class EpisodicTasks:
             mean, std = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in normalize)
             c = images.shape[1]
             if mean.numel() not in (1, c) or std.numel() not in (1, c) or bool((std <= 0).any()):
-                raise ValueError(f"normalize must be (mean, std) with 1 or {c} values each and std > 0, got {normalize!r}")
+                raise ValueError(
+                    f"normalize must be (mean, std) with 1 or {c} values each and std > 0, got {normalize!r}"
+                )
             self._mean, self._std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
         self.normalize = normalize
 
@@ -228,7 +238,7 @@ class EpisodicTasks:
         """``(C, H, W)`` of one image of the tasks."""
         return tuple(self._images.shape[1:])  # type: ignore[return-value]
 
-    def with_seed(self, seed: int) -> "EpisodicTasks":
+    def with_seed(self, seed: int) -> EpisodicTasks:
         """The same task family with another seed (shares the image store)."""
         other = copy.copy(self)
         other.seed = int(seed)
@@ -236,8 +246,10 @@ class EpisodicTasks:
 
     def __repr__(self) -> str:
         c, h, w = self.image_shape
-        return (f"EpisodicTasks({self.dataset_name!r}, ways={self.ways}, shots={self.shots}, queries={self.queries}, "
-                f"seed={self.seed}, classes={self.num_classes}, images={c}x{h}x{w}, device={self.device})")
+        return (
+            f"EpisodicTasks({self.dataset_name!r}, ways={self.ways}, shots={self.shots}, queries={self.queries}, "
+            f"seed={self.seed}, classes={self.num_classes}, images={c}x{h}x{w}, device={self.device})"
+        )
 
     # ------------------------------------------------------------------ sampling
     def _plans(self, draw: int, tasks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,14 +305,20 @@ class EpisodicTasks:
             labels.repeat_interleave(q).expand(T, W * q).contiguous(),
         )
 
-    def episode(self, support: Sequence[Sequence[int]], query: Sequence[Sequence[int]],
-                classes: Sequence[int] | None = None, dtype: torch.dtype = torch.float32) -> TaskBatch:
+    def episode(
+        self,
+        support: Sequence[Sequence[int]],
+        query: Sequence[Sequence[int]],
+        classes: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> TaskBatch:
         """One task (``T = 1``) of explicitly chosen images: ``support[l]`` and ``query[l]`` are the
         dataset image indices of label ``l``; with ``classes`` (class-table ids, one per label) the
         images of label ``l`` are rotated by that class's angle, as ``sample`` does. Class-major."""
         if len(support) != len(query) or not len(support):
-            raise ValueError(f"support and query must list the images of the same labels, got {len(support)} "
-                             f"and {len(query)} labels")
+            raise ValueError(
+                f"support and query must list the images of the same labels, got {len(support)} and {len(query)} labels"
+            )
         idx = [int(i) for part in (support, query) for images in part for i in images]
         labels = [lab for part in (support, query) for lab, images in enumerate(part) for _ in images]
         n = sum(len(images) for images in support)
@@ -365,7 +383,9 @@ class EpisodeList:
     sizes can only be batched one at a time (``uniform`` says whether they all match).
     """
 
-    def __init__(self, tasks: EpisodicTasks, episodes: Sequence[tuple[list, list, list | None]], name: str = "episodes"):
+    def __init__(
+        self, tasks: EpisodicTasks, episodes: Sequence[tuple[list, list, list | None]], name: str = "episodes"
+    ):
         if not episodes:
             raise ValueError("an episode list needs at least one episode")
         self.tasks = tasks
@@ -388,8 +408,9 @@ class EpisodeList:
         batches = [self.tasks.episode(*self.episodes[int(j)], dtype=dtype) for j in tasks]
         if len(batches) == 1:
             return batches[0]
-        return TaskBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in
-                           ("support_x", "support_y", "query_x", "query_y")))
+        return TaskBatch(
+            *(torch.cat([getattr(b, f) for b in batches]) for f in ("support_x", "support_y", "query_x", "query_y"))
+        )
 
     def __repr__(self) -> str:
         return f"EpisodeList({len(self)} episodes from {self.name}, over {self.tasks!r})"
@@ -418,13 +439,17 @@ def read_episodes(path: str | Path, tasks: EpisodicTasks) -> EpisodeList:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist; give a JSON file of episodes (see the README's Data section)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read {where}: {e}; it must be JSON (see the README's Data section)") from None
+        raise ConfigError(
+            f"{where} does not exist; give a JSON file of episodes (see the README's Data section)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {where}: {err}; it must be JSON (see the README's Data section)") from None
     episodes = data.get("episodes") if isinstance(data, dict) else data
     if not isinstance(episodes, list) or not episodes:
-        raise ConfigError(f"{where} must hold a non-empty list of episodes, as {{\"episodes\": [{{\"support\": ..., "
-                          "\"query\": ...}}, ...]}}")
+        raise ConfigError(
+            f'{where} must hold a non-empty list of episodes, as {{"episodes": [{{"support": ..., '
+            '"query": ...}}, ...]}}'
+        )
     by_file = None
     names = {n: i for i, n in enumerate(tasks.class_names)}
     table = tasks._table_cpu.view(-1, max(tasks._width, 1))
@@ -443,12 +468,16 @@ def read_episodes(path: str | Path, tasks: EpisodicTasks) -> EpisodeList:
         classes = episode.get("classes")
         if classes is None:
             if not all(isinstance(i, str) for i in items):
-                raise ConfigError(f"{at}: images given by index need 'classes' (one class per label); "
-                                  "without it every image is a file path relative to the data root")
+                raise ConfigError(
+                    f"{at}: images given by index need 'classes' (one class per label); "
+                    "without it every image is a file path relative to the data root"
+                )
             if by_file is None:
                 if tasks.files is None:
-                    raise ConfigError(f"{at}: {tasks.dataset_name} does not record its image files; give the "
-                                      "images by index ('classes' and image indices)")
+                    raise ConfigError(
+                        f"{at}: {tasks.dataset_name} does not record its image files; give the "
+                        "images by index ('classes' and image indices)"
+                    )
                 by_file = {f: i for i, f in enumerate(tasks.files)}
             resolved = []
             for part in parts:
@@ -458,8 +487,10 @@ def read_episodes(path: str | Path, tasks: EpisodicTasks) -> EpisodeList:
                     for f in images:
                         key = PurePosixPath(f).as_posix().removeprefix("./")
                         if key not in by_file:
-                            raise ConfigError(f"{at}: image {f!r} is not in {tasks.dataset_name} (paths are relative to "
-                                              f"the data root, e.g. {tasks.files[0]!r})")
+                            raise ConfigError(
+                                f"{at}: image {f!r} is not in {tasks.dataset_name} (paths are relative to "
+                                f"the data root, e.g. {next(iter(by_file))!r})"
+                            )
                         ids.append(by_file[key])
                     rows.append(ids)
                 resolved.append(rows)
@@ -474,8 +505,10 @@ def read_episodes(path: str | Path, tasks: EpisodicTasks) -> EpisodeList:
                 elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < tasks.num_classes:
                     cids.append(c)
                 else:
-                    raise ConfigError(f"{at}: class {c!r} is not a name or an index (0..{tasks.num_classes - 1}) of "
-                                      f"{tasks.dataset_name}'s classes (e.g. {tasks.class_names[0]!r})")
+                    raise ConfigError(
+                        f"{at}: class {c!r} is not a name or an index (0..{tasks.num_classes - 1}) of "
+                        f"{tasks.dataset_name}'s classes (e.g. {tasks.class_names[0]!r})"
+                    )
             if len(set(cids)) != len(cids):
                 raise ConfigError(f"{at}: 'classes' repeats a class: {classes}")
             resolved = []
@@ -486,8 +519,10 @@ def read_episodes(path: str | Path, tasks: EpisodicTasks) -> EpisodeList:
                     count = int(tasks._counts[base])
                     bad = [i for i in images if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
                     if bad:
-                        raise ConfigError(f"{at}: image {bad[0]!r} of label {lab} is not an index of class "
-                                          f"{tasks.class_names[cids[lab]]!r}, which has {count} images (0..{count - 1})")
+                        raise ConfigError(
+                            f"{at}: image {bad[0]!r} of label {lab} is not an index of class "
+                            f"{tasks.class_names[cids[lab]]!r}, which has {count} images (0..{count - 1})"
+                        )
                     rows.append([int(table[base, i]) for i in images])
                 resolved.append(rows)
         flat = [i for part in resolved for images in part for i in images]

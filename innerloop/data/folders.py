@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import logging
 import os
 import pickle
 import tarfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import numpy as np
 
@@ -38,8 +39,18 @@ from . import _common
 from ._common import ChecksumError, cache_dir, cached_array, data_root_origin, decode_files, image_hw
 from .dataset import ImageDataset, from_numpy
 
-__all__ = ["image_folder", "folder_layout", "split_classes", "mini_imagenet", "cifar_fs", "fc100", "load_cifar100", "IMAGE_EXTENSIONS", "CIFAR100",
-           "ChecksumError"]
+__all__ = [
+    "CIFAR100",
+    "IMAGE_EXTENSIONS",
+    "ChecksumError",
+    "cifar_fs",
+    "fc100",
+    "folder_layout",
+    "image_folder",
+    "load_cifar100",
+    "mini_imagenet",
+    "split_classes",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_NAMES = ("train", "val", "test")
@@ -77,8 +88,9 @@ def folder_layout(root: str | Path, split_names: Sequence[str] = SPLIT_NAMES) ->
     (split folders beside other folders, or images directly in a split folder) is refused."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"image folder {root} does not exist (expected {root}/<class>/<image> "
-                                f"or {root}/<split>/<class>/<image>)")
+        raise DatasetError(
+            f"image folder {root} does not exist (expected {root}/<class>/<image> or {root}/<split>/<class>/<image>)"
+        )
     dirs = _subdirs(root)
     splits = [d for d in dirs if d.name in split_names]
     if not splits:
@@ -86,8 +98,11 @@ def folder_layout(root: str | Path, split_names: Sequence[str] = SPLIT_NAMES) ->
     others = [d.name for d in dirs if d.name not in split_names]
     loose = [d.name for d in splits if any(_is_image(p) for p in d.iterdir())]
     if others or loose:
-        what = (f"other folders {others[:3]}" if others else "") + (" and " if others and loose else "") + (
-            f"images directly in {loose}" if loose else "")
+        what = (
+            (f"other folders {others[:3]}" if others else "")
+            + (" and " if others and loose else "")
+            + (f"images directly in {loose}" if loose else "")
+        )
         raise DatasetFormatError(
             f"{root} is ambiguous: it holds split folders {[d.name for d in splits]} but also {what}; use either "
             f"{root}/<split>/<class>/<image> with only the folders {list(split_names)}, or {root}/<class>/<image> "
@@ -111,7 +126,7 @@ def split_classes(class_names: Sequence[str], fractions: Sequence[float], seed: 
     cuts = np.rint(len(names) * np.cumsum(f)).astype(int)
     cuts[-1] = len(names)
     bounds = [0, *cuts.tolist()]
-    return [sorted(names[i] for i in order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [sorted(names[i] for i in order[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def _probe(paths: Sequence[Path], num_workers: int | None) -> list[tuple[str, tuple[int, int]]]:
@@ -141,9 +156,19 @@ def _folder_cache(cache_dir) -> Path | None:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "innerloop" / FOLDER_CACHE
 
 
-def image_folder(root: str | Path, image_size=None, mode: str = "auto", *, classes: Sequence[str] | None = None,
-                 resample: str = "lanczos", invert: bool = False, cache: bool = True, cache_dir=None,
-                 num_workers: int | None = None, name: str | None = None) -> ImageDataset:
+def image_folder(
+    root: str | Path,
+    image_size=None,
+    mode: str = "auto",
+    *,
+    classes: Sequence[str] | None = None,
+    resample: str = "lanczos",
+    invert: bool = False,
+    cache: bool = True,
+    cache_dir=None,
+    num_workers: int | None = None,
+    name: str | None = None,
+) -> ImageDataset:
     """A ``root/<class>/<image>`` folder as an ``ImageDataset``, decoded once with Pillow and cached.
 
     Args:
@@ -184,16 +209,23 @@ def image_folder(root: str | Path, image_size=None, mode: str = "auto", *, class
     for label, c in enumerate(found):
         files = sorted(p for p in (root / c).iterdir() if _is_image(p))
         if not files:
-            raise DatasetFormatError(f"class folder {root / c} contains no images (extensions {', '.join(IMAGE_EXTENSIONS)})")
+            raise DatasetFormatError(
+                f"class folder {root / c} contains no images (extensions {', '.join(IMAGE_EXTENSIONS)})"
+            )
         paths += files
         labels += [label] * len(files)
     rel = [p.relative_to(root).as_posix() for p in paths]
     key = f"image-folder-v1|{root.resolve()}|{hw}|{mode}|{resample}|{bool(invert)}|" + "|".join(
-        f"{r}:{s.st_size}:{s.st_mtime_ns}" for r, p in zip(rel, paths) for s in (p.stat(),))
+        f"{r}:{s.st_size}:{s.st_mtime_ns}" for r, p in zip(rel, paths) for s in (p.stat(),)
+    )
     where = _folder_cache(cache_dir) if cache else None
     size = f"{hw[0]}x{hw[1]}" if hw else "native"
-    images = cached_array(where, f"{root.name}-{size}-{mode}", key,
-                          lambda: _decode_folder(root, paths, mode, hw, resample, invert, num_workers))
+    images = cached_array(
+        where,
+        f"{root.name}-{size}-{mode}",
+        key,
+        lambda: _decode_folder(root, paths, mode, hw, resample, invert, num_workers),
+    )
     return from_numpy(images, np.array(labels), found, files=rel, name=name or f"folder:{root.name}")
 
 
@@ -247,9 +279,17 @@ def _mini_dir(root) -> tuple[Path, str]:
     return data_dir / "mini-imagenet", origin
 
 
-def mini_imagenet(root: str | Path | None = None, split: str = "train", image_size=84, *, source: str = "auto",
-                  resample: str = "lanczos", cache: bool = True, split_dir: str | Path | None = None,
-                  num_workers: int | None = None) -> ImageDataset:
+def mini_imagenet(
+    root: str | Path | None = None,
+    split: str = "train",
+    image_size=84,
+    *,
+    source: str = "auto",
+    resample: str = "lanczos",
+    cache: bool = True,
+    split_dir: str | Path | None = None,
+    num_workers: int | None = None,
+) -> ImageDataset:
     """mini-ImageNet (Ravi & Larochelle split) as an ``ImageDataset`` (uint8 ``(N, 3, H, W)``).
 
     ``source``: ``"pickle"`` (``<root>/mini-imagenet/mini-imagenet-cache-{split}.pkl``, a dict with
@@ -271,8 +311,10 @@ def mini_imagenet(root: str | Path | None = None, split: str = "train", image_si
     pkl = mdir / f"mini-imagenet-cache-{split}.pkl"
     if source == "pickle" or (source == "auto" and pkl.exists()):
         if not pkl.exists():
-            raise DatasetError(f"{pkl} not found (data root from {origin}); put the mini-ImageNet pickles there, or point "
-                               f"task.root=... (root=...) or ${_common.DATA_ENV} at a data folder that holds them")
+            raise DatasetError(
+                f"{pkl} not found (data root from {origin}); put the mini-ImageNet pickles there, or point "
+                f"task.root=... (root=...) or ${_common.DATA_ENV} at a data folder that holds them"
+            )
         images, labels = _mini_from_pickle(pkl, order, split)
         if hw is not None and images.shape[1:3] != hw:
             images = _common.resize_uint8(images, hw, resample, num_workers)
@@ -281,9 +323,14 @@ def mini_imagenet(root: str | Path | None = None, split: str = "train", image_si
     paths = _mini_files(mdir, rows, origin, split)
     hw = hw or (84, 84)
     key = f"mini-imagenet-v1|{split}|{hw}|{resample}|" + "|".join(
-        f"{p}:{s.st_size}:{s.st_mtime_ns}" for p in paths for s in (p.stat(),))
-    images = cached_array(cache_dir("mini-imagenet", mdir) if cache else None, f"{split}-{hw[0]}x{hw[1]}-{resample}",
-                          key, lambda: decode_files(paths, "RGB", hw, resample, num_workers))
+        f"{p}:{s.st_size}:{s.st_mtime_ns}" for p in paths for s in (p.stat(),)
+    )
+    images = cached_array(
+        cache_dir("mini-imagenet", mdir) if cache else None,
+        f"{split}-{hw[0]}x{hw[1]}-{resample}",
+        key,
+        lambda: decode_files(paths, "RGB", hw, resample, num_workers),
+    )
     index = {w: i for i, w in enumerate(order)}
     labels = np.array([index[w] for _, w in rows])
     return from_numpy(_to_nchw(images), labels, order, name=f"mini-imagenet/{split}")
@@ -303,15 +350,17 @@ def _mini_from_pickle(pkl: Path, order: list[str], split: str) -> tuple[np.ndarr
     class_dict = {str(k): np.asarray(v, np.int64) for k, v in data["class_dict"].items()}
     if set(class_dict) != set(order):
         missing, extra = sorted(set(order) - set(class_dict)), sorted(set(class_dict) - set(order))
-        raise ValueError(f"{pkl} does not hold the Ravi & Larochelle {split} classes: missing {missing[:5]} "
-                         f"({len(missing)}), unexpected {extra[:5]} ({len(extra)})")
+        raise ValueError(
+            f"{pkl} does not hold the Ravi & Larochelle {split} classes: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {extra[:5]} ({len(extra)})"
+        )
     idx = np.concatenate([class_dict[w] for w in order])
     if len(idx) and (idx.min() < 0 or idx.max() >= len(x)):
         raise ValueError(f"{pkl}: class_dict indices out of range for {len(x)} images")
     labels = np.repeat(np.arange(len(order)), [len(class_dict[w]) for w in order])
-    out = np.empty((len(idx),) + x.shape[1:], np.uint8)
+    out = np.empty((len(idx), *x.shape[1:]), np.uint8)
     for lo in range(0, len(idx), 4096):
-        out[lo:lo + 4096] = x[idx[lo:lo + 4096]]
+        out[lo : lo + 4096] = x[idx[lo : lo + 4096]]
     return out, labels
 
 
@@ -330,8 +379,9 @@ def _mini_files(mdir: Path, rows, origin: str, split: str) -> list[Path]:
     paths = [layout(f, w) for f, w in rows]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise DatasetError(f"{len(missing)} of the {len(paths)} mini-ImageNet {split} images are missing, "
-                           f"e.g. {missing[0]}")
+        raise DatasetError(
+            f"{len(missing)} of the {len(paths)} mini-ImageNet {split} images are missing, e.g. {missing[0]}"
+        )
     return paths
 
 
@@ -351,8 +401,9 @@ def _cifar_source(root, download: bool) -> Path:
         try:
             return _common.download_verified(url, archive, md5)
         except PermissionError as e:
-            raise PermissionError(f"cannot write CIFAR-100 to {cdir} ({e}); pass root=... or set "
-                                  f"${_common.DATA_ENV} to a writable folder") from None
+            raise PermissionError(
+                f"cannot write CIFAR-100 to {cdir} ({e}); pass root=... or set ${_common.DATA_ENV} to a writable folder"
+            ) from None
     raise DatasetError(
         f"CIFAR-100 is not in {cdir} (data root from {origin}): looked for {archive.name} and {folder.name}/. "
         f"Set task.download=true (download=True in Python) to fetch {url} (md5 {md5}), or put that file in {cdir}, "
@@ -375,7 +426,9 @@ def _read_cifar100(path: str, stamp) -> dict:
                 for info in tf:
                     p = PurePosixPath(info.name)
                     if info.isfile() and p.parent.name == "cifar-100-python" and p.name in _CIFAR_MEMBERS:
-                        objs[p.name] = pickle.load(tf.extractfile(info), encoding="bytes")
+                        member = tf.extractfile(info)  # a regular file, so not None
+                        assert member is not None
+                        objs[p.name] = pickle.load(member, encoding="bytes")
         except (tarfile.TarError, EOFError, OSError) as e:
             raise ValueError(f"cannot read {path_}: {e}; delete it and retry (download=True)") from None
     missing = [m for m in _CIFAR_MEMBERS if m not in objs]
@@ -390,13 +443,17 @@ def _read_cifar100(path: str, stamp) -> dict:
         except KeyError as e:
             raise ValueError(f"{path_}: cifar-100-python/{m} has no {e} entry") from None
         if x.ndim != 2 or x.shape[1] != 3072 or len(f_) != len(x) or len(c_) != len(x):
-            raise ValueError(f"{path_}: cifar-100-python/{m} has data {x.shape}, {len(f_)} fine and {len(c_)} coarse labels")
+            raise ValueError(
+                f"{path_}: cifar-100-python/{m} has data {x.shape}, {len(f_)} fine and {len(c_)} coarse labels"
+            )
         xs.append(x.reshape(-1, 3, 32, 32))  # rows are R (1024), G, B planes, each row-major 32x32
         fine.append(f_)
         coarse.append(c_)
     meta = objs["meta"]
     return {
-        "images": np.concatenate(xs), "fine": np.concatenate(fine), "coarse": np.concatenate(coarse),
+        "images": np.concatenate(xs),
+        "fine": np.concatenate(fine),
+        "coarse": np.concatenate(coarse),
         "fine_names": [n.decode() for n in meta[b"fine_label_names"]],
         "coarse_names": [n.decode() for n in meta[b"coarse_label_names"]],
     }
@@ -433,8 +490,15 @@ def _cifar_subset(data: dict, classes: list[str], name: str, hw, resample: str, 
     return from_numpy(images, labels, classes, name=name)
 
 
-def cifar_fs(root: str | Path | None = None, split: str = "train", *, download: bool = False, image_size=32,
-             resample: str = "lanczos", split_dir: str | Path | None = None) -> ImageDataset:
+def cifar_fs(
+    root: str | Path | None = None,
+    split: str = "train",
+    *,
+    download: bool = False,
+    image_size=32,
+    resample: str = "lanczos",
+    split_dir: str | Path | None = None,
+) -> ImageDataset:
     """CIFAR-FS (Bertinetto et al. 2019): 64 / 16 / 20 CIFAR-100 classes, 600 images each (train + test
     pooled), uint8 ``(N, 3, 32, 32)``. Classes in the split list's order."""
     _check_split(split, "CIFAR-FS")
@@ -464,8 +528,15 @@ def fc100_split(split: str, split_dir: str | Path | None = None) -> list[tuple[s
     return pairs
 
 
-def fc100(root: str | Path | None = None, split: str = "train", *, download: bool = False, image_size=32,
-          resample: str = "lanczos", split_dir: str | Path | None = None) -> ImageDataset:
+def fc100(
+    root: str | Path | None = None,
+    split: str = "train",
+    *,
+    download: bool = False,
+    image_size=32,
+    resample: str = "lanczos",
+    split_dir: str | Path | None = None,
+) -> ImageDataset:
     """FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass, 12 / 4 / 4 superclasses = 60 / 20 / 20
     classes, 600 images each (train + test pooled), uint8 ``(N, 3, 32, 32)``. Every class's superclass is
     checked against CIFAR-100's own coarse labels."""
@@ -478,6 +549,8 @@ def fc100(root: str | Path | None = None, split: str = "train", *, download: boo
             continue  # reported by _cifar_subset
         got = np.unique(data["coarse"][data["fine"] == fine_names.index(c)])
         if sup not in coarse_names or [coarse_names[i] for i in got] != [sup]:
-            raise ValueError(f"{where}: class {c!r} is listed under superclass {sup!r} but CIFAR-100 puts it "
-                             f"under {[coarse_names[i] for i in got]}")
+            raise ValueError(
+                f"{where}: class {c!r} is listed under superclass {sup!r} but CIFAR-100 puts it "
+                f"under {[coarse_names[i] for i in got]}"
+            )
     return _cifar_subset(data, [c for _, c in pairs], f"fc100/{split}", image_hw(image_size), resample, where)

@@ -40,37 +40,88 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..errors import DatasetError, DatasetFormatError
 from . import _common
 from ._common import ChecksumError, cache_dir, cached_array, data_root_origin, download_verified, file_digest
-from ..errors import DatasetError, DatasetFormatError
 from .dataset import ImageDataset, from_numpy
 
-__all__ = ["omniglot", "download_omniglot", "convert_omniglot", "vinyals_split", "SPLITS", "ARCHIVES", "ChecksumError"]
+__all__ = ["ARCHIVES", "SPLITS", "ChecksumError", "convert_omniglot", "download_omniglot", "omniglot", "vinyals_split"]
 
 ARCHIVES = {
-    "background": ("https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
-                   "68d2efa1b9178cc56df9314c21c6e718"),
-    "evaluation": ("https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip",
-                   "6b91aef0f799c5bb55b94e3f2daec811"),
+    "background": (
+        "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
+        "68d2efa1b9178cc56df9314c21c6e718",
+    ),
+    "evaluation": (
+        "https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip",
+        "6b91aef0f799c5bb55b94e3f2daec811",
+    ),
 }
 SPLITS = ("background", "evaluation", "vinyals-train", "vinyals-val", "vinyals-test", "vinyals-trainval")
 SIZE = 105
-FORMAT = ("images_packed = np.packbits(ink, axis=-1) of uint8 ink(1)/background(0) images; "
-          f"recover with np.unpackbits(images_packed, axis=-1, count={SIZE})")
+FORMAT = (
+    "images_packed = np.packbits(ink, axis=-1) of uint8 ink(1)/background(0) images; "
+    f"recover with np.unpackbits(images_packed, axis=-1, count={SIZE})"
+)
 
-BACKGROUND_ALPHABETS = frozenset((
-    "Alphabet_of_the_Magi", "Anglo-Saxon_Futhorc", "Arcadian", "Armenian", "Asomtavruli_(Georgian)", "Balinese",
-    "Bengali", "Blackfoot_(Canadian_Aboriginal_Syllabics)", "Braille", "Burmese_(Myanmar)", "Cyrillic",
-    "Early_Aramaic", "Futurama", "Grantha", "Greek", "Gujarati", "Hebrew",
-    "Inuktitut_(Canadian_Aboriginal_Syllabics)", "Japanese_(hiragana)", "Japanese_(katakana)", "Korean", "Latin",
-    "Malay_(Jawi_-_Arabic)", "Mkhedruli_(Georgian)", "N_Ko", "Ojibwe_(Canadian_Aboriginal_Syllabics)", "Sanskrit",
-    "Syriac_(Estrangelo)", "Tagalog", "Tifinagh",
-))
-EVALUATION_ALPHABETS = frozenset((
-    "Angelic", "Atemayar_Qelisayer", "Atlantean", "Aurek-Besh", "Avesta", "Ge_ez", "Glagolitic", "Gurmukhi",
-    "Kannada", "Keble", "Malayalam", "Manipuri", "Mongolian", "Old_Church_Slavonic_(Cyrillic)", "Oriya", "Sylheti",
-    "Syriac_(Serto)", "Tengwar", "Tibetan", "ULOG",
-))
+BACKGROUND_ALPHABETS = frozenset(
+    (
+        "Alphabet_of_the_Magi",
+        "Anglo-Saxon_Futhorc",
+        "Arcadian",
+        "Armenian",
+        "Asomtavruli_(Georgian)",
+        "Balinese",
+        "Bengali",
+        "Blackfoot_(Canadian_Aboriginal_Syllabics)",
+        "Braille",
+        "Burmese_(Myanmar)",
+        "Cyrillic",
+        "Early_Aramaic",
+        "Futurama",
+        "Grantha",
+        "Greek",
+        "Gujarati",
+        "Hebrew",
+        "Inuktitut_(Canadian_Aboriginal_Syllabics)",
+        "Japanese_(hiragana)",
+        "Japanese_(katakana)",
+        "Korean",
+        "Latin",
+        "Malay_(Jawi_-_Arabic)",
+        "Mkhedruli_(Georgian)",
+        "N_Ko",
+        "Ojibwe_(Canadian_Aboriginal_Syllabics)",
+        "Sanskrit",
+        "Syriac_(Estrangelo)",
+        "Tagalog",
+        "Tifinagh",
+    )
+)
+EVALUATION_ALPHABETS = frozenset(
+    (
+        "Angelic",
+        "Atemayar_Qelisayer",
+        "Atlantean",
+        "Aurek-Besh",
+        "Avesta",
+        "Ge_ez",
+        "Glagolitic",
+        "Gurmukhi",
+        "Kannada",
+        "Keble",
+        "Malayalam",
+        "Manipuri",
+        "Mongolian",
+        "Old_Church_Slavonic_(Cyrillic)",
+        "Oriya",
+        "Sylheti",
+        "Syriac_(Serto)",
+        "Tengwar",
+        "Tibetan",
+        "ULOG",
+    )
+)
 
 _LINE = re.compile(r"([^/\s]+)/(character\d+)/rot(\d{3})")
 _FILE = re.compile(r"(\d+)_(\d+)\.png")
@@ -93,7 +144,9 @@ def vinyals_split(split: str, split_dir: str | Path | None = None) -> list[tuple
             continue
         m = _LINE.fullmatch(line)
         if not m or int(m[3]) not in (0, 90, 180, 270):
-            raise DatasetFormatError(f"{path}:{n}: expected 'Alphabet/characterNN/rotDDD' with DDD in 000/090/180/270, got {line!r}")
+            raise DatasetFormatError(
+                f"{path}:{n}: expected 'Alphabet/characterNN/rotDDD' with DDD in 000/090/180/270, got {line!r}"
+            )
         angles = chars.setdefault(f"{m[1]}/{m[2]}", [])
         if int(m[3]) in angles:
             raise DatasetFormatError(f"{path}:{n}: {line!r} is listed twice")
@@ -120,7 +173,9 @@ def _decode_ink(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if img.size != (SIZE, SIZE):
-                raise DatasetFormatError(f"Omniglot image {name} is {img.size[0]}x{img.size[1]}, expected {SIZE}x{SIZE}")
+                raise DatasetFormatError(
+                    f"Omniglot image {name} is {img.size[0]}x{img.size[1]}, expected {SIZE}x{SIZE}"
+                )
             if img.mode == "1":
                 return ~np.asarray(img)  # mode "1": True = white background, ink is black
             return np.asarray(img.convert("L")) < 128
@@ -134,13 +189,16 @@ def convert_omniglot(source: str | Path, out: str | Path) -> Path:
     format. Classes are ordered by alphabet (``sorted``), character number, drawing."""
     source, out = Path(source), Path(out)
     records = []  # (alphabet, character number, drawing, omniglot id, member name)
+    members: list[tuple[str, str | Path]]
     if source.is_dir():
         members = [(p.relative_to(source).as_posix(), p) for p in source.rglob("*.png")]
     else:
         try:
             zf = zipfile.ZipFile(source)
         except zipfile.BadZipFile as e:
-            raise DatasetFormatError(f"{source} is not a valid zip file ({e}); delete it and retry (task.download=true; download=True in Python)") from None
+            raise DatasetFormatError(
+                f"{source} is not a valid zip file ({e}); delete it and retry (task.download=true; download=True in Python)"
+            ) from None
         members = [(n, n) for n in zf.namelist() if n.endswith(".png")]
     for rel, handle in members:
         parts = PurePosixPath(rel).parts
@@ -159,7 +217,7 @@ def convert_omniglot(source: str | Path, out: str | Path) -> Path:
         blobs = [Path(r[5]).read_bytes() for r in records]
     else:
         with zf:
-            blobs = [zf.read(r[5]) for r in records]
+            blobs = [zf.read(str(r[5])) for r in records]
     ink = np.empty((len(records), SIZE, SIZE), bool)
 
     def work(bounds):
@@ -175,7 +233,7 @@ def convert_omniglot(source: str | Path, out: str | Path) -> Path:
     labels = np.array([index[k] for k in keys], np.int32)
     ids = np.zeros(len(class_keys), np.int16)
     names = {}
-    for (alphabet, num, drawing, oid, character, _), label in zip(records, labels):
+    for (alphabet, _num, _drawing, oid, character, _), label in zip(records, labels):
         if ids[label] and ids[label] != oid:
             raise DatasetFormatError(f"{source}: {alphabet}/{character} mixes character ids {ids[label]} and {oid}")
         ids[label] = oid
@@ -207,8 +265,10 @@ def _prepared(odir: Path, archive: str, download: bool, origin: str) -> Path:
         try:
             source = download_verified(url, zpath, md5)
         except PermissionError as e:
-            raise PermissionError(f"cannot write Omniglot to {odir} ({e}); set task.root=... (root=... in Python) or "
-                                  f"${_common.DATA_ENV} to a writable folder") from None
+            raise PermissionError(
+                f"cannot write Omniglot to {odir} ({e}); set task.root=... (root=... in Python) or "
+                f"${_common.DATA_ENV} to a writable folder"
+            ) from None
     else:
         raise DatasetError(
             f"Omniglot '{archive}' is not in {odir} (data root from {origin}): looked for {npz.name} (prepared), "
@@ -219,8 +279,10 @@ def _prepared(odir: Path, archive: str, download: bool, origin: str) -> Path:
     try:
         return convert_omniglot(source, npz)
     except PermissionError as e:
-        raise PermissionError(f"cannot write {npz} ({e}); set task.root=... (root=... in Python) or ${_common.DATA_ENV} "
-                              "to a writable folder") from None
+        raise PermissionError(
+            f"cannot write {npz} ({e}); set task.root=... (root=... in Python) or ${_common.DATA_ENV} "
+            "to a writable folder"
+        ) from None
 
 
 def download_omniglot(root: str | Path | None = None, archives=("background", "evaluation")) -> Path:
@@ -243,27 +305,36 @@ class _Archive:
         with np.load(path) as z:
             missing = {"images_packed", "labels", "alphabet", "character"} - set(z.files)
             if missing:
-                raise DatasetFormatError(f"{path} is not a packed Omniglot archive (missing {sorted(missing)}); "
-                                 "delete it to rebuild it")
+                raise DatasetFormatError(
+                    f"{path} is not a packed Omniglot archive (missing {sorted(missing)}); delete it to rebuild it"
+                )
             self.names = [f"{a}/{c}" for a, c in zip(z["alphabet"].tolist(), z["character"].tolist())]
             labels = z["labels"].astype(np.int64)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(len(self.names) + 1))
-        self.rows = {n: order[bounds[i]:bounds[i + 1]] for i, n in enumerate(self.names)}
+        self.rows = {n: order[bounds[i] : bounds[i + 1]] for i, n in enumerate(self.names)}
 
     def packed(self) -> np.ndarray:
         with np.load(self.path) as z:
             return z["images_packed"]
 
 
-def omniglot(root: str | Path | None, split: str, image_size=28, *, download: bool = False, resample: str = "lanczos",
-             cache: bool = True, split_dir: str | Path | None = None) -> ImageDataset:
+def omniglot(
+    root: str | Path | None,
+    split: str,
+    image_size=28,
+    *,
+    download: bool = False,
+    resample: str = "lanczos",
+    cache: bool = True,
+    split_dir: str | Path | None = None,
+) -> ImageDataset:
     """Omniglot ``split`` as an ``ImageDataset`` (uint8 ``(N, 1, H, W)``, 255 = ink).
 
     Args:
         root: data root (``None``: ``$INNERLOOP_DATA``, ``../shared/data``, ``~/.cache/innerloop``).
         split: one of ``SPLITS``.
-        image_size: int or ``(H, W)``; 105 keeps the original images.
+        image_size: int or ``(H, W)``; 105 (or ``None``) keeps the original images.
         download: fetch the official zips (checksum-verified) when they are missing.
         resample: Pillow filter for resizing (``"lanczos"``, ..., ``"nearest"`` for the binary
             images of MAML / prototypical networks).
@@ -272,7 +343,7 @@ def omniglot(root: str | Path | None, split: str, image_size=28, *, download: bo
     """
     if split not in SPLITS:
         raise ValueError(f"unknown Omniglot split {split!r}; choose from {SPLITS}")
-    hw = _common.image_hw(image_size)
+    hw = _common.image_hw(image_size) or (SIZE, SIZE)  # None keeps the original size, as in the other loaders
     _common.pil_resample(resample)
     data_dir, origin = data_root_origin(root)
     odir = data_dir / "omniglot"
@@ -290,31 +361,35 @@ def omniglot(root: str | Path | None, split: str, image_size=28, *, download: bo
         list_key = repr(chars)
     for name, a in wanted:
         if name not in archives[a].rows:
-            raise DatasetFormatError(f"character {name} of split {split!r} is not in {archives[a].path}; the file is "
-                             "incomplete or not Omniglot: delete it to rebuild it from the official zip")
+            raise DatasetFormatError(
+                f"character {name} of split {split!r} is not in {archives[a].path}; the file is "
+                "incomplete or not Omniglot: delete it to rebuild it from the official zip"
+            )
 
     counts = np.array([len(archives[a].rows[n]) for n, a in wanted])
     labels = np.repeat(np.arange(len(wanted)), counts)
     starts = np.concatenate([[0], np.cumsum(counts)])
 
     def build() -> np.ndarray:
-        out = np.empty((int(counts.sum()),) + hw, np.uint8)
+        out = np.empty((int(counts.sum()), *hw), np.uint8)
         for a, arc in archives.items():
             ks = [k for k, (_, ak) in enumerate(wanted) if ak == a]
             src = np.concatenate([arc.rows[wanted[k][0]] for k in ks])
             dst = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in ks])
             packed = arc.packed()
             for lo in range(0, len(src), 4096):
-                ink = np.unpackbits(packed[src[lo:lo + 4096]], axis=-1, count=SIZE)
+                ink = np.unpackbits(packed[src[lo : lo + 4096]], axis=-1, count=SIZE)
                 ink *= 255
-                out[dst[lo:lo + 4096]] = _common.resize_uint8(ink, hw, resample)
+                out[dst[lo : lo + 4096]] = _common.resize_uint8(ink, hw, resample)
         return out
 
     if hw == (SIZE, SIZE):
         images = build()
     else:
         key = f"omniglot-v1|{split}|{list_key}|{hw}|{resample}|" + file_digest(*(a.path for a in archives.values()))
-        images = cached_array(cache_dir("omniglot", odir) if cache else None,
-                              f"{split}-{hw[0]}x{hw[1]}-{resample}", key, build)
-    return from_numpy(images[:, None], labels, [n for n, _ in wanted], rotations=rotations,
-                      name=f"omniglot/{split} {hw[0]}x{hw[1]}")
+        images = cached_array(
+            cache_dir("omniglot", odir) if cache else None, f"{split}-{hw[0]}x{hw[1]}-{resample}", key, build
+        )
+    return from_numpy(
+        images[:, None], labels, [n for n, _ in wanted], rotations=rotations, name=f"omniglot/{split} {hw[0]}x{hw[1]}"
+    )

@@ -71,7 +71,7 @@ def conv4_features(hidden: int = 64, image_size: int = 28, blocks: int = 4) -> i
     for _ in range(blocks):
         side //= 2
     if side < 1:
-        raise ValueError(f"image_size={image_size} is too small for {blocks} 2x2 poolings (needs >= {2 ** blocks})")
+        raise ValueError(f"image_size={image_size} is too small for {blocks} 2x2 poolings (needs >= {2**blocks})")
     return hidden * side * side
 
 
@@ -114,4 +114,4 @@ class Conv4(SliceableSequential):
         self.embedding_dim = embedding_dim
         self.out_features = out_features if out_features is not None else embedding_dim
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; the stubs omit it

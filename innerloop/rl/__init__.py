@@ -8,6 +8,15 @@ from .promp import ProMP
 from .sampler import Episodes, rollout
 
 __all__ = [
-    "Episodes", "FAMILIES", "CategoricalMLPPolicy", "GaussianMLPPolicy", "MAMLTRPO", "MetaPolicyLearner",
-    "ProMP", "TaskFamily", "make_family", "make_policy", "rollout",
+    "FAMILIES",
+    "MAMLTRPO",
+    "CategoricalMLPPolicy",
+    "Episodes",
+    "GaussianMLPPolicy",
+    "MetaPolicyLearner",
+    "ProMP",
+    "TaskFamily",
+    "make_family",
+    "make_policy",
+    "rollout",
 ]

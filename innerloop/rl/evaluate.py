@@ -9,7 +9,8 @@ step size 0.1 for the first step, 0.05 for later ones.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Literal, overload
 
 import torch
 
@@ -23,8 +24,53 @@ from .learner import Adaptation
 PAPER = {"nav2d": {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}, "halfcheetah-dir": {0: -50.69, 1: 293.19}}
 
 
-def evaluate_adaptation(learner, tasks: torch.Tensor, steps: Sequence[int], episodes: int, lrs: Sequence[float],
-                        seed: int, batch_size: int = 40, keep: bool = False) -> dict:
+Returns = dict[int, dict[str, dict[str, float]]]  # {step: {"return": summary over tasks}}
+
+
+@overload
+def evaluate_adaptation(
+    learner,
+    tasks: torch.Tensor,
+    steps: Sequence[int],
+    episodes: int,
+    lrs: Sequence[float],
+    seed: int,
+    batch_size: int = ...,
+    keep: Literal[False] = ...,
+) -> Returns: ...
+@overload
+def evaluate_adaptation(
+    learner,
+    tasks: torch.Tensor,
+    steps: Sequence[int],
+    episodes: int,
+    lrs: Sequence[float],
+    seed: int,
+    batch_size: int = ...,
+    *,
+    keep: Literal[True],
+) -> tuple[Returns, list[Adaptation]]: ...
+@overload
+def evaluate_adaptation(
+    learner,
+    tasks: torch.Tensor,
+    steps: Sequence[int],
+    episodes: int,
+    lrs: Sequence[float],
+    seed: int,
+    batch_size: int = ...,
+    keep: bool = ...,
+) -> Returns | tuple[Returns, list[Adaptation]]: ...
+def evaluate_adaptation(
+    learner,
+    tasks: torch.Tensor,
+    steps: Sequence[int],
+    episodes: int,
+    lrs: Sequence[float],
+    seed: int,
+    batch_size: int = 40,
+    keep: bool = False,
+) -> Returns | tuple[Returns, list[Adaptation]]:
     """Returns after each number of ``steps`` on ``tasks``: ``{step: summary over tasks}``.
 
     Tasks are processed ``batch_size`` at a time (each with its own random stream, so the
@@ -40,7 +86,9 @@ def evaluate_adaptation(learner, tasks: torch.Tensor, steps: Sequence[int], epis
     try:
         for start in range(0, len(tasks), batch_size):
             chunk = range(start, min(start + batch_size, len(tasks)))
-            draw = learner.sample(tasks[chunk.start : chunk.stop], seed, steps=most, episodes=episodes, rule=rule, task_ids=chunk)
+            draw = learner.sample(
+                tasks[chunk.start : chunk.stop], seed, steps=most, episodes=episodes, rule=rule, task_ids=chunk
+            )
             for s in steps:
                 per_task[s].append(draw.episodes[s].returns().mean(-1))
             if keep:
@@ -57,14 +105,25 @@ def evaluate_rl(learner, config, keep: bool = False):
 
     e, r = config.eval, config.rl
     tasks = build_tasks(config, "test").fixed(e.tasks)
-    return evaluate_adaptation(learner, tasks, e.steps, r.eval_episodes, r.eval_lrs, derive_seed(e.seed, "rl-test"),
-                               batch_size=e.batch_size, keep=keep)
+    return evaluate_adaptation(
+        learner,
+        tasks,
+        e.steps,
+        r.eval_episodes,
+        r.eval_lrs,
+        derive_seed(e.seed, "rl-test"),
+        batch_size=e.batch_size,
+        keep=keep,
+    )
 
 
 def format_returns(results: dict, family: str) -> str:
     """Aligned table: step, mean return ± standard error, the paper's figure when there is one."""
     paper = PAPER.get(family, {})
-    lines = [f"{'steps':>5}  {'return':>10}  {'std. error':>10}  {'tasks':>5}" + ("  paper (Finn et al. 2017)" if paper else "")]
+    lines = [
+        f"{'steps':>5}  {'return':>10}  {'std. error':>10}  {'tasks':>5}"
+        + ("  paper (Finn et al. 2017)" if paper else "")
+    ]
     for step, metrics in sorted(results.items()):
         s = metrics["return"]
         extra = f"  {paper[step]:>10.2f}" if step in paper else ""

@@ -16,8 +16,8 @@ inner gradient (second order) unless ``first_order``. Tasks are batched with
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from ..core.params import Params
 from ..core.update_rules import SGD
 from ..tasks.seeding import derive_seed
 from .estimators import ESTIMATORS
+from .policies import Policy
 from .returns import gae, linear_baseline, normalize_per_task
 from .sampler import Episodes, rollout
 
@@ -93,8 +94,18 @@ class MetaPolicyLearner(nn.Module):
         gamma, gae_lambda: discount and GAE parameter of the advantages.
     """
 
-    def __init__(self, policy: nn.Module, family, inner_lr=0.1, inner_steps: int = 1, episodes: int = 20,
-                 estimator: str = "vpg", first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        family,
+        inner_lr=0.1,
+        inner_steps: int = 1,
+        episodes: int = 20,
+        estimator: str = "vpg",
+        first_order: bool = False,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+    ) -> None:
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
@@ -134,14 +145,22 @@ class MetaPolicyLearner(nn.Module):
         return ESTIMATORS[estimator or self.estimator](self.log_prob(params, data), data["advantages"], data["mask"])
 
     # -- the inner loop ------------------------------------------------------------------
-    def _step(self, params: Params, data: StepData, step: int, rule, first_order: bool, estimator: str | None = None) -> Params:
+    def _step(
+        self, params: Params, data: StepData, step: int, rule, first_order: bool, estimator: str | None = None
+    ) -> Params:
         grads = grad(self.inner_loss)(params, data, estimator)
         if first_order:
             grads = {n: g.detach() for n, g in grads.items()}
         return rule(params, grads, step)
 
-    def adapt(self, theta: Params, inner: list[StepData], first_order: bool | None = None, trajectory: bool = False,
-              estimator: str | None = None):
+    def adapt(
+        self,
+        theta: Params,
+        inner: list[StepData],
+        first_order: bool | None = None,
+        trajectory: bool = False,
+        estimator: str | None = None,
+    ):
         """Per-task adapted parameters (leading task dimension) from shared ``theta`` over the recorded steps.
 
         With ``trajectory=True`` returns the list of parameters before each step and after the last.
@@ -159,8 +178,15 @@ class MetaPolicyLearner(nn.Module):
 
         return vmap(one_task)(inner)
 
-    def sample(self, tasks: torch.Tensor, seed: int, steps: int | None = None, episodes: int | None = None,
-               rule=None, task_ids: Sequence[int] | None = None) -> Adaptation:
+    def sample(
+        self,
+        tasks: torch.Tensor,
+        seed: int,
+        steps: int | None = None,
+        episodes: int | None = None,
+        rule=None,
+        task_ids: Sequence[int] | None = None,
+    ) -> Adaptation:
         """Alternate rollouts and (graph-free) inner steps on ``tasks``; the last rollout uses the adapted policy.
 
         ``task_ids`` name the tasks' random streams (default: their positions).
@@ -171,12 +197,16 @@ class MetaPolicyLearner(nn.Module):
         fast = {n: p.detach().expand(len(tasks), *p.shape) for n, p in self.params().items()}
         inner, played = [], []
         for k in range(steps + 1):
-            played.append(rollout(self.family, tasks, self, fast, episodes, derive_seed(seed, k), per_task=True, task_ids=task_ids))
+            played.append(
+                rollout(
+                    self.family, tasks, self, fast, episodes, derive_seed(seed, k), per_task=True, task_ids=task_ids
+                )
+            )
             if k == steps:
                 break
             inner.append(self.process(played[-1]))
             with torch.no_grad():
-                fast = vmap(lambda p, d: self._step(p, d, k, rule, True))(fast, inner[-1])
+                fast = vmap(lambda p, d, k=k: self._step(p, d, k, rule, True))(fast, inner[-1])
         return Adaptation(inner, played, fast, tasks)
 
     def meta_step(self, tasks: torch.Tensor, seed: int, optimizer=None, shard: Shard = Shard()) -> dict[str, float]:

@@ -36,7 +36,8 @@ slowly (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.func import vmap
@@ -55,13 +56,29 @@ class MAMLTRPO(MetaPolicyLearner):
         backtrack_ratio, max_backtracks: the line search.
     """
 
-    def __init__(self, policy, family, max_kl: float = 0.01, cg_iterations: int = 10, cg_damping: float = 1e-5,
-                 backtrack_ratio: float = 0.8, max_backtracks: int = 15, **kwargs) -> None:
+    def __init__(
+        self,
+        policy,
+        family,
+        max_kl: float = 0.01,
+        cg_iterations: int = 10,
+        cg_damping: float = 1e-5,
+        backtrack_ratio: float = 0.8,
+        max_backtracks: int = 15,
+        **kwargs,
+    ) -> None:
         super().__init__(policy, family, **kwargs)
-        self.trust_region = dict(max_kl=max_kl, cg_iterations=cg_iterations, cg_damping=cg_damping,
-                                 backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks)
+        self.trust_region: dict[str, Any] = dict(
+            max_kl=max_kl,
+            cg_iterations=cg_iterations,
+            cg_damping=cg_damping,
+            backtrack_ratio=backtrack_ratio,
+            max_backtracks=max_backtracks,
+        )
 
-    def objectives(self, draw: Adaptation, weight: float = 1.0) -> Callable[[Params], tuple[torch.Tensor, torch.Tensor]]:
+    def objectives(
+        self, draw: Adaptation, weight: float = 1.0
+    ) -> Callable[[Params], tuple[torch.Tensor, torch.Tensor]]:
         """``(loss, kl)`` as functions of theta on the recorded episodes of ``draw`` (times ``weight``)."""
         valid = self.process(draw.valid)
         with torch.no_grad():
@@ -82,8 +99,9 @@ class MAMLTRPO(MetaPolicyLearner):
     def meta_step(self, tasks: torch.Tensor, seed: int, optimizer=None, shard: Shard = Shard()) -> dict[str, float]:
         draw = self.sample(tasks, seed, task_ids=shard.task_ids)
         objectives = self.objectives(draw, shard.weight)  # this shard's part of the meta-batch means
-        stats = trpo_step(list(self.policy.parameters()), lambda: objectives(self.params()), reduce=shard.reduce,
-                          **self.trust_region)
+        stats = trpo_step(
+            list(self.policy.parameters()), lambda: objectives(self.params()), reduce=shard.reduce, **self.trust_region
+        )
         return {
             **self.rollout_metrics(draw, shard),
             "surrogate_improvement": stats.loss_before - stats.loss_after,

@@ -11,11 +11,23 @@ and the losses recompute log-probabilities under any parameters.
 from __future__ import annotations
 
 import math
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from ..models import MLP
+
+
+class ActionDistribution(Protocol):
+    """What a policy's ``distribution`` provides, on the policy's raw outputs ``out`` (a class of static methods)."""
+
+    def log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor: ...
+    def sample(self, out: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...
+    def mode(self, out: torch.Tensor) -> torch.Tensor: ...
+    def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor: ...
+    def entropy(self, out: torch.Tensor) -> torch.Tensor: ...
 
 
 class DiagonalGaussian:
@@ -91,7 +103,13 @@ class Categorical:
         return -(log_p.exp() * log_p).sum(-1)
 
 
-class GaussianMLPPolicy(nn.Module):
+class Policy(nn.Module):
+    """A policy: ``forward`` maps observations to the raw outputs of its action ``distribution``."""
+
+    distribution: ClassVar[ActionDistribution]
+
+
+class GaussianMLPPolicy(Policy):
     """mu(s) an MLP (the MAML paper: 2 x 100 hidden units, ReLU), log sigma a state-independent parameter."""
 
     distribution = DiagonalGaussian
@@ -106,7 +124,7 @@ class GaussianMLPPolicy(nn.Module):
         return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)
 
 
-class CategoricalMLPPolicy(nn.Module):
+class CategoricalMLPPolicy(Policy):
     """Logits from an MLP (with ``hidden=()`` and a constant observation: a learned preference per action)."""
 
     distribution = Categorical
@@ -119,7 +137,7 @@ class CategoricalMLPPolicy(nn.Module):
         return self.logits(observations)
 
 
-def make_policy(family, hidden=(100, 100), init_std: float = 1.0) -> nn.Module:
+def make_policy(family, hidden=(100, 100), init_std: float = 1.0) -> Policy:
     """The policy that fits ``family``'s observations and actions."""
     if family.discrete:
         return CategoricalMLPPolicy(family.observation_dim, family.action_dim, hidden)

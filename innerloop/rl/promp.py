@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch.func import vmap
 
+from ..core.params import copy_flat_, flatten
 from .learner import MetaPolicyLearner, Shard, masked_task_mean
 
 
@@ -34,15 +35,29 @@ class ProMP(MetaPolicyLearner):
         inner_kl_coef: initial eta (5e-4).
     """
 
-    def __init__(self, policy, family, clip: float = 0.3, outer_steps: int = 5, inner_kl_target: float = 0.01,
-                 inner_kl_coef: float = 5e-4, **kwargs) -> None:
+    inner_kl_coef: torch.Tensor  # a buffer
+
+    def __init__(
+        self,
+        policy,
+        family,
+        clip: float = 0.3,
+        outer_steps: int = 5,
+        inner_kl_target: float = 0.01,
+        inner_kl_coef: float = 5e-4,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("estimator", "lvc")
         super().__init__(policy, family, **kwargs)
         self.clip, self.outer_steps, self.inner_kl_target = clip, outer_steps, inner_kl_target
         # eta is state of the meta-optimization: a buffer, so checkpoints carry it and resuming is exact.
         self.register_buffer("inner_kl_coef", torch.full((self.inner_steps,), float(inner_kl_coef)))
 
-    def meta_step(self, tasks: torch.Tensor, seed: int, optimizer: torch.optim.Optimizer, shard: Shard = Shard()) -> dict[str, float]:
+    def meta_step(
+        self, tasks: torch.Tensor, seed: int, optimizer: torch.optim.Optimizer | None = None, shard: Shard = Shard()
+    ) -> dict[str, float]:
+        if optimizer is None:
+            raise ValueError("ProMP takes optimizer steps on the policy: pass meta_step an optimizer (e.g. Adam)")
         draw = self.sample(tasks, seed, task_ids=shard.task_ids)
         valid = self.process(draw.valid)
         with torch.no_grad():
@@ -58,23 +73,30 @@ class ProMP(MetaPolicyLearner):
             advantages = valid["advantages"]
             clipped = torch.minimum(ratio * advantages, ratio.clamp(1 - self.clip, 1 + self.clip) * advantages)
             objective = masked_task_mean(clipped, valid["mask"])
-            inner_kl = torch.stack([
-                masked_task_mean(self.distribution.kl(o, vmap(self.forward)(p, d["observations"])), d["mask"])
-                for o, p, d in zip(old_inner, path, draw.inner)
-            ])
+            inner_kl = torch.stack(
+                [
+                    masked_task_mean(self.distribution.kl(o, vmap(self.forward)(p, d["observations"])), d["mask"])
+                    for o, p, d in zip(old_inner, path, draw.inner)
+                ]
+            )
             loss = -objective + (self.inner_kl_coef * inner_kl).sum()
             optimizer.zero_grad(set_to_none=True)
             (shard.weight * loss).backward()
-            params = [p for p in self.policy.parameters() if p.grad is not None]
-            summed = shard.reduce(torch.cat([p.grad.reshape(-1) for p in params]))  # the meta-batch's gradient
-            offset = 0
-            for p in params:
-                p.grad.copy_(summed[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+            copy_flat_(grads, shard.reduce(flatten(grads)))  # the meta-batch's gradient
             optimizer.step()
 
         with torch.no_grad():  # eta adapts to the (meta-batch) KL of the last step
             kl = shard.mean(inner_kl)
-            self.inner_kl_coef.copy_(torch.where(kl < self.inner_kl_target / 1.5, self.inner_kl_coef / 2,
-                                     torch.where(kl > self.inner_kl_target * 1.5, self.inner_kl_coef * 2, self.inner_kl_coef)))
-        return {**self.rollout_metrics(draw, shard), "objective": float(shard.mean(objective)), "inner_kl": float(kl.mean())}
+            self.inner_kl_coef.copy_(
+                torch.where(
+                    kl < self.inner_kl_target / 1.5,
+                    self.inner_kl_coef / 2,
+                    torch.where(kl > self.inner_kl_target * 1.5, self.inner_kl_coef * 2, self.inner_kl_coef),
+                )
+            )
+        return {
+            **self.rollout_metrics(draw, shard),
+            "objective": float(shard.mean(objective)),
+            "inner_kl": float(kl.mean()),
+        }

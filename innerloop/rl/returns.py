@@ -22,14 +22,16 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
 def baseline_features(observations: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The features of Duan et al. (2016)'s linear baseline: [s, s^2, t, t^2, t^3, 1], t = step / 100."""
     horizon = observations.shape[-2]
-    t = (torch.arange(horizon, dtype=observations.dtype, device=observations.device) / 100.0)
+    t = torch.arange(horizon, dtype=observations.dtype, device=observations.device) / 100.0
     t = t.expand(observations.shape[:-1]).unsqueeze(-1)
     ones = torch.ones_like(t)
     features = torch.cat([observations, observations.pow(2), t, t.pow(2), t.pow(3), ones], dim=-1)
     return features * mask.unsqueeze(-1)
 
 
-def linear_baseline(observations: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, reg: float = 1e-5) -> torch.Tensor:
+def linear_baseline(
+    observations: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, reg: float = 1e-5
+) -> torch.Tensor:
     """Value estimates ``[T, E, H]`` from a ridge regression of the returns on the features, fit per task.
 
     Duan et al. (2016), "Benchmarking Deep Reinforcement Learning for Continuous Control",

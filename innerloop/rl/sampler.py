@@ -12,8 +12,8 @@ its batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch.func import vmap
@@ -44,8 +44,17 @@ class Episodes:
 
 
 @torch.no_grad()
-def rollout(family, tasks: torch.Tensor, policy_fn, params: Params, episodes: int, seed: int,
-            per_task: bool = False, deterministic: bool = False, task_ids: Sequence[int] | None = None) -> Episodes:
+def rollout(
+    family,
+    tasks: torch.Tensor,
+    policy_fn,
+    params: Params,
+    episodes: int,
+    seed: int,
+    per_task: bool = False,
+    deterministic: bool = False,
+    task_ids: Sequence[int] | None = None,
+) -> Episodes:
     """Play ``episodes`` episodes of each task in ``tasks`` for the family's horizon.
 
     ``policy_fn(params, observations)`` returns the policy's raw outputs (distribution
@@ -62,14 +71,19 @@ def rollout(family, tasks: torch.Tensor, policy_fn, params: Params, episodes: in
     try:
         observation = env.reset()
         alive = torch.ones(observation.shape[:2])
-        trajectory = {"observations": [], "actions": [], "rewards": [], "mask": []}
+        trajectory: dict[str, list[torch.Tensor]] = {"observations": [], "actions": [], "rewards": [], "mask": []}
         noise = None
         for step in range(family.horizon):
             out = act(params, observation.to(dtype))
-            if noise is None and not deterministic:  # each task's noise for the whole rollout, from its own stream
-                shape = (family.horizon, *out.shape[1:])
-                noise = torch.stack([distribution.noise(shape, g) for g in task_streams(derive_seed(seed, "actions"), task_ids)])
-            action = distribution.mode(out) if deterministic else distribution.sample(out, noise[:, step])
+            if deterministic:
+                action = distribution.mode(out)
+            else:
+                if noise is None:  # each task's noise for the whole rollout, from its own stream
+                    shape = (family.horizon, *out.shape[1:])
+                    noise = torch.stack(
+                        [distribution.noise(shape, g) for g in task_streams(derive_seed(seed, "actions"), task_ids)]
+                    )
+                action = distribution.sample(out, noise[:, step])
             next_observation, reward, terminated = env.step(action)
             for key, value in zip(trajectory, (observation, action, reward, alive)):
                 trajectory[key].append(value)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..errors import TrainingDiverged
-from ..tasks.seeding import derive_seed, task_generator
+from ..tasks.seeding import derive_seed, split_seed, task_generator
 from ..training.distributed import DistributedTrainer
 from ..training.trainer import Trainer
 from .evaluate import evaluate_adaptation
@@ -28,12 +28,7 @@ class RLTasks:
     def __init__(self, family, config, split: str) -> None:
         self.family = family
         self.split = split
-        if split == "train":
-            self.seed = config.train.seed
-        elif split == "val":
-            self.seed = derive_seed(config.train.seed, "val")
-        else:
-            self.seed = derive_seed(config.eval.seed, "test")
+        self.seed = split_seed(config.train.seed, config.eval.seed, split)
 
     def sample(self, draw: int, indices) -> torch.Tensor:
         """Tasks ``indices`` of meta-batch ``draw`` (each from its own generator: shards of a batch agree)."""
@@ -52,25 +47,37 @@ class RLTrainer(Trainer):
         ids = self.task_slice()
         shard = Shard(task_ids=ids, weight=len(ids) / self.config.train.meta_batch_size, reduce=self.sum_over_ranks)
         tasks = self.tasks.sample(iteration, ids)
-        metrics = self.learner.meta_step(tasks, derive_seed(self.config.train.seed, "rollouts", iteration), self.optimizer, shard)
+        metrics = self.learner.meta_step(
+            tasks, derive_seed(self.config.train.seed, "rollouts", iteration), self.optimizer, shard
+        )
         bad = [n for n, p in self.learner.named_parameters() if not torch.isfinite(p).all()]
         if bad or not all(math.isfinite(v) for v in metrics.values()):
-            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"training diverged at iteration {iteration + 1} (non-finite {bad[:3] or 'metrics'}); {where}. "
-                "Lower algorithm.inner_lr, train.meta_lr or rl.max_kl."
+            raise TrainingDiverged.at(
+                iteration + 1,
+                f"non-finite {bad[:3] or 'metrics'}",
+                self.last_checkpoint,
+                "Lower algorithm.inner_lr, train.meta_lr or rl.max_kl.",
             )
         return metrics
 
     def progress_fields(self, record: dict) -> dict[str, str]:
-        return {"return": f"{record['return_before']:.1f}->{record['return_after']:.1f}",
-                "env_steps_s": f"{record['env_steps_per_s']:.0f}"}
+        return {
+            "return": f"{record['return_before']:.1f}->{record['return_after']:.1f}",
+            "env_steps_s": f"{record['env_steps_per_s']:.0f}",
+        }
 
     def validate(self) -> dict[str, float]:
         c, a = self.config, self.config.algorithm
         steps = [0, a.inner_steps]
-        results = evaluate_adaptation(self.learner, self.val_tasks.fixed(c.train.val_tasks), steps, c.rl.eval_episodes,
-                                      self.learner.rule.rates, derive_seed(self.val_tasks.seed, "rollouts"), c.eval.batch_size)
+        results = evaluate_adaptation(
+            self.learner,
+            self.val_tasks.fixed(c.train.val_tasks),
+            steps,
+            c.rl.eval_episodes,
+            self.learner.rule.rates,
+            derive_seed(self.val_tasks.seed, "rollouts"),
+            c.eval.batch_size,
+        )
         return {f"return_{s}": results[s]["return"]["mean"] for s in steps}
 
 

@@ -10,33 +10,13 @@ line search shrinks it until the surrogate improves and the KL bound holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-
-def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iterations: int = 10,
-                       tolerance: float = 1e-10) -> torch.Tensor:
-    """Approximately solve ``A x = b`` for symmetric positive definite ``A`` given as ``matvec``."""
-    x = torch.zeros_like(b)
-    r, p = b.clone(), b.clone()
-    rr = r @ r
-    for _ in range(iterations):
-        if rr < tolerance:
-            break
-        ap = matvec(p)
-        alpha = rr / (p @ ap)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_next = r @ r
-        p = r + (rr_next / rr) * p
-        rr = rr_next
-    return x
-
-
-def _flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
+from ..core.linalg import conjugate_gradient
+from ..core.params import flatten, unflatten
 
 
 @dataclass
@@ -52,10 +32,41 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def trpo_step(params: list[torch.nn.Parameter], surrogate: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-              max_kl: float = 0.01, cg_iterations: int = 10, cg_damping: float = 1e-5,
-              backtrack_ratio: float = 0.8, max_backtracks: int = 15,
-              reduce: Callable[[torch.Tensor], torch.Tensor] = _same) -> TRPOStats:
+def _trust_region_step(
+    gradient: torch.Tensor,
+    kl: torch.Tensor,
+    params: list[torch.nn.Parameter],
+    max_kl: float,
+    cg_iterations: int,
+    cg_damping: float,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The step s = sqrt(2 max_kl / d^T F d) d along the natural gradient d = F^-1 g (conjugate gradient).
+
+    F is the Hessian of ``kl`` (the Fisher matrix at the sampling policy) plus ``cg_damping`` I;
+    the graph of the KL gradient is freed when this returns.
+    """
+    kl_gradient = flatten(torch.autograd.grad(kl, params, create_graph=True))
+
+    def fisher_vector(v: torch.Tensor) -> torch.Tensor:
+        hv = reduce(flatten(torch.autograd.grad(kl_gradient @ v, params, retain_graph=True)))
+        return hv + cg_damping * v
+
+    direction = conjugate_gradient(fisher_vector, gradient, cg_iterations)
+    curvature = 0.5 * (direction @ fisher_vector(direction))
+    return direction * torch.sqrt(max_kl / curvature.clamp_min(1e-12))  # 1/2 s^T F s = max_kl
+
+
+def trpo_step(
+    params: list[torch.nn.Parameter],
+    surrogate: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    max_kl: float = 0.01,
+    cg_iterations: int = 10,
+    cg_damping: float = 1e-5,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _same,
+) -> TRPOStats:
     """One TRPO update of ``params`` in place.
 
     ``surrogate()`` returns ``(loss, kl)`` at the current values of ``params``: the loss to
@@ -65,27 +76,17 @@ def trpo_step(params: list[torch.nn.Parameter], surrogate: Callable[[], tuple[to
     and the line search's values, so all processes take the same step.
     """
     loss, kl = surrogate()
-    gradient = reduce(_flat(torch.autograd.grad(loss, params, retain_graph=True)))
-    kl_gradient = _flat(torch.autograd.grad(kl, params, create_graph=True))
-
-    def fisher_vector(v: torch.Tensor) -> torch.Tensor:
-        hv = reduce(_flat(torch.autograd.grad(kl_gradient @ v, params, retain_graph=True)))
-        return hv + cg_damping * v
-
-    direction = conjugate_gradient(fisher_vector, gradient, cg_iterations)
-    curvature = 0.5 * (direction @ fisher_vector(direction))
-    step = direction * torch.sqrt(max_kl / curvature.clamp_min(1e-12))  # 1/2 s^T F s = max_kl
+    gradient = reduce(flatten(torch.autograd.grad(loss, params, retain_graph=True)))
+    step = _trust_region_step(gradient, kl, params, max_kl, cg_iterations, cg_damping, reduce)
     start = [p.detach().clone() for p in params]
     loss_before = float(reduce(loss.detach()))
-    del kl_gradient, loss, kl  # free the graphs before the line search
+    del loss, kl  # free the graphs before the line search
 
     with torch.no_grad():
         for backtrack in range(max_backtracks):
             scale = backtrack_ratio**backtrack
-            offset = 0
-            for p, p0 in zip(params, start):
-                p.copy_(p0 - scale * step[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+            for p, p0, piece in zip(params, start, unflatten(step, params)):
+                p.copy_(p0 - scale * piece)
             new_loss, new_kl = (float(reduce(v.detach())) for v in surrogate())
             if new_loss < loss_before and new_kl < max_kl:
                 return TRPOStats(loss_before, new_loss, new_kl, backtrack, True)

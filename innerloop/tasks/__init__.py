@@ -2,4 +2,4 @@ from .batch import TaskBatch
 from .checks import set_checks
 from .sinusoid import SinusoidTasks
 
-__all__ = ["TaskBatch", "SinusoidTasks", "set_checks"]
+__all__ = ["SinusoidTasks", "TaskBatch", "set_checks"]

@@ -9,8 +9,8 @@ each rank its share of the meta-batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Iterator
 
 import torch
 
@@ -44,22 +44,22 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.num_tasks
 
-    def task(self, i: int) -> "TaskBatch":
+    def task(self, i: int) -> TaskBatch:
         """Task ``i`` as a batch of one (keeps the task dimension)."""
         return self[i : i + 1]
 
-    def __getitem__(self, index) -> "TaskBatch":
+    def __getitem__(self, index) -> TaskBatch:
         """Tasks ``index`` (an int keeps the task dimension, like a slice of one)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return TaskBatch(*(getattr(self, f.name)[index] for f in fields(self)))
 
-    def __iter__(self) -> Iterator["TaskBatch"]:
+    def __iter__(self) -> Iterator[TaskBatch]:
         """Each task as a batch of one."""
         for i in range(self.num_tasks):
             yield self.task(i)
 
-    def to(self, *args, **kwargs) -> "TaskBatch":
+    def to(self, *args, **kwargs) -> TaskBatch:
         """Move/cast like ``Tensor.to``; integer labels keep their dtype when casting floats."""
         out = []
         for f in fields(self):
@@ -72,6 +72,6 @@ class TaskBatch:
         return TaskBatch(*out)
 
     @staticmethod
-    def cat(batches: list["TaskBatch"]) -> "TaskBatch":
+    def cat(batches: list[TaskBatch]) -> TaskBatch:
         """The tasks of ``batches`` in one batch (their per-task shapes must agree)."""
         return TaskBatch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)))

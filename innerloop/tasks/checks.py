@@ -44,7 +44,7 @@ class set_checks:
         self.previous = _enabled
         _enabled = bool(enabled)
 
-    def __enter__(self) -> "set_checks":
+    def __enter__(self) -> set_checks:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,7 +159,7 @@ def _values(named: dict[str, torch.Tensor], one_hot: bool, tasks: bool, where: s
         if labels and len(labels) == len(targets):
             for y in labels:
                 stats += list(torch.aminmax(y))
-                meaning += [("low", None), ("high", None)]
+                meaning += [("low", ""), ("high", "")]
         if one_hot:
             for name in targets:
                 y = named[name]
@@ -183,7 +183,7 @@ def _values(named: dict[str, torch.Tensor], one_hot: bool, tasks: bool, where: s
             low = int(value) if low is None else min(low, int(value))
         if kind == "high":
             high = int(value) if high is None else max(high, int(value))
-    if low is None:
+    if low is None or high is None:  # set together
         return None
     if low < 0:
         raise InputError(
@@ -199,8 +199,13 @@ def check_batch_values(batch, one_hot: bool = True, where: str = "meta_loss") ->
     return _values({name: getattr(batch, name) for name in FIELDS}, one_hot, True, where)
 
 
-def check_task(support_x: torch.Tensor, support_y: torch.Tensor, example_shape: tuple[int, ...] | None = None,
-               one_hot: bool = True, where: str = "adapt") -> Labels | None:
+def check_task(
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    example_shape: tuple[int, ...] | None = None,
+    one_hot: bool = True,
+    where: str = "adapt",
+) -> Labels | None:
     """One task's support set (``adapt``): no task dimension, matching sizes, non-empty, finite values.
 
     ``example_shape`` is the shape of one input example the learner has seen in its batches (if any):
@@ -216,17 +221,25 @@ def check_task(support_x: torch.Tensor, support_y: torch.Tensor, example_shape: 
         f"batch.support_x[i], batch.support_y[i]; evaluate(batch, steps) adapts every task of a batch"
     )
     if example_shape is not None and tuple(support_x.shape[2:]) == tuple(example_shape) != tuple(support_x.shape[1:]):
-        raise InputError(f"support_x has shape {_shape(support_x)}, a batch of {support_x.shape[0]} tasks; {batch_hint}")
+        raise InputError(
+            f"support_x has shape {_shape(support_x)}, a batch of {support_x.shape[0]} tasks; {batch_hint}"
+        )
     if support_x.dim() < 2:
-        raise InputError(f"support_x has shape {_shape(support_x)}, expected (examples, *features): "
-                         "for scalar inputs add a feature dimension (support_x.unsqueeze(-1))")
+        raise InputError(
+            f"support_x has shape {_shape(support_x)}, expected (examples, *features): "
+            "for scalar inputs add a feature dimension (support_x.unsqueeze(-1))"
+        )
     labels = not (support_y.is_floating_point() or support_y.is_complex())
     if labels and support_y.dim() != 1:
-        raise InputError(f"support_y holds integer labels of shape {_shape(support_y)}, expected (examples,): "
-                         + (batch_hint if support_y.dim() == 2 else "one label per example"))
+        raise InputError(
+            f"support_y holds integer labels of shape {_shape(support_y)}, expected (examples,): "
+            + (batch_hint if support_y.dim() == 2 else "one label per example")
+        )
     if support_y.dim() == 0 or support_x.shape[0] != support_y.shape[0]:
-        raise InputError(f"support_x {_shape(support_x)} and support_y {_shape(support_y)} must hold the same number "
-                         "of examples (first dimension)")
+        raise InputError(
+            f"support_x {_shape(support_x)} and support_y {_shape(support_y)} must hold the same number "
+            "of examples (first dimension)"
+        )
     if support_x.shape[0] == 0:
         raise InputError(f"support_x has shape {_shape(support_x)}: {where} needs at least one support example")
     if not torch.compiler.is_compiling():
@@ -242,8 +255,13 @@ def check_output_target(output: torch.Tensor, target: torch.Tensor, labels: Labe
         return
     if target.is_floating_point():
         if output.shape != target.shape:
-            fix = (" (y.unsqueeze(-1) for one output)" if output.shape == (*target.shape, 1)
-                   else " (y.squeeze(-1))" if target.shape == (*output.shape, 1) else "")
+            fix = (
+                " (y.unsqueeze(-1) for one output)"
+                if output.shape == (*target.shape, 1)
+                else " (y.squeeze(-1))"
+                if target.shape == (*output.shape, 1)
+                else ""
+            )
             raise InputError(
                 f"the model outputs {_shape(output)} but the regression target has shape {_shape(target)}; "
                 f"the default loss (MSE) needs targets of the output's shape{fix}, it never broadcasts"
@@ -287,6 +305,9 @@ def check_points(x_dim: int, y_dim: int, where: str, **tensors: torch.Tensor) ->
             kind = "inputs" if name.endswith("_x") else "targets"
             raise InputError(
                 f"{where}: {name} has shape {_shape(t)} ({t.dtype}), expected float {kind} (..., points, {size}); "
-                + (f"add the feature dimension ({name}.unsqueeze(-1))" if size == 1 and t.dim() >= 1 and t.shape[-1] != 1
-                   else f"this CNP was built for x_dim={x_dim}, y_dim={y_dim}")
+                + (
+                    f"add the feature dimension ({name}.unsqueeze(-1))"
+                    if size == 1 and t.dim() >= 1 and t.shape[-1] != 1
+                    else f"this CNP was built for x_dim={x_dim}, y_dim={y_dim}"
+                )
             )

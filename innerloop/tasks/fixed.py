@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
+from ..validate import positive_int
 from .batch import TaskBatch
 
 #: Meta-batch number used by ``fixed_tasks``. Training draws count up from 0, so the
@@ -18,7 +19,7 @@ EVAL_DRAW = -1
 def _reseed(source, seed: int):
     if hasattr(source, "with_seed"):
         return source.with_seed(seed)
-    if dataclasses.is_dataclass(source) and hasattr(source, "seed"):
+    if dataclasses.is_dataclass(source) and not isinstance(source, type) and hasattr(source, "seed"):
         return dataclasses.replace(source, seed=seed)
     raise TypeError(f"cannot reseed {type(source).__name__}: give it a with_seed(seed) method or a seed field")
 
@@ -38,11 +39,12 @@ class FixedTasks:
         dtype: the floating dtype of the tasks' tensors.
     """
 
-    def __init__(self, source, num_tasks: int, batch_size: int, *, draw: int = EVAL_DRAW,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, source, num_tasks: int, batch_size: int, *, draw: int = EVAL_DRAW, dtype: torch.dtype = torch.float32
+    ):
         self.source = source
-        self.num_tasks = _positive("num_tasks", num_tasks)
-        self.batch_size = _positive("batch_size", batch_size)
+        self.num_tasks = positive_int("num_tasks", num_tasks)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.draw = int(draw)
         self.dtype = dtype
 
@@ -57,8 +59,15 @@ class FixedTasks:
         return f"FixedTasks({self.num_tasks} tasks in {len(self)} batches of <= {self.batch_size}, draw={self.draw}, source={self.source!r})"
 
 
-def fixed_tasks(source, num_tasks: int, batch_size: int, *, seed: int | None = None, draw: int = EVAL_DRAW,
-                dtype: torch.dtype = torch.float32) -> FixedTasks:
+def fixed_tasks(
+    source,
+    num_tasks: int,
+    batch_size: int,
+    *,
+    seed: int | None = None,
+    draw: int = EVAL_DRAW,
+    dtype: torch.dtype = torch.float32,
+) -> FixedTasks:
     """A fixed evaluation task set: the same ``num_tasks`` tasks on every iteration (and every run)
     for a given seed. ``seed`` (default: the source's own) picks another fixed set.
 
@@ -67,9 +76,3 @@ def fixed_tasks(source, num_tasks: int, batch_size: int, *, seed: int | None = N
     if seed is not None:
         source = _reseed(source, seed)
     return FixedTasks(source, num_tasks, batch_size, draw=draw, dtype=dtype)
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validate import positive_int
 from .batch import TaskBatch
 from .seeding import task_generator
 
@@ -42,21 +43,21 @@ class SinusoidTasks:
 
     def __post_init__(self) -> None:
         for name in ("shots", "queries"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"sinusoid {name} must be a positive integer, got {value!r}")
+            positive_int(f"sinusoid {name}", getattr(self, name))
 
     def _uniforms(self, draw: int, tasks) -> torch.Tensor:
         """Per task: [u_amplitude, u_phase, u_x_1 .. u_x_{K+Q}] from that task's own stream."""
         n = 2 + self.shots + self.queries
-        return torch.stack([torch.rand(n, generator=task_generator(self.seed, draw, j), dtype=torch.float64) for j in tasks])
+        return torch.stack(
+            [torch.rand(n, generator=task_generator(self.seed, draw, j), dtype=torch.float64) for j in tasks]
+        )
 
     def sample(self, draw: int, tasks: range | list[int], dtype=torch.float32) -> TaskBatch:
         """Tasks ``tasks`` (indices within the meta-batch) of meta-batch number ``draw``."""
         u = self._uniforms(draw, tasks)
         (a0, a1), (p0, p1), (lo, hi) = self.amplitude, self.phase, self.x_range
-        amplitude = (a0 + (a1 - a0) * u[:, 0:1, None])
-        phase = (p0 + (p1 - p0) * u[:, 1:2, None])
+        amplitude = a0 + (a1 - a0) * u[:, 0:1, None]
+        phase = p0 + (p1 - p0) * u[:, 1:2, None]
         x = lo + (hi - lo) * u[:, 2:, None]
         y = amplitude * torch.sin(x - phase)
         x, y = x.to(dtype), y.to(dtype)

@@ -6,6 +6,7 @@ import copy
 import functools
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from ..core.update_rules import RULES
 from ..errors import ConfigError, DatasetError, InnerloopError
 from ..models import MLP
 from ..tasks import SinusoidTasks
-from ..tasks.seeding import derive_seed
+from ..tasks.seeding import split_seed
 from .checkpoint import Checkpoint, restore_learner
 from .config import Config, is_rl
 
@@ -43,9 +44,7 @@ def build_tasks(config: Config, split: str = "train", shots: int | None = None, 
 
         return RLTasks(build_family(config), config, split)
     task = config.task
-    seed = config.train.seed if split == "train" else derive_seed(config.train.seed, split)
-    if split == "test":
-        seed = derive_seed(config.eval.seed, "test")
+    seed = split_seed(config.train.seed, config.eval.seed, split)
     if task.name == "sinusoid":
         return SinusoidTasks(shots=shots or task.shots, queries=queries or task.queries, seed=seed)
     from ..data import EpisodicTasks
@@ -59,16 +58,24 @@ def build_tasks(config: Config, split: str = "train", shots: int | None = None, 
     try:
         return EpisodicTasks(dataset, ways, shots, queries, seed=seed, **_episode_options(config))
     except ValueError as err:  # too many ways or shots for this split: name the config keys to change
-        keys = ("task.ways", "task.shots", "task.queries") if split == "train" else ("eval.ways", "eval.shots", "eval.queries")
-        raise ConfigError(f"{split} tasks of {task.name} ({keys[0]}={ways}, {keys[1]}={shots}, {keys[2]}={queries}) "
-                          f"cannot be drawn: {err}") from None
+        keys = (
+            ("task.ways", "task.shots", "task.queries")
+            if split == "train"
+            else ("eval.ways", "eval.shots", "eval.queries")
+        )
+        raise ConfigError(
+            f"{split} tasks of {task.name} ({keys[0]}={ways}, {keys[1]}={shots}, {keys[2]}={queries}) "
+            f"cannot be drawn: {err}"
+        ) from None
 
 
 def _episode_options(config: Config) -> dict:
     """The ``EpisodicTasks`` options of the task section (rotations as classes, normalization)."""
     task = config.task
-    return {"rotations": None if task.rotations is None else tuple(task.rotations),
-            "normalize": None if task.normalize is None else (tuple(task.normalize[0]), tuple(task.normalize[1]))}
+    return {
+        "rotations": None if task.rotations is None else tuple(task.rotations),
+        "normalize": None if task.normalize is None else (tuple(task.normalize[0]), tuple(task.normalize[1])),
+    }
 
 
 def episode_tasks(config: Config, path):
@@ -77,8 +84,10 @@ def episode_tasks(config: Config, path):
     from ..data.episodes import EpisodicTasks, read_episodes
 
     if config.task.name == "sinusoid" or is_rl(config):
-        raise ConfigError(f"--episodes FILE lists image classification episodes; this run is task.name={config.task.name} "
-                          "(meta-RL: --episodes N is the episodes per task and adaptation step)")
+        raise ConfigError(
+            f"--episodes FILE lists image classification episodes; this run is task.name={config.task.name} "
+            "(meta-RL: --episodes N is the episodes per task and adaptation step)"
+        )
     dataset = load_image_dataset(config, "test" if config.task.name == "image_folder" else config.task.test_split)
     try:
         tasks = EpisodicTasks(dataset, 1, 1, 1, **_episode_options(config))
@@ -94,6 +103,7 @@ def split_note(config: Config, split: str) -> str | None:
         return None
     from ..data.folders import folder_layout
 
+    assert task.root is not None  # _folder_dataset refused a missing root
     layout = folder_layout(Path(task.root).expanduser(), _split_folders(config))
     if layout == "splits":
         return f"task.root={task.root} has no {getattr(task, f'{split}_split')}/ folder"
@@ -131,8 +141,9 @@ def load_image_dataset(config: Config, split: str):
     if task.name == "image_folder":
         dataset = _folder_dataset(config, split)
         if dataset is None:
-            raise DatasetError(f"{split_note(config, split)}, so there are no {split} tasks; add the split or "
-                               "evaluate another run")
+            raise DatasetError(
+                f"{split_note(config, split)}, so there are no {split} tasks; add the split or evaluate another run"
+            )
         return dataset
     size = task.image_size or IMAGE_SIZES.get(task.name, 84)
     try:
@@ -154,16 +165,39 @@ def _folder_dataset(config: Config, split: str):
     """The ``ImageDataset`` of an image_folder split, or None where the folder has none (cached: ``_folder_split``)."""
     t = config.task
     if t.root is None:
-        raise ConfigError("task.name=image_folder needs task.root=<folder> holding <class>/<image> folders "
-                          "(or <split>/<class>/<image>)")
-    return _folder_split(str(Path(t.root).expanduser()), split, _split_folders(config), tuple(t.split_fractions),
-                         t.split_seed, t.image_size, t.mode, t.resample, t.invert, t.cache,
-                         t.cache_dir and str(Path(t.cache_dir).expanduser()))
+        raise ConfigError(
+            "task.name=image_folder needs task.root=<folder> holding <class>/<image> folders "
+            "(or <split>/<class>/<image>)"
+        )
+    return _folder_split(
+        str(Path(t.root).expanduser()),
+        split,
+        _split_folders(config),
+        tuple(t.split_fractions),
+        t.split_seed,
+        t.image_size,
+        t.mode,
+        t.resample,
+        t.invert,
+        t.cache,
+        t.cache_dir and str(Path(t.cache_dir).expanduser()),
+    )
 
 
 @functools.lru_cache(maxsize=16)
-def _folder_split(root: str, role: str, folders: tuple, fractions: tuple, split_seed: int, image_size, mode: str,
-                  resample: str, invert: bool, cache: bool, cache_dir):
+def _folder_split(
+    root: str,
+    role: str,
+    folders: tuple,
+    fractions: tuple,
+    split_seed: int,
+    image_size,
+    mode: str,
+    resample: str,
+    invert: bool,
+    cache: bool,
+    cache_dir,
+):
     """One split (role train/val/test) of a user's folder, or None where it has none.
 
     ``root/<split>/<class>/<image>``: the split is the folder named by task.<role>_split.
@@ -193,22 +227,34 @@ def _folder_split(root: str, role: str, folders: tuple, fractions: tuple, split_
             names = split_classes(whole.class_names, fractions, split_seed)[role_index]
             if not names:
                 if role == "train":
-                    raise ConfigError(f"task.split_fractions={list(fractions)} leaves no class of the {len(whole.class_names)} "
-                                      "in task.root for training; give train a larger fraction")
+                    raise ConfigError(
+                        f"task.split_fractions={list(fractions)} leaves no class of the {len(whole.class_names)} "
+                        "in task.root for training; give train a larger fraction"
+                    )
                 return None
             dataset = whole.subset(names)
         dataset.name = f"{Path(root).name}/{role}"
-        if role == "train" and dataset.image_shape[0] == 1 and not invert and float(dataset.images.float().mean()) > 127.5:
-            _log.info("the images of %s are mostly light (dark ink on light paper?); innerloop's omniglot is 1 = ink on "
-                      "a 0 background: set task.invert=true to match it", root)
+        if (
+            role == "train"
+            and dataset.image_shape[0] == 1
+            and not invert
+            and float(dataset.images.float().mean()) > 127.5
+        ):
+            _log.info(
+                "the images of %s are mostly light (dark ink on light paper?); innerloop's omniglot is 1 = ink on "
+                "a 0 background: set task.invert=true to match it",
+                root,
+            )
     except (ValueError, FileNotFoundError) as e:
         if isinstance(e, InnerloopError):
             raise
         raise DatasetError(f"task.root={root}: {e}") from None
     if train is not None and dataset.image_shape[1:] != train.image_shape[1:]:
         (_, h, w), (_, h0, w0) = dataset.image_shape, train.image_shape
-        raise DatasetError(f"the {role} images of task.root={root} are {h}x{w} but the train images {h0}x{w0}; "
-                           "set task.image_size=N to resize them all to N x N")
+        raise DatasetError(
+            f"the {role} images of task.root={root} are {h}x{w} but the train images {h0}x{w0}; "
+            "set task.image_size=N to resize them all to N x N"
+        )
     return dataset
 
 
@@ -226,8 +272,10 @@ def image_shape(config: Config) -> tuple[int, int]:
         return CHANNELS.get(task.name, 3), task.image_size or IMAGE_SIZES.get(task.name, 84)
     c, h, w = load_image_dataset(config, "train").image_shape
     if h != w:
-        raise ConfigError(f"the images of task.root={task.root} are {h}x{w}, not square, and the models take square "
-                          "inputs; set task.image_size=N to resize them to N x N")
+        raise ConfigError(
+            f"the images of task.root={task.root} are {h}x{w}, not square, and the models take square "
+            "inputs; set task.image_size=N to resize them to N x N"
+        )
     return c, h
 
 
@@ -245,7 +293,9 @@ def build_model(config: Config) -> nn.Module:
             return Conv4(channels, model.filters, out_features=head, image_size=size)
         return ResNet12(channels, tuple(model.widths), out_features=head, image_size=size)
     except ValueError as e:  # inputs too small for the model's poolings
-        raise ConfigError(f"model.name={model.name} on {size}x{size} images: {e}; set task.image_size to a larger size") from None
+        raise ConfigError(
+            f"model.name={model.name} on {size}x{size} images: {e}; set task.image_size to a larger size"
+        ) from None
 
 
 LEARNERS = {
@@ -284,21 +334,53 @@ def _family(name: str, options: tuple):
 
 def build_rl_learner(config: Config, model: nn.Module | None = None):
     """MAML-TRPO or ProMP over a policy for the config's task family."""
-    from ..rl import MAMLTRPO, ProMP, make_policy
+    from ..rl import MAMLTRPO, MetaPolicyLearner, ProMP, make_policy
+    from ..rl.policies import Policy
 
     a, r = config.algorithm, config.rl
     family = build_family(config)
-    policy = make_policy(family, hidden=tuple(config.model.hidden), init_std=r.init_std) if model is None else model
-    common = dict(inner_lr=list(r.inner_lrs) if r.inner_lrs else a.inner_lr, inner_steps=a.inner_steps, episodes=r.episodes, first_order=a.first_order,
-                  gamma=r.gamma, gae_lambda=r.gae_lambda)
+    if model is not None and getattr(model, "distribution", None) is None:
+        raise ConfigError(
+            f"meta-RL needs a policy (innerloop.rl.policies: a module with an action `distribution`), "
+            f"got a {type(model).__name__}; pass none to build the default policy"
+        )
+    policy = (
+        make_policy(family, hidden=tuple(config.model.hidden), init_std=r.init_std)
+        if model is None
+        else cast(Policy, model)
+    )
+    common: dict[str, Any] = dict(
+        inner_lr=list(r.inner_lrs) if r.inner_lrs else a.inner_lr,
+        inner_steps=a.inner_steps,
+        episodes=r.episodes,
+        first_order=a.first_order,
+        gamma=r.gamma,
+        gae_lambda=r.gae_lambda,
+    )
     if r.estimator:
         common["estimator"] = r.estimator
+    learner: MetaPolicyLearner
     if a.name == "maml-trpo":
-        learner = MAMLTRPO(policy, family, max_kl=r.max_kl, cg_iterations=r.cg_iterations, cg_damping=r.cg_damping,
-                           backtrack_ratio=r.backtrack_ratio, max_backtracks=r.max_backtracks, **common)
+        learner = MAMLTRPO(
+            policy,
+            family,
+            max_kl=r.max_kl,
+            cg_iterations=r.cg_iterations,
+            cg_damping=r.cg_damping,
+            backtrack_ratio=r.backtrack_ratio,
+            max_backtracks=r.max_backtracks,
+            **common,
+        )
     else:
-        learner = ProMP(policy, family, clip=r.clip, outer_steps=r.outer_steps, inner_kl_target=r.inner_kl_target,
-                        inner_kl_coef=r.inner_kl_coef, **common)
+        learner = ProMP(
+            policy,
+            family,
+            clip=r.clip,
+            outer_steps=r.outer_steps,
+            inner_kl_target=r.inner_kl_target,
+            inner_kl_coef=r.inner_kl_coef,
+            **common,
+        )
     return learner.to(device=config.train.device, dtype=DTYPES[config.train.dtype])
 
 
@@ -310,26 +392,42 @@ def build_learner(config: Config, model: nn.Module | None = None) -> algorithms.
     if a.name == "cnp":
         # A CNP is its own network (encoder h and decoder g, widths model.hidden), not a model handed to an algorithm.
         if model is not None:
-            raise ValueError("cnp builds its encoder and decoder from model.hidden; pass no model (or build algorithms.CNP yourself)")
-        learner = algorithms.CNP(hidden=list(config.model.hidden), strategy=a.strategy)
-        return learner.to(device=config.train.device, dtype=DTYPES[config.train.dtype])
+            raise ValueError(
+                "cnp builds its encoder and decoder from model.hidden; pass no model (or build algorithms.CNP yourself)"
+            )
+        cnp = algorithms.CNP(hidden=list(config.model.hidden), strategy=a.strategy)
+        return cnp.to(device=config.train.device, dtype=DTYPES[config.train.dtype])
     model = build_model(config) if model is None else model
     if a.name not in LEARNERS:
         raise ConfigError(f"unknown algorithm algorithm.name={a.name!r}; available: {', '.join(LEARNERS)}")
-    kwargs = dict(strategy=a.strategy, eval_steps=a.eval_steps, checkpoint_steps=a.checkpoint_steps, compile=a.compile)
+    kwargs: dict[str, Any] = dict(
+        strategy=a.strategy, eval_steps=a.eval_steps, checkpoint_steps=a.checkpoint_steps, compile=a.compile
+    )
+    learner: algorithms.MetaLearner
     rule = None if a.update_rule == "sgd" else RULES[a.update_rule](a.inner_lr)
     if a.name in ("maml", "fomaml"):
         learner = LEARNERS[a.name](
-            model, inner_lr=a.inner_lr if rule is None else None, inner_steps=a.inner_steps, adapt=a.adapt, update_rule=rule,
-            **({} if a.name == "fomaml" else {"first_order": a.first_order}), **kwargs,
+            model,
+            inner_lr=a.inner_lr if rule is None else None,
+            inner_steps=a.inner_steps,
+            adapt=a.adapt,
+            update_rule=rule,
+            **({} if a.name == "fomaml" else {"first_order": a.first_order}),
+            **kwargs,
         )
     elif a.name == "anil":
         learner = algorithms.ANIL(
-            model, inner_lr=a.inner_lr if rule is None else None, inner_steps=a.inner_steps, first_order=a.first_order,
-            update_rule=rule, **kwargs
+            model,
+            inner_lr=a.inner_lr if rule is None else None,
+            inner_steps=a.inner_steps,
+            first_order=a.first_order,
+            update_rule=rule,
+            **kwargs,
         )
     elif a.name == "metasgd":
-        learner = algorithms.MetaSGD(model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, **kwargs)
+        learner = algorithms.MetaSGD(
+            model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, **kwargs
+        )
     elif a.name == "protonets":
         learner = algorithms.ProtoNets(model, strategy=a.strategy)
     elif a.name == "snail":

@@ -24,9 +24,9 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -78,11 +78,17 @@ def step_of(path: Path) -> int | None:
     return int(match[1]) if match else None
 
 
+def _order(path: Path) -> int:
+    """Sort key of checkpoint folders: the step (-1 for a folder named after none, which sorts oldest)."""
+    step = step_of(path)
+    return -1 if step is None else step
+
+
 def checkpoint_dirs(root: Path) -> list[Path]:
     """The complete checkpoint folders in ``root`` (``RUN/checkpoints``), oldest first."""
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if step_of(p) is not None and p.is_dir()), key=step_of)
+    return sorted((p for p in root.iterdir() if step_of(p) is not None and p.is_dir()), key=_order)
 
 
 def _move_aside(path: Path, prefix: str = "replaced-") -> Path:
@@ -118,14 +124,26 @@ def set_aside_run(run_dir: str | Path) -> Path:
 
 
 def _storage_error(err: OSError, path: Path, intact: Path | None) -> StorageError:
-    where = f"checkpoint step {step_of(intact)} is intact ({intact})" if intact is not None else "no checkpoint was written yet"
+    where = (
+        f"checkpoint step {step_of(intact)} is intact ({intact})"
+        if intact is not None
+        else "no checkpoint was written yet"
+    )
     return StorageError(
-        f"{FULL[err.errno]} writing {path}; {where}. Free some space, then add --resume to the same command to continue"
+        f"{FULL.get(err.errno or 0, err.strerror)} writing {path}; {where}. Free some space, then add --resume to the same command to continue"
     )
 
 
-def save_checkpoint(run_dir: str | Path, iteration: int, learner, optimizer, config: Config, extra: dict | None = None,
-                    keep: int = 2, intact: Iterable[Path] = ()) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    iteration: int,
+    learner,
+    optimizer,
+    config: Config,
+    extra: dict | None = None,
+    keep: int = 2,
+    intact: Iterable[Path] = (),
+) -> Path:
     """Write ``RUN/checkpoints/step-<iteration>`` atomically and point ``latest`` at it.
 
     ``intact``: checkpoints known to be complete (those this process wrote, the one it resumed
@@ -137,7 +155,7 @@ def save_checkpoint(run_dir: str | Path, iteration: int, learner, optimizer, con
     if not intact and (root / LATEST).exists():  # a caller that tracks nothing: trust ``latest``
         named = find_checkpoint(root)
         intact = [named] if named is not None else []
-    newest_good = max(intact, key=step_of, default=None)
+    newest_good = max(intact, key=_order, default=None)
     name = f"step-{iteration:08d}"
     final = root / name
     try:
@@ -190,12 +208,12 @@ def save_checkpoint(run_dir: str | Path, iteration: int, learner, optimizer, con
 
 def _prune(root: Path, keep: int, intact: list[Path]) -> None:
     """Delete checkpoints older than the ``keep`` newest *intact* ones (never ``latest``'s), and unfinished writes."""
-    good = sorted({p.resolve() for p in intact if p.is_dir() and step_of(p) is not None}, key=step_of)
+    good = sorted({p.resolve() for p in intact if p.is_dir() and step_of(p) is not None}, key=_order)
     if keep > 0 and len(good) >= keep:
-        oldest_kept = step_of(good[-keep])
+        oldest_kept = _order(good[-keep])
         latest = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
         for old in checkpoint_dirs(root):
-            if step_of(old) < oldest_kept and old.name != latest:
+            if _order(old) < oldest_kept and old.name != latest:
                 shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".step-*"):  # debris of an interrupted write
         shutil.rmtree(stale, ignore_errors=True)
@@ -232,14 +250,16 @@ def _read(directory: Path) -> Checkpoint:
     try:
         with safe_open(directory / WEIGHTS, "pt") as f:
             recorded = (f.metadata() or {}).get("iteration")
-            weights = {k: f.get_tensor(k) for k in f.keys()}
+            weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise _Unreadable(f"{WEIGHTS} is unreadable ({_first_line(err)})") from None
     try:
         state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
         iteration = int(state["iteration"])
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... with advice that does not apply
-        raise _Unreadable(f"{STATE} is not a state file innerloop wrote, or is truncated ({type(err).__name__})") from None
+        raise _Unreadable(
+            f"{STATE} is not a state file innerloop wrote, or is truncated ({type(err).__name__})"
+        ) from None
     named = step_of(directory)
     if named is not None and iteration != named:
         raise _Unreadable(f"{STATE} holds iteration {iteration}, the folder name says {named}")
@@ -248,7 +268,9 @@ def _read(directory: Path) -> Checkpoint:
     try:
         config = from_dict(state["config"])
     except (ConfigError, KeyError, TypeError) as err:
-        raise _Unreadable(f"its config is unreadable ({err}); it was not written by this version of innerloop") from None
+        raise _Unreadable(
+            f"its config is unreadable ({err}); it was not written by this version of innerloop"
+        ) from None
     return Checkpoint(directory, config, weights, state)
 
 
@@ -303,7 +325,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if found is None:
         intact, skipped = newest_intact(run_dir) if run_dir is not None else (None, [])
         if skipped:  # e.g. ``latest`` names a folder that was deleted
-            older = f"; the newest intact one is {intact.path}: evaluate it by that path" if intact else "; none is intact"
+            older = (
+                f"; the newest intact one is {intact.path}: evaluate it by that path" if intact else "; none is intact"
+            )
             raise CheckpointError(f"no usable checkpoint at {path}: {skipped[0]}{older}")
         raise CheckpointError(
             f"no checkpoint found at {path}: expected a run directory (with checkpoints/latest) or a checkpoint "
@@ -322,7 +346,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 # Options that do not change what a run computes, so they may differ on resume.
-HARMLESS = {"algorithm.strategy", "algorithm.checkpoint_steps", "algorithm.compile", "task.root", "task.download", "rl.workers", "rl.eval_episodes", "rl.eval_lrs"}
+HARMLESS = {
+    "algorithm.strategy",
+    "algorithm.checkpoint_steps",
+    "algorithm.compile",
+    "task.root",
+    "task.download",
+    "rl.workers",
+    "rl.eval_episodes",
+    "rl.eval_lrs",
+}
 
 
 def config_differences(config: Config, other: Config, sections=("algorithm", "model", "task", "rl")) -> list[str]:
@@ -330,7 +363,9 @@ def config_differences(config: Config, other: Config, sections=("algorithm", "mo
     ours, theirs = to_dict(config), to_dict(other)
     return [
         f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}"
-        for s in sections for k, v in ours[s].items() if theirs[s].get(k) != v and f"{s}.{k}" not in HARMLESS
+        for s in sections
+        for k, v in ours[s].items()
+        if theirs[s].get(k) != v and f"{s}.{k}" not in HARMLESS
     ]
 
 
@@ -345,7 +380,9 @@ def restore_learner(learner, checkpoint: Checkpoint, config: Config | None = Non
     expected = learner.state_dict()
     missing = sorted(set(expected) - set(checkpoint.weights))
     unexpected = sorted(set(checkpoint.weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(checkpoint.weights) if expected[k].shape != checkpoint.weights[k].shape)
+    wrong = sorted(
+        k for k in set(expected) & set(checkpoint.weights) if expected[k].shape != checkpoint.weights[k].shape
+    )
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"checkpoint {checkpoint.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "

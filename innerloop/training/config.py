@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, cast
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -19,8 +19,11 @@ from ..core.update_rules import RULES
 from ..errors import ConfigError
 from ..rl.envs import FAMILIES as RL_FAMILIES
 from ..rl.estimators import ESTIMATORS as RL_ESTIMATORS
+from ..validate import positive_int
 
 
+# Each field's meaning is its trailing comment (read by training/reference.py): one line a field, unformatted.
+# fmt: off
 @dataclass
 class AlgorithmConfig:
     """The meta-learner and its inner loop (``algorithm.*``)."""
@@ -28,7 +31,7 @@ class AlgorithmConfig:
     name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets | cnp | snail | maml-trpo | promp
     inner_lr: float = 0.01  # inner-loop step size alpha (the initial rate of a learned update rule)
     inner_steps: int = 1  # inner gradient steps per task at meta-training (0 for cnp and snail)
-    eval_steps: Optional[int] = None  # default adaptation steps for `adapt` (None: inner_steps)
+    eval_steps: int | None = None  # default adaptation steps for `adapt` (None: inner_steps)
     first_order: bool = False  # drop the second-order term: inner gradients treated as constants (FOMAML)
     adapt: str = "all"  # all | head | a regular expression over parameter names
     update_rule: str = "sgd"  # sgd | metasgd | lslr | metacurvature | lstm-optimizer | meta-lstm (core.update_rules.RULES)
@@ -46,21 +49,21 @@ class TaskConfig:
     queries: int = 10  # query examples per task (per class in classification) at meta-training
     ways: int = 5  # classification only: ways of the meta-training tasks
     # Image datasets only:
-    root: Optional[str] = None  # data root (default $INNERLOOP_DATA, ../shared/data, ~/.cache/innerloop)
-    image_size: Optional[int] = None  # side N of the N x N inputs; default: omniglot 28, mini_imagenet 84, cifar_fs/fc100 32, image_folder the images' own
+    root: str | None = None  # data root (default $INNERLOOP_DATA, ../shared/data, ~/.cache/innerloop)
+    image_size: int | None = None  # side N of the N x N inputs; default: omniglot 28, mini_imagenet 84, cifar_fs/fc100 32, image_folder the images' own
     train_split: str = "train"  # split of the meta-training tasks (omniglot: also background, evaluation, trainval)
     val_split: str = "val"  # split of the validation tasks
     test_split: str = "test"  # split of the test tasks of the final evaluation and `innerloop eval`
     download: bool = False  # fetch a missing dataset (omniglot, cifar_fs, fc100) from its official source, md5-checked
     resample: str = "lanczos"  # Pillow filter used when resizing: lanczos | bicubic | bilinear | box | hamming | nearest
-    rotations: Optional[list[int]] = None  # each class also as its own class under these angles, e.g. [0, 90, 180, 270]; null: the dataset's (omniglot vinyals splits: all four), [0]: none
-    normalize: Optional[list[list[float]]] = None  # [[mean per channel], [std per channel]] applied after scaling pixels to [0, 1]
+    rotations: list[int] | None = None  # each class also as its own class under these angles, e.g. [0, 90, 180, 270]; null: the dataset's (omniglot vinyals splits: all four), [0]: none
+    normalize: list[list[float]] | None = None  # [[mean per channel], [std per channel]] applied after scaling pixels to [0, 1]
     mode: str = "auto"  # image_folder: L (grayscale, 1 channel) | RGB | auto (L when every image is grayscale)
     invert: bool = False  # image_folder: use 255 - pixel; innerloop's omniglot is 1 = ink on 0, so dark ink on light paper wants true
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # image_folder root/<class>/<image>: train, val, test fractions of the classes (0: no such split)
     split_seed: int = 0  # image_folder root/<class>/<image>: seed of the class split (independent of train.seed)
     cache: bool = True  # image_folder: keep the decoded images on disk, keyed by the folder's files, image_size, mode, resample, invert
-    cache_dir: Optional[str] = None  # image_folder: where the cache lives (default $INNERLOOP_CACHE/image-folder or ~/.cache/innerloop/image-folder)
+    cache_dir: str | None = None  # image_folder: where the cache lives (default $INNERLOOP_CACHE/image-folder or ~/.cache/innerloop/image-folder)
 
 
 @dataclass
@@ -81,9 +84,9 @@ class TrainConfig:
     meta_batch_size: int = 25  # tasks per meta-batch (split over the ranks under torchrun)
     optimizer: str = "adam"  # meta-optimizer: adam | sgd
     meta_lr: float = 0.001  # meta-optimizer learning rate beta
-    lr_decay_every: Optional[int] = None  # multiply meta_lr by lr_decay every this many iterations
+    lr_decay_every: int | None = None  # multiply meta_lr by lr_decay every this many iterations
     lr_decay: float = 0.5  # factor of the step decay (with lr_decay_every)
-    grad_clip: Optional[float] = None  # max global norm of the meta-gradient
+    grad_clip: float | None = None  # max global norm of the meta-gradient
     seed: int = 0  # seed of the model initialization and of the training and validation tasks
     val_every: int = 500  # validate every this many iterations (and at the end)
     val_tasks: int = 100  # validation tasks per validation
@@ -100,7 +103,7 @@ class TrainConfig:
 class EvalConfig:
     """The test protocol of the final evaluation and of ``innerloop eval`` (``eval.*``)."""
 
-    ways: Optional[int] = None  # classification: ways of test (and validation) tasks; default task.ways
+    ways: int | None = None  # classification: ways of test (and validation) tasks; default task.ways
     shots: list[int] = field(default_factory=lambda: [5, 10])  # support shots evaluated (one table column group each)
     queries: int = 100  # query examples per task (per class in classification) at evaluation
     steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])  # adaptation steps reported
@@ -118,11 +121,11 @@ class RLConfig:
     """
 
     episodes: int = 20  # episodes per task per adaptation step (the MAML paper's fast batch size)
-    horizon: Optional[int] = None  # default: the family's (nav2d 100, MuJoCo 200, bandit 10)
+    horizon: int | None = None  # default: the family's (nav2d 100, MuJoCo 200, bandit 10)
     gamma: float = 0.99  # discount factor
     gae_lambda: float = 1.0  # lambda of generalized advantage estimation (1: Monte Carlo returns minus the baseline)
-    estimator: Optional[str] = None  # vpg | dice | lvc (default: vpg for maml-trpo, lvc for promp)
-    inner_lrs: Optional[list[float]] = None  # per-step inner rates at meta-training (default: algorithm.inner_lr every step)
+    estimator: str | None = None  # vpg | dice | lvc (default: vpg for maml-trpo, lvc for promp)
+    inner_lrs: list[float] | None = None  # per-step inner rates at meta-training (default: algorithm.inner_lr every step)
     init_std: float = 1.0  # initial standard deviation of the Gaussian policy
     max_kl: float = 0.01  # maml-trpo: the trust region
     cg_iterations: int = 10  # maml-trpo: conjugate gradient iterations for the natural gradient
@@ -152,15 +155,22 @@ class Config:
     out_dir: str = MISSING  # run directory (the --out option; default runs/<preset or config file name>)
 
 
+# fmt: on
+
+
 def preset_names() -> list[str]:
     """The names of the built-in presets (``innerloop/presets/*.yaml``), sorted."""
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("innerloop.presets").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files("innerloop.presets").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def preset_text(name: str) -> str:
     """The YAML file of preset ``name``, comments included (``innerloop presets --show NAME``)."""
     if name not in preset_names():
-        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(preset_names())} (see `innerloop presets`)")
+        raise ConfigError(
+            f"unknown preset {name!r}; available presets: {', '.join(preset_names())} (see `innerloop presets`)"
+        )
     return resources.files("innerloop.presets").joinpath(f"{name}.yaml").read_text()
 
 
@@ -177,7 +187,12 @@ def preset_description(name: str, width: int = 110) -> str:
         depth += (ch in "([") - (ch in ")]")
         if ch == ":" and depth == 0 and colon is None:
             colon = i
-        if ch == "." and depth == 0 and text[i + 1 : i + 2] in (" ", "") and not text[:i].endswith((" al", "e.g", "i.e", "cf")):
+        if (
+            ch == "."
+            and depth == 0
+            and text[i + 1 : i + 2] in (" ", "")
+            and not text[:i].endswith((" al", "e.g", "i.e", "cf"))
+        ):
             end = i + 1
             break
     if end > width and colon is not None and colon < width:  # a long sentence: its head, up to the first colon
@@ -204,8 +219,10 @@ def _load_yaml(path: Path):
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     if not OmegaConf.is_dict(loaded):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (algorithm, task, model, train, eval, rl), "
-                          f"got a {type(loaded).__name__}; e.g. `train: {{iterations: 500}}`")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections (algorithm, task, model, train, eval, rl), "
+            f"got a {type(loaded).__name__}; e.g. `train: {{iterations: 500}}`"
+        )
     return loaded
 
 
@@ -213,7 +230,9 @@ def _read_source(name_or_path: str):
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; give a preset ({', '.join(preset_names())}) or a YAML file")
+            raise ConfigError(
+                f"config file {path} does not exist; give a preset ({', '.join(preset_names())}) or a YAML file"
+            )
         return _load_yaml(path)
     if name_or_path not in preset_names():
         raise ConfigError(
@@ -223,7 +242,9 @@ def _read_source(name_or_path: str):
     return OmegaConf.create(preset_text(name_or_path))
 
 
-def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), out_dir: str | None = None) -> Config:
+def load_config(
+    name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), out_dir: str | None = None
+) -> Config:
     """Defaults <- preset/file <- ``section.key=value`` overrides, validated."""
     layers = [OmegaConf.structured(Config)]
     if name_or_path:
@@ -238,7 +259,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[st
             cfg.out_dir = out_dir
         if OmegaConf.is_missing(cfg, "out_dir"):
             cfg.out_dir = f"runs/{Path(name_or_path).stem if name_or_path else 'run'}"
-        config: Config = OmegaConf.to_object(cfg)
+        config = cast(Config, OmegaConf.to_object(cfg))  # a structured config comes back as its dataclass
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
     validate(config)
@@ -251,9 +272,11 @@ def _explain(err: OmegaConfBaseException) -> str:
     if "Key" in type(err).__name__ or "not in struct" in message:
         section = key.split(".")[0] if "." in key else None
         valid = ""
-        if section and hasattr(Config, "__dataclass_fields__") and section in Config.__dataclass_fields__:
-            cls = Config.__dataclass_fields__[section].default_factory().__class__
-            valid = f"; valid keys of '{section}': {', '.join(cls.__dataclass_fields__)}"
+        factory = (
+            Config.__dataclass_fields__[section].default_factory if section in Config.__dataclass_fields__ else None
+        )
+        if section and callable(factory):
+            valid = f"; valid keys of '{section}': {', '.join(factory().__dataclass_fields__)}"
         elif not section:
             valid = f"; valid sections: {', '.join(Config.__dataclass_fields__)}"
         return f"unknown option {key!r}{valid}"
@@ -262,7 +285,18 @@ def _explain(err: OmegaConfBaseException) -> str:
 
 RL_ALGORITHMS = ("maml-trpo", "promp")
 CHOICES = {
-    "algorithm.name": ("maml", "fomaml", "metasgd", "anil", "reptile", "pretrained", "protonets", "cnp", "snail", *RL_ALGORITHMS),
+    "algorithm.name": (
+        "maml",
+        "fomaml",
+        "metasgd",
+        "anil",
+        "reptile",
+        "pretrained",
+        "protonets",
+        "cnp",
+        "snail",
+        *RL_ALGORITHMS,
+    ),
     "algorithm.update_rule": tuple(RULES),
     "algorithm.strategy": ("vmap", "loop", "auto"),
     "task.name": ("sinusoid", "omniglot", "mini_imagenet", "cifar_fs", "fc100", "image_folder", *RL_FAMILIES),
@@ -274,9 +308,19 @@ FORWARD_PASS_LEARNERS = ("cnp", "snail")  # black-box learners: adapt in a forwa
 FORWARD_PASS_PRESETS = {"cnp": "cnp-sine", "snail": "snail-omniglot-5w1s"}  # named in the fixes of their errors
 RULE_USERS = ("maml", "fomaml", "anil")  # the learners whose inner loop takes algorithm.update_rule
 POSITIVE = (
-    "task.shots", "task.queries", "task.ways", "train.iterations", "train.meta_batch_size", "train.val_every",
-    "train.val_tasks", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-    "eval.queries", "eval.tasks", "eval.batch_size",
+    "task.shots",
+    "task.queries",
+    "task.ways",
+    "train.iterations",
+    "train.meta_batch_size",
+    "train.val_every",
+    "train.val_tasks",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "eval.queries",
+    "eval.tasks",
+    "eval.batch_size",
 )
 
 
@@ -292,9 +336,7 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{dotted}={value!r} is not supported; choose one of: {', '.join(allowed)}")
     for dotted in POSITIVE:
-        value = _get(config, dotted)
-        if value < 1:
-            raise ConfigError(f"{dotted} must be a positive integer, got {value}")
+        positive_int(dotted, _get(config, dotted), error=ConfigError)
     if config.algorithm.inner_steps < 0:
         raise ConfigError(f"algorithm.inner_steps must be >= 0, got {config.algorithm.inner_steps}")
     if config.algorithm.inner_lr <= 0:
@@ -329,7 +371,9 @@ def validate(config: Config) -> None:
     if config.train.meta_lr <= 0:
         raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
     if config.train.lr_decay_every is not None and config.train.lr_decay_every < 1:
-        raise ConfigError(f"train.lr_decay_every must be a positive integer (or null), got {config.train.lr_decay_every}")
+        raise ConfigError(
+            f"train.lr_decay_every must be a positive integer (or null), got {config.train.lr_decay_every}"
+        )
     if config.train.dist_timeout <= 0:
         raise ConfigError(f"train.dist_timeout must be a positive number of seconds, got {config.train.dist_timeout}")
     if config.train.grad_clip is not None and config.train.grad_clip <= 0:
@@ -340,8 +384,8 @@ def validate(config: Config) -> None:
     if any(h < 1 for h in [*config.model.hidden, *config.model.widths, config.model.filters]):
         raise ConfigError("model.hidden, model.widths and model.filters must be positive")
     _check_image_task(config)
-    if config.eval.ways is not None and config.eval.ways < 1:
-        raise ConfigError(f"eval.ways must be a positive integer, got {config.eval.ways}")
+    if config.eval.ways is not None:
+        positive_int("eval.ways", config.eval.ways, error=ConfigError)
     if config.algorithm.name in FORWARD_PASS_LEARNERS:
         _check_forward_pass_learner(config)
     if (config.algorithm.name in RL_ALGORITHMS) or (config.task.name in RL_FAMILIES):
@@ -361,7 +405,14 @@ def validate(config: Config) -> None:
         )
 
 
-FOLDER_ONLY = ("mode", "invert", "split_fractions", "split_seed", "cache", "cache_dir")  # keys of task.name=image_folder alone
+FOLDER_ONLY = (
+    "mode",
+    "invert",
+    "split_fractions",
+    "split_seed",
+    "cache",
+    "cache_dir",
+)  # keys of task.name=image_folder alone
 
 
 def _check_image_task(config: Config) -> None:
@@ -370,7 +421,9 @@ def _check_image_task(config: Config) -> None:
     if t.name != "image_folder":
         given = [k for k in FOLDER_ONLY if getattr(t, k) != getattr(defaults, k)]
         if given:
-            raise ConfigError(f"task.{given[0]} applies to task.name=image_folder only (got task.name={t.name!r}); drop it")
+            raise ConfigError(
+                f"task.{given[0]} applies to task.name=image_folder only (got task.name={t.name!r}); drop it"
+            )
     if t.image_size is not None and t.image_size < 1:
         raise ConfigError(f"task.image_size must be a positive integer (or null), got {t.image_size}")
     if t.mode not in ("auto", "L", "RGB"):
@@ -378,16 +431,25 @@ def _check_image_task(config: Config) -> None:
     if t.rotations is not None:
         r = list(t.rotations)
         if not r or len(set(r)) != len(r) or any(a not in (0, 90, 180, 270) for a in r):
-            raise ConfigError(f"task.rotations must be distinct angles from 0, 90, 180, 270 (e.g. [0, 90, 180, 270]; "
-                              f"[0] for none, null for the dataset's), got {r}")
-    if t.normalize is not None and (len(t.normalize) != 2 or len(t.normalize[0]) != len(t.normalize[1])
-                                    or len(t.normalize[0]) not in (1, 3) or any(v <= 0 for v in t.normalize[1])):
-        raise ConfigError(f"task.normalize must be [[mean, ...], [std, ...]] with 1 or 3 values each and std > 0, "
-                          f"got {t.normalize}")
+            raise ConfigError(
+                f"task.rotations must be distinct angles from 0, 90, 180, 270 (e.g. [0, 90, 180, 270]; "
+                f"[0] for none, null for the dataset's), got {r}"
+            )
+    if t.normalize is not None and (
+        len(t.normalize) != 2
+        or len(t.normalize[0]) != len(t.normalize[1])
+        or len(t.normalize[0]) not in (1, 3)
+        or any(v <= 0 for v in t.normalize[1])
+    ):
+        raise ConfigError(
+            f"task.normalize must be [[mean, ...], [std, ...]] with 1 or 3 values each and std > 0, got {t.normalize}"
+        )
     f = list(t.split_fractions)
     if len(f) != 3 or any(v < 0 for v in f) or abs(sum(f) - 1) > 1e-6 or f[0] <= 0:
-        raise ConfigError(f"task.split_fractions must be 3 fractions train, val, test (train > 0, none negative) "
-                          f"summing to 1, e.g. [0.7, 0.15, 0.15]; got {f}")
+        raise ConfigError(
+            f"task.split_fractions must be 3 fractions train, val, test (train > 0, none negative) "
+            f"summing to 1, e.g. [0.7, 0.15, 0.15]; got {f}"
+        )
 
 
 def _check_forward_pass_learner(config: Config) -> None:
@@ -458,24 +520,33 @@ def _check_rl(config: Config) -> None:
             "(e.g. the maml-trpo-nav2d preset); supervised tasks take the other algorithms"
         )
     if config.model.name != "mlp":
-        raise ConfigError(f"meta-RL policies are MLPs (model.name=mlp, widths model.hidden); got model.name={config.model.name!r}")
+        raise ConfigError(
+            f"meta-RL policies are MLPs (model.name=mlp, widths model.hidden); got model.name={config.model.name!r}"
+        )
     if a.inner_steps < 1:
-        raise ConfigError(f"meta-RL adapts with at least one policy-gradient step; set algorithm.inner_steps >= 1 (got {a.inner_steps})")
+        raise ConfigError(
+            f"meta-RL adapts with at least one policy-gradient step; set algorithm.inner_steps >= 1 (got {a.inner_steps})"
+        )
     if a.update_rule != "sgd":
-        raise ConfigError(f"meta-RL uses plain SGD inner steps (rates algorithm.inner_lr, rl.eval_lrs); got algorithm.update_rule={a.update_rule!r}")
+        raise ConfigError(
+            f"meta-RL uses plain SGD inner steps (rates algorithm.inner_lr, rl.eval_lrs); got algorithm.update_rule={a.update_rule!r}"
+        )
     if r.estimator is not None and r.estimator not in RL_ESTIMATORS:
         raise ConfigError(f"rl.estimator={r.estimator!r} is not supported; choose one of: {', '.join(RL_ESTIMATORS)}")
     for name in ("episodes", "eval_episodes", "cg_iterations", "outer_steps", "arms", "workers", "max_backtracks"):
-        if getattr(r, name) < 1:
-            raise ConfigError(f"rl.{name} must be a positive integer, got {getattr(r, name)}")
+        positive_int(f"rl.{name}", getattr(r, name), error=ConfigError)
     if r.horizon is not None and r.horizon < 1:
         raise ConfigError(f"rl.horizon must be a positive integer (or null for the family's), got {r.horizon}")
     for name in ("max_kl", "init_std", "clip", "inner_kl_target"):
         if not getattr(r, name) > 0:
             raise ConfigError(f"rl.{name} must be positive, got {getattr(r, name)}")
     if not (0 < r.gamma <= 1 and 0 <= r.gae_lambda <= 1 and 0 < r.backtrack_ratio < 1):
-        raise ConfigError(f"need 0 < rl.gamma <= 1, 0 <= rl.gae_lambda <= 1, 0 < rl.backtrack_ratio < 1; got {r.gamma}, {r.gae_lambda}, {r.backtrack_ratio}")
-    if r.inner_lrs is not None and (not r.inner_lrs or any(lr <= 0 for lr in r.inner_lrs) or len(r.inner_lrs) > a.inner_steps):
+        raise ConfigError(
+            f"need 0 < rl.gamma <= 1, 0 <= rl.gae_lambda <= 1, 0 < rl.backtrack_ratio < 1; got {r.gamma}, {r.gae_lambda}, {r.backtrack_ratio}"
+        )
+    if r.inner_lrs is not None and (
+        not r.inner_lrs or any(lr <= 0 for lr in r.inner_lrs) or len(r.inner_lrs) > a.inner_steps
+    ):
         raise ConfigError(
             f"rl.inner_lrs must hold 1 to algorithm.inner_steps={a.inner_steps} positive rates (the last repeats), "
             f"got {list(r.inner_lrs)}; or leave it null to use algorithm.inner_lr at every step"
@@ -486,13 +557,15 @@ def _check_rl(config: Config) -> None:
 
 def to_dict(config: Config) -> dict:
     """``config`` as plain nested dicts and lists (as stored in checkpoints)."""
-    return OmegaConf.to_container(OmegaConf.structured(config))
+    return cast(dict, OmegaConf.to_container(OmegaConf.structured(config)))
 
 
 def from_dict(data: dict) -> Config:
     """The :class:`Config` of ``to_dict`` output (defaults filled in), validated."""
     try:
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
+        config = cast(
+            Config, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
+        )
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
     validate(config)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..core.params import copy_flat_, flatten
 from ..errors import ConfigError, DistributedError, InnerloopError
 from .config import Config, to_dict, to_yaml
 from .trainer import Trainer
@@ -75,7 +76,7 @@ class ProcessGroup:
     local_rank: int
 
     @classmethod
-    def from_environment(cls, device: str, timeout_s: float) -> "ProcessGroup":
+    def from_environment(cls, device: str, timeout_s: float) -> ProcessGroup:
         """Join the group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
         env = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if env[k] is None]
@@ -97,9 +98,10 @@ class ProcessGroup:
             timeout = datetime.timedelta(seconds=timeout_s)
             try:
                 store = attempt_store(timeout)
+                # with a store, rank and size are given; without one (-1, the defaults) env:// reads them
+                rank, size = (int(env["RANK"] or 0), int(env["WORLD_SIZE"] or 1)) if store else (-1, -1)
                 dist.init_process_group(
-                    "nccl" if cuda else "gloo", timeout=timeout, store=store,
-                    **({"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"])} if store else {}),
+                    "nccl" if cuda else "gloo", timeout=timeout, store=store, rank=rank, world_size=size
                 )
             except (dist.DistError, RuntimeError, TimeoutError) as err:
                 raise DistributedError(
@@ -131,12 +133,9 @@ class ProcessGroup:
         """Sum ``tensors`` over ranks in place, as one flat buffer (one collective, not one per tensor)."""
         if not tensors:
             return
-        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat = flatten(tensors)
         dist.all_reduce(flat)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        copy_flat_(tensors, flat)
 
     def barrier(self) -> None:
         """Wait until every rank of the group reaches this point."""
@@ -163,8 +162,10 @@ def check_same_config(group: ProcessGroup, config: Config) -> None:
         if digest != entries[0][0]:
             diffs = [
                 f"{section}.{key}: rank 0 {value!r} vs rank {rank} {other.get(section, {}).get(key)!r}"
-                for section, values in reference.items() if isinstance(values, dict)
-                for key, value in values.items() if other.get(section, {}).get(key) != value
+                for section, values in reference.items()
+                if isinstance(values, dict)
+                for key, value in values.items()
+                if other.get(section, {}).get(key) != value
             ] or [f"out_dir: rank 0 {reference.get('out_dir')!r} vs rank {rank} {other.get('out_dir')!r}"]
             raise ConfigError(
                 f"the ranks were started with different configurations (hash {entries[0][0]} on rank 0, {digest} on "
@@ -175,8 +176,17 @@ def check_same_config(group: ProcessGroup, config: Config) -> None:
 class DistributedTrainer(Trainer):
     """A :class:`Trainer` whose meta-batch is split across the ranks of a process group."""
 
-    def __init__(self, config: Config, group: ProcessGroup, learner=None, resume: bool = False, progress: bool | None = None,
-                 overwrite: bool = False):
+    group: ProcessGroup
+
+    def __init__(
+        self,
+        config: Config,
+        group: ProcessGroup,
+        learner=None,
+        resume: bool = False,
+        progress: bool | None = None,
+        overwrite: bool = False,
+    ):
         self.group = group
         if config.train.meta_batch_size < group.world_size:
             raise ConfigError(
@@ -190,8 +200,13 @@ class DistributedTrainer(Trainer):
         # the group restarted if any rank says so.
         restarted = max(group.gather(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))) > 0
         # A restart resumes and never sets the run aside again (--overwrite applied to the first attempt).
-        super().__init__(config, learner=learner, resume=resume or restarted, progress=progress,
-                         overwrite=overwrite and not restarted)
+        super().__init__(
+            config,
+            learner=learner,
+            resume=resume or restarted,
+            progress=progress,
+            overwrite=overwrite and not restarted,
+        )
         # Identical start on every rank (a resumed run is already identical; this makes it certain).
         for tensor in self.learner.state_dict().values():
             dist.broadcast(tensor.data, src=0)
@@ -245,7 +260,9 @@ class DistributedTrainer(Trainer):
         checksum = float(sum(p.detach().double().sum() for p in self.learner.parameters()))
         sums = self.group.gather(checksum)
         if len(set(sums)) != 1:
-            raise DistributedError(f"meta-parameters differ across ranks (checksums {sums}); this is a bug, please report it")
+            raise DistributedError(
+                f"meta-parameters differ across ranks (checksums {sums}); this is a bug, please report it"
+            )
 
 
 def make_trainer(config: Config, resume: bool = False, overwrite: bool = False) -> Trainer:
@@ -300,4 +317,6 @@ def torchrun(options: list[str], command: list[str]) -> None:
         ) from None
     except ChildFailedError as err:
         codes = ", ".join(f"rank {rank}: exit {failure.exitcode}" for rank, failure in sorted(err.failures.items()))
-        raise DistributedError(f"worker processes failed ({codes}); their own error messages are printed above") from None
+        raise DistributedError(
+            f"worker processes failed ({codes}); their own error messages are printed above"
+        ) from None

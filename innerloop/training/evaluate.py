@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ..tasks.batch import TaskBatch
 from ..tasks.fixed import fixed_tasks
 
 
@@ -21,12 +20,19 @@ def summarize(values: torch.Tensor) -> dict[str, float]:
     n = v.numel()
     std = float(v.std(unbiased=True)) if n > 1 else 0.0
     return {
-        "mean": float(v.mean()), "std": std, "stderr": std / math.sqrt(n), "ci95": 1.96 * std / math.sqrt(n), "n": n,
-        "median": float(v.nanmedian()), "nonfinite": int((~torch.isfinite(v)).sum()),
+        "mean": float(v.mean()),
+        "std": std,
+        "stderr": std / math.sqrt(n),
+        "ci95": 1.96 * std / math.sqrt(n),
+        "n": n,
+        "median": float(v.nanmedian()),
+        "nonfinite": int((~torch.isfinite(v)).sum()),
     }
 
 
-def evaluate(learner, source, steps: Sequence[int], num_tasks: int, batch_size: int, device=None, dtype=None, group=None) -> dict:
+def evaluate(
+    learner, source, steps: Sequence[int], num_tasks: int, batch_size: int, device=None, dtype=None, group=None
+) -> dict:
     """Query metrics after each number of adaptation steps, summarised over ``num_tasks`` tasks.
 
     With a process ``group`` (see ``training.distributed``) the task batches are dealt
@@ -41,7 +47,7 @@ def evaluate(learner, source, steps: Sequence[int], num_tasks: int, batch_size: 
         for i, batch in enumerate(fixed_tasks(source, num_tasks, batch_size)):
             if i % world != rank:
                 continue
-            batch: TaskBatch = batch.to(device=device, dtype=dtype) if device or dtype else batch
+            batch = batch.to(device=device, dtype=dtype) if device or dtype else batch
             results = learner.evaluate(batch, steps)
             mine.append({int(s): {n: v.detach().float().cpu() for n, v in m.items()} for s, m in results.items()})
     finally:
@@ -69,8 +75,14 @@ def evaluate_config(learner, config, build_tasks, shots=None, steps=None, num_ta
     for k in shots or e.shots:
         source = build_tasks(config, "test", shots=k, queries=e.queries)
         results[k] = evaluate(
-            learner, source, steps or e.steps, num_tasks or e.tasks, e.batch_size,
-            torch.device(config.train.device), DTYPES[config.train.dtype], group,
+            learner,
+            source,
+            steps or e.steps,
+            num_tasks or e.tasks,
+            e.batch_size,
+            torch.device(config.train.device),
+            DTYPES[config.train.dtype],
+            group,
         )
     return results
 

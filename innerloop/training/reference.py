@@ -46,7 +46,7 @@ def field_comments(cls: type) -> dict[str, tuple[str, str]]:
     source = textwrap.dedent(inspect.getsource(cls))
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     out: dict[str, tuple[str, str]] = {}
-    group, depth, line_start, last_field = "", 0, True, None
+    group, depth, line_start, last_field, field_line = "", 0, True, None, 0
     for i, tok in enumerate(tokens):
         if tok.type in (tokenize.NEWLINE, tokenize.NL):
             line_start = True
@@ -68,8 +68,14 @@ def field_comments(cls: type) -> dict[str, tuple[str, str]]:
             elif last_field is not None and tok.start[0] == field_line:
                 out[last_field] = (text, out[last_field][1])
             continue
-        if (line_start and depth == 0 and tok.type == tokenize.NAME and tok.start[1] == 4
-                and tokens[i + 1].string == ":" and tok.string in {f.name for f in dataclasses.fields(cls)}):
+        if (
+            line_start
+            and depth == 0
+            and tok.type == tokenize.NAME
+            and tok.start[1] == 4
+            and tokens[i + 1].string == ":"
+            and tok.string in {f.name for f in dataclasses.fields(cls)}
+        ):
             last_field, field_line = tok.string, tok.start[0]
             out[last_field] = ("", group)
         line_start = False
@@ -91,8 +97,8 @@ def _yaml(value) -> str:
 
 def _type(annotation) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    if text.startswith("Optional[") and text.endswith("]"):
-        return f"{text[len('Optional['):-1]} or null"
+    if text.endswith(" | None"):  # an optional key: `int | None` reads "int or null" in YAML terms
+        return f"{text.removesuffix(' | None')} or null"
     return text
 
 
@@ -100,10 +106,7 @@ def config_keys(cls: type = Config, section: str = "") -> list[Key]:
     """Every key of ``cls`` (default :class:`Config`), sections expanded, in declaration order."""
     keys, comments = [], field_comments(cls)
     for f in dataclasses.fields(cls):
-        if f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = f.default
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             keys += config_keys(type(default), f.name)
             continue
@@ -127,7 +130,7 @@ def config_reference() -> str:
         "`innerloop presets --show NAME` prints a preset, `innerloop config --show NAME [overrides]` the merged config.",
         "",
     ]
-    sections = {}
+    sections: dict[str, list[Key]] = {}
     for key in config_keys():
         sections.setdefault(key.section, []).append(key)
     for section, keys in sections.items():

@@ -23,16 +23,25 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
 from .builders import DTYPES, build_learner, build_optimizer, build_tasks, optional_tasks
-from .checkpoint import (Checkpoint, _write_text_atomic, checkpoint_dirs, newest_intact, restore_learner, run_contents,
-                         save_checkpoint, set_aside_run)
+from .checkpoint import (
+    Checkpoint,
+    _write_text_atomic,
+    checkpoint_dirs,
+    newest_intact,
+    restore_learner,
+    run_contents,
+    save_checkpoint,
+    set_aside_run,
+)
 from .config import Config, to_yaml
 from .evaluate import evaluate
 
@@ -43,7 +52,7 @@ def _duration(seconds: float) -> str:
     """``H:MM:SS`` (``D days, H:MM:SS`` past a day) of a non-negative number of seconds."""
     if not math.isfinite(seconds):
         return "?"
-    s = int(round(seconds))
+    s = round(seconds)
     days, s = divmod(s, 86400)
     text = f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
     return f"{days} day{'s' if days > 1 else ''}, {text}" if days else text
@@ -125,16 +134,18 @@ class Trainer:
         overwrite: start afresh where the run directory holds a run, moving it aside.
     """
 
-    group = None  # the process group of a distributed run (``training.distributed``)
+    group: Any = None  # the ProcessGroup of a distributed run (``training.distributed``)
 
-    def __init__(self, config: Config, learner=None, resume: bool = False, progress: bool | None = None,
-                 overwrite: bool = False) -> None:
+    def __init__(
+        self, config: Config, learner=None, resume: bool = False, progress: bool | None = None, overwrite: bool = False
+    ) -> None:
         self.config = config
         self.run_dir = Path(config.out_dir)
         self.device = torch.device(config.train.device)
         self.dtype = DTYPES[config.train.dtype]
         torch.manual_seed(config.train.seed)  # model initialization
-        self.learner = learner if learner is not None else build_learner(config)
+        # a MetaLearner, or under RLTrainer a MetaPolicyLearner: the loop calls what the two families share
+        self.learner: Any = learner if learner is not None else build_learner(config)
         self.optimizer = build_optimizer(config, self.learner)
         self.tasks = build_tasks(config, "train")
         self.val_tasks = optional_tasks(config, "val")  # None: an image folder without a validation split
@@ -223,8 +234,13 @@ class Trainer:
     def save(self, iteration: int) -> Path:
         """Write an atomic checkpoint of ``iteration`` (weights, optimizer, RNG, config) and return its folder."""
         self.last_checkpoint = save_checkpoint(
-            self.run_dir, iteration, self.learner, self.optimizer, self.config,
-            extra={"strategy_choices": dict(self.strategy_choices)}, keep=self.config.train.keep_checkpoints,
+            self.run_dir,
+            iteration,
+            self.learner,
+            self.optimizer,
+            self.config,
+            extra={"strategy_choices": dict(self.strategy_choices)},
+            keep=self.config.train.keep_checkpoints,
             intact=self.intact,
         )
         self.intact = [p for p in self.intact if p.is_dir()] + [self.last_checkpoint]
@@ -242,10 +258,12 @@ class Trainer:
 
     def step(self, iteration: int) -> dict[str, float]:
         """One meta-training iteration: sample, meta-gradient, finiteness check, clip, optimizer step; the metrics."""
-        for group in self.optimizer.param_groups:
+        optimizer = self.optimizer
+        assert optimizer is not None  # build_optimizer leaves only maml-trpo without one, which RLTrainer runs
+        for group in optimizer.param_groups:
             group["lr"] = self.learning_rate(iteration)
         batch = self.tasks.sample(iteration, self.task_slice()).to(device=self.device, dtype=self.dtype)
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         share = len(self.task_slice()) / self.config.train.meta_batch_size
         metrics = {k: float(v) for k, v in self.learner.meta_backward(batch, weight=share).items()}
         metrics = self.all_reduce(metrics, share)
@@ -254,15 +272,22 @@ class Trainer:
             self.learner.parameters(), self.config.train.grad_clip if self.config.train.grad_clip else math.inf
         )
         if not math.isfinite(metrics["loss"]) or not torch.isfinite(norm) or not grads:
-            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
-            what = f"meta-loss {metrics['loss']}" if not math.isfinite(metrics["loss"]) else f"meta-gradient norm {float(norm)}"
-            if not grads:
-                raise TrainingDiverged(f"no meta-parameter received a gradient at iteration {iteration}; check the model and algorithm.adapt")
-            raise TrainingDiverged(
-                f"training diverged at iteration {iteration + 1}: {what}; {where}. "
-                "Lower train.meta_lr or algorithm.inner_lr, or set train.grad_clip."
+            what = (
+                f"meta-loss {metrics['loss']}"
+                if not math.isfinite(metrics["loss"])
+                else f"meta-gradient norm {float(norm)}"
             )
-        self.optimizer.step()
+            if not grads:
+                raise TrainingDiverged(
+                    f"no meta-parameter received a gradient at iteration {iteration}; check the model and algorithm.adapt"
+                )
+            raise TrainingDiverged.at(
+                iteration + 1,
+                what,
+                self.last_checkpoint,
+                "Lower train.meta_lr or algorithm.inner_lr, or set train.grad_clip.",
+            )
+        optimizer.step()
         metrics["grad_norm"] = float(norm)
         return metrics
 
@@ -280,7 +305,14 @@ class Trainer:
         steps = [getattr(self.learner, "eval_steps", 0)]
         c = self.config.train
         results = evaluate(
-            self.learner, self.val_tasks, steps, c.val_tasks, min(c.val_tasks, c.meta_batch_size), self.device, self.dtype, self.group
+            self.learner,
+            self.val_tasks,
+            steps,
+            c.val_tasks,
+            min(c.val_tasks, c.meta_batch_size),
+            self.device,
+            self.dtype,
+            self.group,
         )
         record = {}
         for name, s in results[steps[0]].items():
@@ -299,13 +331,14 @@ class Trainer:
         for name, value in record.items():
             if math.isfinite(value) or record.get(f"{name}_nonfinite", 0) < n:
                 continue
-            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
             steps = getattr(self.learner, "eval_steps", None)
-            raise TrainingDiverged(
-                f"training diverged at iteration {iteration}: validation {name} is {value} on all {n} validation tasks"
+            raise TrainingDiverged.at(
+                iteration,
+                f"validation {name} is {value} on all {n} validation tasks"
                 f"{f' after {steps} adaptation steps' if steps is not None else ''} (training loss "
-                f"{train_metrics.get('loss', float('nan')):.4g}); {where}. Lower train.meta_lr or algorithm.inner_lr"
-                f"{' (or algorithm.eval_steps)' if steps else ''}, or set train.grad_clip."
+                f"{train_metrics.get('loss', float('nan')):.4g})",
+                self.last_checkpoint,
+                f"Lower train.meta_lr or algorithm.inner_lr{' (or algorithm.eval_steps)' if steps else ''}, or set train.grad_clip.",
             )
 
     def catch_stop_signals(self) -> tuple[list[int], Callable[[], None]]:
@@ -343,7 +376,7 @@ class Trainer:
         c = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(self.run_dir) if self.is_main else None
-        if self.is_main:
+        if log is not None:  # rank 0
             (self.run_dir / "config.yaml").write_text(to_yaml(self.config))
             log.truncate_after(self.start_iteration)
         # On a terminal a progress bar (train.progress); otherwise (a file, a pipe) or without the bar,
@@ -351,12 +384,15 @@ class Trainer:
         show_bar = self.progress and self.is_main and sys.stderr.isatty()
         lines = self.is_main and not show_bar
         bar = tqdm(
-            total=c.iterations, initial=self.start_iteration, disable=not show_bar,
-            desc=f"{self.config.algorithm.name} {self.config.task.name}", dynamic_ncols=True,
+            total=c.iterations,
+            initial=self.start_iteration,
+            disable=not show_bar,
+            desc=f"{self.config.algorithm.name} {self.config.task.name}",
+            dynamic_ncols=True,
         )
         started = time.perf_counter()
         summary: dict = {}
-        tick, tasks_seen, env_steps = time.perf_counter(), 0, 0
+        tick, tasks_seen, env_steps = time.perf_counter(), 0, 0.0
         stop, restore_signals = self.catch_stop_signals()
         try:
             for iteration in range(self.start_iteration, c.iterations):
@@ -384,8 +420,11 @@ class Trainer:
                     if log:
                         log.write({"iteration": done, "split": "val", **val})
                     if lines:
-                        _log.info("validation at iteration %d: %s", done, "  ".join(
-                            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
+                        _log.info(
+                            "validation at iteration %d: %s",
+                            done,
+                            "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()),
+                        )
                     self.check_validation(done, val, metrics)
                 if done % c.checkpoint_every == 0 or done == c.iterations or stop:
                     self.checkpoint(done)

@@ -27,4 +27,4 @@ def make_family(name: str, **options) -> TaskFamily:
     return getattr(importlib.import_module(module, __name__), cls)(**options)
 
 
-__all__ = ["Bandit", "BatchedEnv", "FAMILIES", "Navigation2D", "TaskFamily", "make_family"]
+__all__ = ["FAMILIES", "Bandit", "BatchedEnv", "Navigation2D", "TaskFamily", "make_family"]

@@ -19,11 +19,11 @@ the sampler masks those steps out.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ...tasks.seeding import derive_seed
+from ...tasks.seeding import seeded_generator
 
 
 class BatchedEnv(ABC):
@@ -43,7 +43,7 @@ class BatchedEnv(ABC):
         Returns ``(observations [T, E, obs_dim], rewards [T, E], terminated [T, E] bool)``.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: a no-op unless the environment holds simulators or workers)
         """Release simulators or worker processes (nothing for pure-torch environments)."""
 
 
@@ -70,7 +70,7 @@ class TaskFamily(ABC):
 
     def test_tasks(self, num_tasks: int, seed: int) -> torch.Tensor:
         """The fixed held-out tasks of evaluation seed ``seed`` (the same every time)."""
-        return self.sample_tasks(num_tasks, torch.Generator().manual_seed(derive_seed(seed, self.name, "test")))
+        return self.sample_tasks(num_tasks, seeded_generator(seed, self.name, "test"))
 
     def action_bounds(self) -> tuple[float, float] | None:
         """Where the environment clips continuous actions, in the policy's units (None: unbounded or discrete)."""
@@ -82,4 +82,4 @@ class TaskFamily(ABC):
 
 def task_streams(seed: int, task_ids: Sequence[int]) -> list[torch.Generator]:
     """One generator per task, seeded by ``(seed, task id)``."""
-    return [torch.Generator().manual_seed(derive_seed(seed, int(t))) for t in task_ids]
+    return [seeded_generator(seed, int(t)) for t in task_ids]

@@ -78,8 +78,12 @@ def halfcheetah_direction_reward(task: np.ndarray, x_velocity: float, action: np
 
 def ant_direction_reward(task: np.ndarray, x_velocity: float, action: np.ndarray, data) -> float:
     """``direction * v - 0.005 * sum(a**2) - 0.0005 * sum(clip(cfrc_ext, -1, 1)**2) + 0.05``."""
-    return (float(task[0]) * float(x_velocity) - control_cost(action, ANT_CTRL_WEIGHT)
-            - contact_cost(data.cfrc_ext) + ANT_SURVIVE_REWARD)
+    return (
+        float(task[0]) * float(x_velocity)
+        - control_cost(action, ANT_CTRL_WEIGHT)
+        - contact_cost(data.cfrc_ext)
+        + ANT_SURVIVE_REWARD
+    )
 
 
 # ---------------------------------------------------------------------------- simulators
@@ -184,7 +188,7 @@ def _serve(connection, spec: _Spec) -> None:
                 break
             try:
                 connection.send(("ok", getattr(group, command)(*payload)))
-            except Exception:  # noqa: BLE001 -- any failure goes to the parent, which raises it
+            except Exception:  # any failure goes to the parent, which raises it
                 connection.send(("error", traceback.format_exc()))
     except (EOFError, KeyboardInterrupt):  # parent gone or interrupted
         pass
@@ -215,7 +219,7 @@ class _WorkerGroup:
         self.connections, self.processes = [], []
         for _ in range(workers):
             parent, child = context.Pipe()
-            process = context.Process(target=_serve, args=(child, spec), daemon=True)
+            process = context.Process(target=_serve, args=(child, spec), daemon=True)  # type: ignore[attr-defined]  # get_context(str) is typed BaseContext
             process.start()
             child.close()
             self.connections.append(parent)
@@ -244,7 +248,8 @@ class _WorkerGroup:
         cuts = np.searchsorted(indices, self.bounds)
         payloads = [(indices[a:b] - start, actions[a:b]) for a, b, start in zip(cuts[:-1], cuts[1:], self.bounds[:-1])]
         results = self._call("step", payloads)
-        return tuple(np.concatenate(parts) for parts in zip(*results))
+        observations, rewards, terminated = (np.concatenate(parts) for parts in zip(*results))
+        return observations, rewards, terminated
 
     def close(self) -> None:
         for connection in self.connections:
@@ -273,8 +278,9 @@ def _require_gymnasium(family: str) -> None:
         import gymnasium  # noqa: F401
         import mujoco  # noqa: F401
     except ImportError as error:
-        raise ConfigError(f"task family {family!r} needs gymnasium's MuJoCo environments ({error}); "
-                          f"install them with: {INSTALL_HINT}") from error
+        raise ConfigError(
+            f"task family {family!r} needs gymnasium's MuJoCo environments ({error}); install them with: {INSTALL_HINT}"
+        ) from error
 
 
 class _MujocoFamily(TaskFamily):
@@ -319,7 +325,9 @@ class _MujocoFamily(TaskFamily):
             group = _WorkerGroup(self.spec, self.workers, self.start_method)
         # every task row repeated for its episodes: simulator t * E + e plays task t
         group.configure(np.repeat(tasks.detach().cpu().double().numpy().reshape(len(tasks), -1), episodes, axis=0))
-        return _MujocoBatchedEnv(self, group, len(tasks), episodes, seed, range(len(tasks)) if task_ids is None else task_ids)
+        return _MujocoBatchedEnv(
+            self, group, len(tasks), episodes, seed, range(len(tasks)) if task_ids is None else task_ids
+        )
 
     def _release(self, group) -> None:
         self._idle.append(group)
@@ -340,7 +348,7 @@ class _MujocoBatchedEnv(BatchedEnv):
         self.num_tasks, self.episodes = num_tasks, episodes
         # Simulator (t, e) always starts from the same seed: a rollout is a function of `seed` and the task's id.
         self.seeds = [derive_seed(seed, int(t), e) for t in task_ids for e in range(episodes)]
-        self.observations = None
+        self.observations: np.ndarray | None = None
         self.alive = np.ones(num_tasks * episodes, dtype=bool)
         # close() hands the simulators back; so does garbage collection of an unclosed env
         self._release = weakref.finalize(self, family._release, group)
@@ -358,16 +366,15 @@ class _MujocoBatchedEnv(BatchedEnv):
         expected = (self.num_tasks, self.episodes, self.family.action_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions of shape {tuple(actions.shape)}, expected {expected}")
-        actions = actions.detach().cpu().double().numpy().reshape(len(self.seeds), -1)
-        actions = np.clip(actions, self.family.low, self.family.high)
+        controls = actions.detach().cpu().double().numpy().reshape(len(self.seeds), -1)
+        controls = np.clip(controls, self.family.low, self.family.high)
         rewards = np.zeros(len(self.seeds))  # frozen episodes earn 0
         live = np.flatnonzero(self.alive)
         if len(live):
-            observations, rewards[live], terminated = self.group.step(live, actions[live])
+            observations, rewards[live], terminated = self.group.step(live, controls[live])
             self.observations[live] = observations
             self.alive[live[terminated]] = False
-        return (self._shaped(self.observations).clone(), self._shaped(rewards).float(),
-                self._shaped(~self.alive))
+        return (self._shaped(self.observations).clone(), self._shaped(rewards).float(), self._shaped(~self.alive))
 
     def _shaped(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).reshape(self.num_tasks, self.episodes, *array.shape[1:])
@@ -402,8 +409,13 @@ class HalfCheetahVelocity(_MujocoFamily):
     env_id = "HalfCheetah-v5"
     reward = staticmethod(halfcheetah_velocity_reward)
 
-    def __init__(self, horizon: int = 200, workers: int = 1, start_method: str | None = None,
-                 velocity_range: tuple[float, float] = (0.0, 2.0)) -> None:
+    def __init__(
+        self,
+        horizon: int = 200,
+        workers: int = 1,
+        start_method: str | None = None,
+        velocity_range: tuple[float, float] = (0.0, 2.0),
+    ) -> None:
         self.velocity_range = tuple(velocity_range)
         super().__init__(horizon, workers, start_method)
 

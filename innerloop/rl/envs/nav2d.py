@@ -29,7 +29,9 @@ class Navigation2D(TaskFamily):
     action_dim = 2
     task_dim = 2
 
-    def __init__(self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1, tolerance: float = 0.01) -> None:
+    def __init__(
+        self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1, tolerance: float = 0.01
+    ) -> None:
         self.horizon = horizon
         self.goal_range = goal_range
         self.max_action = max_action

@@ -1,0 +1,17 @@
+"""Argument checks shared by every layer: this module imports nothing of innerloop, so ``tasks``, ``data``,
+``core``, ``algorithms`` and ``training`` can all use it. Each message names the argument or config key."""
+
+from __future__ import annotations
+
+
+def positive_int(name: str, value: object, *, allow_zero: bool = False, error: type[ValueError] = ValueError) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) of at least 1 (0 with ``allow_zero``), else ``error``
+    naming ``name``: ``"ways must be a positive integer, got 0"``.
+
+    ``error`` is the exception to raise: ``ValueError`` for the Python API, :class:`~innerloop.errors.ConfigError`
+    for config keys (pass the dotted key as ``name``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        bound = "a non-negative" if allow_zero else "a positive"
+        raise error(f"{name} must be {bound} integer, got {value!r}")
+    return value
