@@ -35,6 +35,7 @@ def run_demo(
         f"train.seed={seed}",
         "train.val_every=1000",
         "train.checkpoint_every=1000",
+        "train.log_every=500",  # where stderr is not a terminal: a progress line every 500 iterations, not 600 per model
         "eval.steps=[0,1,10]",
         f"eval.tasks={tasks}",
     ]
@@ -49,6 +50,8 @@ def run_demo(
         trainer = Trainer(config, resume=True, progress=progress)  # a finished run is reused
         if trainer.start_iteration >= config.train.iterations:
             echo(f"{name}: reusing the trained run in {config.out_dir}")
+        else:
+            echo(f"training {name} on sinusoids for {config.train.iterations} iterations ({config.out_dir})")
         trainer.fit()
         learners[name] = trainer.learner
         results[name] = evaluate_config(trainer.learner, config, build_tasks)
