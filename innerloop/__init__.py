@@ -1,5 +1,6 @@
 """innerloop: meta-learning on PyTorch, built on torch.func."""
 
+from ._version import __version__ as __version__  # one place: _version.py (the CLI reads it there)
 from .algorithms import (
     ANIL,
     CNP,
@@ -26,8 +27,6 @@ from .core import (
 )
 from .tasks import SinusoidTasks, TaskBatch
 from .tasks.checks import set_checks  # the boundary checks of every learner entry point, on by default
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ANIL",

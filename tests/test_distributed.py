@@ -347,7 +347,7 @@ def test_a_rank_that_cannot_reach_the_group_times_out_clearly(tmp_path):
 @pytest.mark.parametrize("preset,procs", [("maml-trpo-bandit", 2), ("promp-nav2d", 2)])
 def test_meta_rl_rollouts_spread_over_ranks_match_one_process(tmp_path, preset, procs):
     """Each rank rolls out its shard of the tasks; TRPO's (ProMP's) sums are all-reduced: same step as one process."""
-    from innerloop.rl.trainer import RLTrainer
+    from innerloop.training.rl_trainer import RLTrainer
 
     overrides = [
         "train.dtype=float64",

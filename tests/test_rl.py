@@ -305,8 +305,8 @@ def test_batched_rollouts_and_adaptation_match_a_per_task_loop(f64):
 @pytest.mark.parametrize("algorithm", ["maml-trpo", "promp"])
 def test_meta_training_on_bandits_makes_one_step_of_adaptation_pay(tmp_path, algorithm):
     """Before meta-training one step gains little; after it, one step finds the good arm far more often."""
-    from innerloop.rl.evaluate import evaluate_rl
-    from innerloop.rl.trainer import RLTrainer
+    from innerloop.training.evaluate import evaluate_rl
+    from innerloop.training.rl_trainer import RLTrainer
 
     overrides = [f"algorithm.name={algorithm}", "train.progress=false", "eval.tasks=100", "eval.steps=[0,1]"]
     if algorithm == "promp":

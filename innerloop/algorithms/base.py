@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
@@ -35,13 +34,7 @@ from ..tasks import checks
 from ..tasks.batch import TaskBatch
 from ..validate import positive_int
 from .handle import TaskHandle, TaskList, is_task_list, map_task_list
-
-
-def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for integer class labels, mean squared error otherwise."""
-    if target.is_floating_point():
-        return F.mse_loss(output, target)
-    return F.cross_entropy(output, target)
+from .losses import default_loss  # re-exported: innerloop.algorithms.base.default_loss
 
 
 class MetaLearner(nn.Module):

@@ -29,19 +29,32 @@ Same meta-gradient as ``meta_loss`` (tested in float64).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from ..core.params import Params, split
+from ..core.update_rules import UpdateRule
 from ..errors import ConfigError, InputError
 from ..tasks import checks
 from ..tasks.batch import TaskBatch
+from .losses import default_loss
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .base import GradientLearner
+
+class _Learner(Protocol):
+    """What a handle uses of its learner: a ``base.GradientLearner`` (typed by shape, as ``base`` imports this module)."""
+
+    first_order: bool
+    adapted_names: list[str]
+    update_rule: UpdateRule
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def model_params(self) -> Params: ...
+    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor: ...
+    def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor: ...
+    def head_forward(self, params: Params, z: torch.Tensor) -> torch.Tensor: ...
 
 
 class TaskHandle:
@@ -58,7 +71,7 @@ class TaskHandle:
         steps: how many ``adapt`` calls have been applied.
     """
 
-    def __init__(self, learner: GradientLearner, first_order: bool | None = None) -> None:
+    def __init__(self, learner: _Learner, first_order: bool | None = None) -> None:
         """Start at the learner's current initialization; ``first_order`` overrides the learner's setting."""
         self.learner = learner
         self.first_order = learner.first_order if first_order is None else bool(first_order)
@@ -92,8 +105,6 @@ class TaskHandle:
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The learner's own task loss (``loss_fn``) of ``task(x)`` against ``y`` (the default loss checks shapes)."""
-        from .base import default_loss  # base imports this module
-
         output = self(x)
         if self.learner.loss_fn is default_loss:
             checks.check_output_target(output, y)

@@ -31,7 +31,7 @@ def _version_text() -> str:
 
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     return f"innerloop {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
@@ -128,7 +128,7 @@ def train(
     cfg = load_config(config, overrides or [], out_dir=out)
     _check_run_dir(Path(cfg.out_dir))
     if is_rl(cfg):
-        from ..rl.evaluate import evaluate_rl
+        from ..training.evaluate import evaluate_rl
 
         # on rank 0 only: the evaluation tasks are few, and each task is its own random stream
         trainer, results = _fit(
@@ -168,7 +168,7 @@ def train(
 
 def _source(checkpoint: Path | None) -> dict:
     """What an evaluation file records about where its numbers come from."""
-    from .. import __version__
+    from .._version import __version__
     from ..training.checkpoint import step_of
 
     return {
@@ -237,7 +237,7 @@ def _fit(cfg, resume: bool, evaluate, overwrite: bool = False):
     Rank 0 reports what was trained and draws the training curves. Returns ``(trainer, results)``.
     """
     from ..plots import training_curves
-    from ..training.distributed import make_trainer
+    from ..training.launch import make_trainer
 
     trainer = make_trainer(cfg, resume=resume, overwrite=overwrite)
     group = trainer.group
@@ -414,7 +414,7 @@ def evaluate_checkpoint(
     validate(cfg)
     learner = learner_from_checkpoint(ckpt)  # cfg is ckpt.config: only its evaluation protocol changed above
     if is_rl(cfg):
-        from ..rl.evaluate import evaluate_rl
+        from ..training.evaluate import evaluate_rl
 
         destination = _eval_output(cfg, ckpt, output, rl=True)  # decided (and refused) before the evaluation runs
         returns, draws = evaluate_rl(learner, cfg, keep=True)

@@ -15,8 +15,7 @@ from typing import Literal, overload
 import torch
 
 from ..core.update_rules import SGD
-from ..tasks.seeding import derive_seed
-from ..training.evaluate import summarize
+from ..stats import summarize
 from .learner import Adaptation
 
 # Finn et al. (2017): MAML's average return after 0-3 steps on 2D navigation (Figure 5) and
@@ -97,24 +96,6 @@ def evaluate_adaptation(
         learner.train(was_training)
     results = {s: {"return": summarize(torch.cat(v))} for s, v in per_task.items()}
     return (results, draws) if keep else results
-
-
-def evaluate_rl(learner, config, keep: bool = False):
-    """The protocol as configured: eval.tasks test tasks, eval.steps, rl.eval_episodes, rl.eval_lrs, eval.seed."""
-    from ..training.builders import build_tasks
-
-    e, r = config.eval, config.rl
-    tasks = build_tasks(config, "test").fixed(e.tasks)
-    return evaluate_adaptation(
-        learner,
-        tasks,
-        e.steps,
-        r.eval_episodes,
-        r.eval_lrs,
-        derive_seed(e.seed, "rl-test"),
-        batch_size=e.batch_size,
-        keep=keep,
-    )
 
 
 def format_returns(results: dict, family: str) -> str:

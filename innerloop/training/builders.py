@@ -39,12 +39,12 @@ def build_tasks(config: Config, split: str = "train", shots: int | None = None, 
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
-    if is_rl(config):
-        from ..rl.trainer import RLTasks
-
-        return RLTasks(build_family(config), config, split)
-    task = config.task
     seed = split_seed(config.train.seed, config.eval.seed, split)
+    if is_rl(config):
+        from ..rl.tasks import RLTasks
+
+        return RLTasks(build_family(config), seed, split)
+    task = config.task
     if task.name == "sinusoid":
         return SinusoidTasks(shots=shots or task.shots, queries=queries or task.queries, seed=seed)
     from ..data import EpisodicTasks

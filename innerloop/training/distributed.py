@@ -265,27 +265,6 @@ class DistributedTrainer(Trainer):
             )
 
 
-def make_trainer(config: Config, resume: bool = False, overwrite: bool = False) -> Trainer:
-    """A plain :class:`Trainer`, or a :class:`DistributedTrainer` when launched by torchrun.
-
-    A group that torchrun restarted after a failure always resumes: the run directory
-    already holds its checkpoints. ``overwrite`` moves an existing run aside (``Trainer.load_existing``).
-    """
-    from .config import is_rl
-
-    if is_rl(config):
-        from ..rl.trainer import DistributedRLTrainer, RLTrainer
-
-        if not launched_by_torchrun():
-            return RLTrainer(config, resume=resume, overwrite=overwrite)
-        group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
-        return DistributedRLTrainer(config, group, resume=resume, overwrite=overwrite)
-    if not launched_by_torchrun():
-        return Trainer(config, resume=resume, overwrite=overwrite)
-    group = ProcessGroup.from_environment(config.train.device, config.train.dist_timeout)
-    return DistributedTrainer(config, group, resume=resume, overwrite=overwrite)
-
-
 def torchrun(options: list[str], command: list[str]) -> None:
     """``torchrun OPTIONS -m innerloop COMMAND``, with rendezvous and worker failures as one clear error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

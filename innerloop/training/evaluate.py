@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
+from ..rl.evaluate import evaluate_adaptation
+from ..stats import summarize
 from ..tasks.fixed import fixed_tasks
-
-
-def summarize(values: torch.Tensor) -> dict[str, float]:
-    """Mean, standard deviation, standard error and 95% CI half-width (1.96 std / sqrt(n)) over tasks.
-
-    Also the median and how many tasks gave a non-finite value (a diverging adaptation
-    makes the mean meaningless; the median and that count still say what happened).
-    """
-    v = values.double().flatten()
-    n = v.numel()
-    std = float(v.std(unbiased=True)) if n > 1 else 0.0
-    return {
-        "mean": float(v.mean()),
-        "std": std,
-        "stderr": std / math.sqrt(n),
-        "ci95": 1.96 * std / math.sqrt(n),
-        "n": n,
-        "median": float(v.nanmedian()),
-        "nonfinite": int((~torch.isfinite(v)).sum()),
-    }
+from ..tasks.seeding import derive_seed
 
 
 def evaluate(
@@ -85,6 +67,24 @@ def evaluate_config(learner, config, build_tasks, shots=None, steps=None, num_ta
             group,
         )
     return results
+
+
+def evaluate_rl(learner, config, keep: bool = False):
+    """The protocol as configured: eval.tasks test tasks, eval.steps, rl.eval_episodes, rl.eval_lrs, eval.seed."""
+    from .builders import build_tasks
+
+    e, r = config.eval, config.rl
+    tasks = build_tasks(config, "test").fixed(e.tasks)
+    return evaluate_adaptation(
+        learner,
+        tasks,
+        e.steps,
+        r.eval_episodes,
+        r.eval_lrs,
+        derive_seed(e.seed, "rl-test"),
+        batch_size=e.batch_size,
+        keep=keep,
+    )
 
 
 def format_table(rows: dict[str, dict], metric: str = "loss", title: str = "query MSE") -> str:

@@ -1,11 +1,10 @@
 """Meta-training for meta-RL: the supervised :class:`~innerloop.training.trainer.Trainer` loop
 (logging, validation, atomic checkpoints, exact resume) around ``learner.meta_step``.
 
-Each iteration draws the meta-batch of tasks from ``(seed, iteration, task)`` and rolls
-out with a seed derived from ``(seed, iteration)`` and each task's index, so a resumed
-run samples exactly what an uninterrupted one would, and the ranks of a distributed run
-(``training.distributed``), each rolling out its shard of the tasks, sample together
-exactly what one process would.
+Each iteration draws the meta-batch of tasks from ``(seed, iteration, task)`` (``rl.tasks.RLTasks``) and
+rolls out with a seed derived from ``(seed, iteration)`` and each task's index, so a resumed run samples
+exactly what an uninterrupted one would, and the ranks of a distributed run (``training.distributed``),
+each rolling out its shard of the tasks, sample together exactly what one process would.
 """
 
 from __future__ import annotations
@@ -15,31 +14,17 @@ import math
 import torch
 
 from ..errors import TrainingDiverged
-from ..tasks.seeding import derive_seed, split_seed, task_generator
-from ..training.distributed import DistributedTrainer
-from ..training.trainer import Trainer
-from .evaluate import evaluate_adaptation
-from .learner import Shard
-
-
-class RLTasks:
-    """A family's tasks for one split: indexed draws for training, fixed sets for validation and test."""
-
-    def __init__(self, family, config, split: str) -> None:
-        self.family = family
-        self.split = split
-        self.seed = split_seed(config.train.seed, config.eval.seed, split)
-
-    def sample(self, draw: int, indices) -> torch.Tensor:
-        """Tasks ``indices`` of meta-batch ``draw`` (each from its own generator: shards of a batch agree)."""
-        return torch.cat([self.family.sample_tasks(1, task_generator(self.seed, draw, i)) for i in indices])
-
-    def fixed(self, num_tasks: int) -> torch.Tensor:
-        """The held-out tasks of this split (the same ones every time)."""
-        return self.family.test_tasks(num_tasks, self.seed)
+from ..rl.evaluate import evaluate_adaptation
+from ..rl.learner import Shard
+from ..tasks.seeding import derive_seed
+from .distributed import DistributedTrainer
+from .trainer import Trainer
 
 
 class RLTrainer(Trainer):
+    """The :class:`Trainer` loop for a meta-RL learner: a step is ``learner.meta_step`` on this rank's
+    shard of the meta-batch, validation the return before and after ``algorithm.inner_steps`` steps."""
+
     def step(self, iteration: int) -> dict[str, float]:
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:
