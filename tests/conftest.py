@@ -12,3 +12,13 @@ def f64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """``@needs(present, what)`` (tests/shared_data.py): a missing requirement fails the test before its fixtures run."""
+    from shared_data import missing
+
+    for mark in item.iter_markers("needs"):
+        if not mark.kwargs["present"]:
+            missing(mark.kwargs["what"])

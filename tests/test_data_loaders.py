@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from shared_data import SHARED  # tests/shared_data.py
+from shared_data import SHARED, needs  # tests/shared_data.py
 
 from innerloop.data import ChecksumError, EpisodicTasks, _common, cifar_fs, fc100, image_folder, mini_imagenet
 
@@ -313,7 +313,7 @@ def test_shipped_split_lists():
         assert "MIT" in (SPLITS / d / "README.md").read_text()
 
 
-@pytest.mark.skipif(not (SHARED / "splits").is_dir(), reason=f"{SHARED / 'splits'} is absent")
+@needs((SHARED / "splits").is_dir(), f"{SHARED / 'splits'} (the shared split lists)")
 def test_shipped_split_files_are_the_published_ones():
     pairs = [
         (SPLITS / "mini_imagenet" / f"{s}.csv", SHARED / "splits" / "mini_imagenet_ravi" / f"{s}.csv")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from shared_data import SHARED  # tests/shared_data.py
+from shared_data import SHARED, missing, needs  # tests/shared_data.py
 
 from innerloop.data import ChecksumError, EpisodicTasks, _common, omniglot
 from innerloop.data.omniglot import convert_omniglot, vinyals_split
@@ -19,9 +19,8 @@ from innerloop.data.omniglot import convert_omniglot, vinyals_split
 omniglot_module = importlib.import_module("innerloop.data.omniglot")  # the package attribute is the function
 
 REAL = SHARED / "omniglot"
-needs_real = pytest.mark.skipif(
-    not (REAL / "background.npz").is_file() or not (REAL / "evaluation.npz").is_file(),
-    reason=f"the prepared Omniglot copy is not at {REAL}",
+needs_real = needs(
+    (REAL / "background.npz").is_file() and (REAL / "evaluation.npz").is_file(), f"the prepared Omniglot copy at {REAL}"
 )
 
 
@@ -47,7 +46,7 @@ def raw():
 @pytest.fixture(scope="module")
 def vinyals_105():
     if not (REAL / "background.npz").is_file():
-        pytest.skip(f"the prepared Omniglot copy is not at {REAL}")
+        missing(f"the prepared Omniglot copy at {REAL}")
     return {s: omniglot(SHARED, f"vinyals-{s}", image_size=105) for s in ("train", "val", "test")}
 
 

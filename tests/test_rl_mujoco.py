@@ -14,6 +14,7 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 import torch
+from shared_data import needs  # tests/shared_data.py
 
 from innerloop.errors import ConfigError
 from innerloop.rl.envs import make_family
@@ -23,8 +24,9 @@ NAMES = ["halfcheetah-vel", "halfcheetah-dir", "ant-dir"]
 ENV_ID = {"halfcheetah-vel": "HalfCheetah-v5", "halfcheetah-dir": "HalfCheetah-v5", "ant-dir": "Ant-v5"}
 DIMS = {"halfcheetah-vel": (17, 6), "halfcheetah-dir": (17, 6), "ant-dir": (105, 8)}
 # All but the missing-gymnasium tests need the `rl` extra (part of `dev`).
-needs_mujoco = pytest.mark.skipif(
-    find_spec("gymnasium") is None or find_spec("mujoco") is None, reason="needs pip install 'innerloop[rl]'"
+needs_mujoco = needs(
+    find_spec("gymnasium") is not None and find_spec("mujoco") is not None,
+    "gymnasium + mujoco (pip install 'innerloop[rl]')",
 )
 
 
@@ -204,7 +206,8 @@ def test_shapes_dtypes_and_bounds(families, name):
             assert terminated.shape == (3, 2) and terminated.dtype == torch.bool
     finally:
         env.close()
-    assert isinstance(family.describe_task(torch.tensor([1.0])), str)
+    expected = {"halfcheetah-vel": "goal velocity 1.00", "halfcheetah-dir": "forward", "ant-dir": "forward"}[name]
+    assert family.describe_task(torch.tensor([1.0])) == expected
 
 
 @needs_mujoco

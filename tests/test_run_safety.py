@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import socket
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
 from cli_runner import cli  # tests/cli_runner.py
 from safetensors.torch import load_file
+from shared_data import needs  # tests/shared_data.py
 
 from innerloop.training import checkpoint as ckpt_module
 from innerloop.training.checkpoint import load_checkpoint
@@ -135,8 +137,8 @@ def test_eval_of_a_run_whose_latest_is_gone_names_the_intact_one(run, monkeypatc
     assert f"the newest intact one is {run / 'checkpoints' / 'step-00000002'}" in err
 
 
+@needs(find_spec("tensorboard") is not None, "tensorboard (part of the dev extra)")
 def test_resume_truncates_tensorboard_too(run, monkeypatch, capsys):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _delete_newest(run / "checkpoints" / "step-00000004")
