@@ -61,7 +61,8 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically: written beside it, flushed, renamed over it (metrics, ``latest``)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         _write_bytes(tmp, text.encode())
@@ -197,7 +198,7 @@ def save_checkpoint(
             raise _storage_error(err, writing, newest_good) from None
         raise
     try:
-        _write_text_atomic(root / LATEST, name)
+        write_text_atomic(root / LATEST, name)
     except OSError as err:
         if err.errno in FULL:  # the new checkpoint is complete and on disk; only the pointer is stale
             raise _storage_error(err, root / LATEST, final) from None

@@ -34,13 +34,13 @@ from ..errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInt
 from .builders import DTYPES, build_learner, build_optimizer, build_tasks, optional_tasks
 from .checkpoint import (
     Checkpoint,
-    _write_text_atomic,
     checkpoint_dirs,
     newest_intact,
     restore_learner,
     run_contents,
     save_checkpoint,
     set_aside_run,
+    write_text_atomic,
 )
 from .config import Config, to_yaml
 from .evaluate import evaluate
@@ -99,7 +99,7 @@ class MetricsLog:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):  # torn or foreign line
                 continue
-        _write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         if self.writer is not None:
             from torch.utils.tensorboard import SummaryWriter
 
