@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py --workloads omniglot-maml-1step-2nd --tasks 8 --threads 1
     python benchmarks/profile_step.py --workloads omniglot-protonets --impls 'innerloop auto' --channels-last
 
-For each workload of ``benchmarks/speed.py`` (same models, batches and implementations) and
+For each workload of the speed suite, ``benchmarks/speed/`` (same models, batches and implementations), and
 each chosen implementation, one step after ``--warmup`` untimed ones runs under
 ``torch.profiler``; the self time of every aten op is summed into a few kinds of work:
 
@@ -131,7 +131,7 @@ def batched_conv(tasks: int, images: int, side: int, repeats: int = 5) -> list[t
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--workloads", nargs="*", default=["omniglot-maml-1step-2nd"], help="speed.py workload names or patterns"
+        "--workloads", nargs="*", default=["omniglot-maml-1step-2nd"], help="speed suite workload names or patterns"
     )
     parser.add_argument(
         "--impls", nargs="*", default=["innerloop auto", "plain loop"], help="implementation name patterns"

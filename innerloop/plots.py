@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import torch
 
+from .tasks.shift import RANGES
+
 
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     """Lay out, write and close ``fig``."""
@@ -54,17 +56,31 @@ def sinusoid_figure(learners: dict, tasks, path: str | Path, steps=(1, 10), draw
     return _save(fig, path)
 
 
+CURVES = (  # metrics.jsonl split, line style, legend
+    ("train", "-", "train (meta-batches)"),
+    ("val", "o-", "validation tasks"),
+    ("meta-train", "s--", "meta-training tasks"),
+)
+
+
 def training_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Loss (and accuracy when logged) against iteration, training and validation."""
+    """Loss (and accuracy when logged) against iteration: the training batches, the validation tasks and, at
+    each validation, the meta-training tasks evaluated as the validation tasks are (the meta-overfitting gap)."""
     run_dir = Path(run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     metrics = [m for m in ("loss", "accuracy", "return_before", "return_after") if any(m in r for r in records)]
+    val: dict = next(
+        (r for r in records if r.get("split") == "val"), {}
+    )  # its per-step keys (return_0, loss_5, ...) too
+    metrics += [
+        k for k in val if k not in (*metrics, "iteration", "split") and not k.endswith(("_median", "_nonfinite"))
+    ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for split, style in (("train", "-"), ("val", "o-")):
+        for split, style, label in CURVES:
             rows = [r for r in records if r.get("split", "train") == split and metric in r]
             if rows:
-                ax.plot([r["iteration"] for r in rows], [r[metric] for r in rows], style, label=split, ms=3)
+                ax.plot([r["iteration"] for r in rows], [r[metric] for r in rows], style, label=label, ms=3)
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         if metric == "loss":
@@ -203,4 +219,34 @@ def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), ep
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)  # below: never over the goal
     ax.set_title("2D navigation: trajectories before and after adaptation")
+    return _save(fig, path)
+
+
+def shift_figure(table: dict, path: str | Path, metric: str) -> Path:
+    """Performance against shift size, one panel per shift (``training.shift_eval.evaluate_shifts``'s table).
+
+    Each point: the mean ± 95% CI after the last reported step at the first shots; the line and band: the
+    in-distribution value. A ``split`` shift has no size: its conditions are placed side by side.
+    """
+    first = next(iter(table.values()))["results"]
+    shots = next(iter(first))
+    step = list(first[shots])[-1]
+    base = first[shots][step][metric]
+    kinds: dict[str, list] = {}
+    for label, entry in list(table.items())[1:]:
+        kinds.setdefault(entry["shift"], []).append((label, entry))
+    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(4.6 * max(len(kinds), 1), 3.8), squeeze=False)
+    for ax, (kind, entries) in zip(axes[0], kinds.items()):
+        sizes = [e["size"] for _, e in entries]
+        xs = sizes if None not in sizes else list(range(len(entries)))  # None: a split, no size
+        points = [next(iter(e["results"].values()))[step][metric] for _, e in entries]
+        ax.errorbar(xs, [p["mean"] for p in points], yerr=[p["ci95"] for p in points], fmt="o-", capsize=3)
+        ax.axhline(base["mean"], color="gray", ls="--", label="in-distribution")
+        ax.axhspan(base["mean"] - base["ci95"], base["mean"] + base["ci95"], color="gray", alpha=0.15)
+        if xs is not sizes:
+            ax.set_xticks(xs, [label for label, _ in entries], fontsize=7)
+        ax.set_xlabel(f"{kind} (upper end of the range)" if kind in RANGES else kind)
+        ax.set_ylabel(f"query {metric} after {step} step{'s' if step != 1 else ''}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _save(fig, path)

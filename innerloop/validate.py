@@ -15,3 +15,14 @@ def positive_int(name: str, value: object, *, allow_zero: bool = False, error: t
         bound = "a non-negative" if allow_zero else "a positive"
         raise error(f"{name} must be {bound} integer, got {value!r}")
     return value
+
+
+def positive_float(
+    name: str, value: object, *, allow_zero: bool = False, error: type[ValueError] = ValueError
+) -> float:
+    """``value`` as a ``float`` if it is a finite real number (not a ``bool``) > 0 (>= 0 with ``allow_zero``), else
+    ``error`` naming ``name``: ``"C must be a positive number, got 0"``."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < float("inf")
+    if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
+        raise error(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]

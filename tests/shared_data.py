@@ -5,6 +5,7 @@ A test marked ``@needs(present, what)`` FAILS when ``what`` is missing (CI must 
 (tests/conftest.py applies the mark).
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -29,3 +30,21 @@ def missing(what: str) -> None:
 
 
 needs_omniglot = needs((SHARED / "omniglot").exists(), f"{SHARED / 'omniglot'} (the shared Omniglot data)")
+
+# Meta-World (the `metaworld` extra) pins mujoco==3.3.0 and so cannot share a virtualenv with the MuJoCo 4 of
+# gymnasium[mujoco]: its tests have their own opt-out (`make test` runs them in .venv-metaworld).
+ALLOW_MISSING_METAWORLD = "INNERLOOP_ALLOW_MISSING_METAWORLD"
+HAVE_METAWORLD = importlib.util.find_spec("metaworld") is not None
+
+
+def require_metaworld() -> None:
+    """Inside a test: fail when metaworld is missing, skip under INNERLOOP_ALLOW_MISSING_METAWORLD=1 (or ..._MISSING=1)."""
+    if HAVE_METAWORLD:
+        return
+    if os.environ.get(ALLOW_MISSING_METAWORLD) == "1" or os.environ.get(ALLOW_MISSING) == "1":
+        pytest.skip(f"metaworld is not installed ({ALLOW_MISSING_METAWORLD}=1)")
+    pytest.fail(
+        "metaworld is not installed: pip install -e '.[metaworld,dev]' in a virtualenv of its own (it pins "
+        f"mujoco==3.3.0; `make test-metaworld`), or set {ALLOW_MISSING_METAWORLD}=1 to skip the tests that need it",
+        pytrace=False,
+    )

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 from cli_runner import cli  # tests/cli_runner.py
-from shared_data import needs_omniglot  # tests/shared_data.py
+from shared_data import needs_omniglot, require_metaworld  # tests/shared_data.py
 
+from innerloop.rl.envs.metaworld import FAMILIES as METAWORLD_FAMILIES
 from innerloop.training.builders import build_learner, build_rl_learner
 from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import is_rl, load_config, preset_names
@@ -227,5 +228,18 @@ def test_every_preset_validates_and_builds_its_learner(preset):
     # A preset is a promise to users: it must load, pass validation and build a learner with
     # meta-parameters (a typo in a field or an update rule the model cannot take fails here).
     config = load_config(preset)
+    if config.task.name in METAWORLD_FAMILIES:  # the metaworld extra lives in a venv of its own
+        require_metaworld()
     learner = build_rl_learner(config) if is_rl(config) else build_learner(config)
     assert sum(p.numel() for p in learner.parameters()) > 0
+
+
+@pytest.mark.parametrize(
+    "preset, modes",
+    [("maml-sine", (False, False)), ("protonet-omniglot-5w1s", (True, False)), ("snail-omniglot-5w1s", (False, True))],
+)
+def test_the_result_file_names_the_batch_norm_of_the_learner(preset, modes):
+    """eval.json's transductive_batch_norm / support_batch_norm come from the learner's layers (isinstance)."""
+    from innerloop.cli.report import batch_norm_modes
+
+    assert batch_norm_modes(build_learner(load_config(preset))) == modes

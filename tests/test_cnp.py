@@ -33,32 +33,34 @@ def test_prediction_ignores_the_order_of_the_support_set_but_not_its_content():
     learner = cnp64()
     b = sine_batch(tasks=1)
     sx, sy, qx = b.support_x[0], b.support_y[0], b.query_x[0]
-    mu, sigma = learner.predict(sx, sy, qx)
+    mu, sigma = learner(sx, sy, qx)
     assert mu.shape == sigma.shape == (10, 1)
+    r = learner.adapt(sx, sy)  # the two-call form: the representation, then the Gaussian at the queries
+    assert r.shape == (128,) and all(torch.equal(a, b) for a, b in zip(learner.predict(r, qx), (mu, sigma)))
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
         perm = torch.randperm(10, generator=g)
         assert not torch.equal(perm, torch.arange(10))
-        mu_p, sigma_p = learner.predict(sx[perm], sy[perm], qx)
+        mu_p, sigma_p = learner(sx[perm], sy[perm], qx)
         torch.testing.assert_close(mu_p, mu, rtol=0, atol=1e-12)
         torch.testing.assert_close(sigma_p, sigma, rtol=0, atol=1e-12)
     # Moving one support target moves the prediction: the support set is really read.
     moved = sy.clone()
     moved[4] += 1.0
-    mu_m, sigma_m = learner.predict(sx, moved, qx)
+    mu_m, sigma_m = learner(sx, moved, qx)
     assert (mu_m - mu).abs().max() > 1e-4 and (sigma_m - sigma).abs().max() > 1e-6
 
 
 def test_sigma_is_floored_and_nll_is_the_gaussian_log_density():
     learner = cnp64()
     b = sine_batch(tasks=1)
-    mu, sigma = learner.predict(b.support_x[0], b.support_y[0], b.query_x[0])
+    mu, sigma = learner(b.support_x[0], b.support_y[0], b.query_x[0])
     assert (sigma > 0.1).all()
     # A huge negative raw sigma still gives the floor 0.1, not 0.
     net = learner.model
     with torch.no_grad():
         net.decoder[-1].bias[1] = -1e4
-    assert torch.allclose(learner.predict(b.support_x[0], b.support_y[0], b.query_x[0])[1], torch.full_like(sigma, 0.1))
+    assert torch.allclose(learner(b.support_x[0], b.support_y[0], b.query_x[0])[1], torch.full_like(sigma, 0.1))
     y = b.query_y[0]
     expected = -torch.distributions.Normal(mu, sigma).log_prob(y).sum(-1)
     torch.testing.assert_close(gaussian_nll(y, mu, sigma), expected, rtol=1e-12, atol=1e-12)
@@ -70,7 +72,7 @@ def test_evaluate_reports_query_mse_as_loss_and_the_same_metrics_at_every_step()
     results = learner.evaluate(b, [5, 0, 1])
     assert set(results) == {0, 1, 5}
     for t in range(3):
-        mu, sigma = learner.predict(b.support_x[t], b.support_y[t], b.query_x[t])
+        mu, sigma = learner(b.support_x[t], b.support_y[t], b.query_x[t])
         torch.testing.assert_close(results[0]["loss"][t], ((mu - b.query_y[t]) ** 2).mean(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(
             results[0]["nll"][t], gaussian_nll(b.query_y[t], mu, sigma).mean(), rtol=1e-12, atol=1e-12

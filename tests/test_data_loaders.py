@@ -18,14 +18,15 @@ from shared_data import SHARED, needs  # tests/shared_data.py
 
 from innerloop.data import ChecksumError, EpisodicTasks, _common, cifar_fs, fc100, image_folder, mini_imagenet
 
-folders = importlib.import_module("innerloop.data.folders")
-SPLITS = Path(folders.__file__).parent / "splits"
+cifar_module = importlib.import_module("innerloop.data.cifar")
+mini_module = importlib.import_module("innerloop.data.mini_imagenet")  # innerloop.data.mini_imagenet is the loader
+SPLITS = _common.SPLITS_DIR
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(_common.CACHE_ENV, str(tmp_path / "cache"))
-    folders._read_cifar100.cache_clear()
+    cifar_module._read_cifar100.cache_clear()
 
 
 def save(path: Path, array: np.ndarray, fmt: str = "PNG"):
@@ -148,7 +149,7 @@ def test_mini_imagenet_image_files(mini, layout, tmp_path, monkeypatch):
     )
     assert np.array_equal(ds.images[5].permute(1, 2, 0).numpy(), want)
     assert list((tmp_path / "cache" / "mini-imagenet").glob("train-84x84-*.npy"))
-    monkeypatch.setattr(folders, "decode_files", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    monkeypatch.setattr(mini_module, "decode_files", lambda *a, **k: pytest.fail("decoded again despite the cache"))
     assert torch.equal(mini_imagenet(root, "train", split_dir=splits).images, ds.images)
 
 
@@ -213,7 +214,7 @@ def cifar(tmp_path, monkeypatch):
     served = tmp_path / "server" / "cifar-100-python.tar.gz"
     served.parent.mkdir()
     parts = cifar_tar(served)
-    monkeypatch.setattr(folders, "CIFAR100", (served.as_uri(), hashlib.md5(served.read_bytes()).hexdigest()))
+    monkeypatch.setattr(cifar_module, "CIFAR100", (served.as_uri(), hashlib.md5(served.read_bytes()).hexdigest()))
     splits = tmp_path / "splits"
     splits.mkdir()
     (splits / "train.txt").write_text("bear\napple\nbee\n")
@@ -252,15 +253,15 @@ def test_cifar_extracted_folder(cifar):
     root, splits, _ = cifar
     cdir = root / "cifar100"
     cdir.mkdir(parents=True)
-    with tarfile.open(Path(folders.CIFAR100[0][len("file://") :])) as tf:
+    with tarfile.open(Path(cifar_module.CIFAR100[0][len("file://") :])) as tf:
         tf.extractall(cdir, filter="data")
     assert cifar_fs(root, "val", split_dir=splits).images.shape == (6, 3, 32, 32)
 
 
 def test_cifar_checksum_mismatch(cifar, monkeypatch):
     root, splits, _ = cifar
-    url, md5 = folders.CIFAR100
-    monkeypatch.setattr(folders, "CIFAR100", (url, "f" * 32))
+    url, md5 = cifar_module.CIFAR100
+    monkeypatch.setattr(cifar_module, "CIFAR100", (url, "f" * 32))
     with pytest.raises(ChecksumError, match=rf"cifar-100-python.tar.gz .*expected md5 f{{32}}, got {md5}.*Delete"):
         cifar_fs(root, "train", download=True, split_dir=splits)
 
@@ -293,18 +294,18 @@ def test_fc100(cifar):
 
 # --------------------------------------------------------------------------- shipped split lists
 def test_shipped_split_lists():
-    mini = {s: folders.mini_imagenet_split(s) for s in ("train", "val", "test")}
+    mini = {s: mini_module.mini_imagenet_split(s) for s in ("train", "val", "test")}
     classes = {s: {w for _, w in rows} for s, rows in mini.items()}
     assert {s: len(c) for s, c in classes.items()} == {"train": 64, "val": 16, "test": 20}
     assert {s: len(r) for s, r in mini.items()} == {"train": 38400, "val": 9600, "test": 12000}
     assert len(classes["train"] | classes["val"] | classes["test"]) == 100
     assert all(fn.startswith(w) for rows in mini.values() for fn, w in rows)
 
-    fs = {s: folders._read_lines(SPLITS / "cifar_fs" / f"{s}.txt") for s in ("train", "val", "test")}
+    fs = {s: cifar_module._read_lines(SPLITS / "cifar_fs" / f"{s}.txt") for s in ("train", "val", "test")}
     assert [len(fs[s]) for s in ("train", "val", "test")] == [64, 16, 20] and fs["train"][0] == "train"
     assert len(set(fs["train"]) | set(fs["val"]) | set(fs["test"])) == 100
 
-    fc = {s: folders.fc100_split(s) for s in ("train", "val", "test")}
+    fc = {s: cifar_module.fc100_split(s) for s in ("train", "val", "test")}
     assert [len(fc[s]) for s in ("train", "val", "test")] == [60, 20, 20]
     assert [len({sup for sup, _ in fc[s]}) for s in ("train", "val", "test")] == [12, 4, 4]
     assert len({c for s in fc.values() for _, c in s}) == 100

@@ -16,6 +16,7 @@ import torch
 from cli_runner import cli  # tests/cli_runner.py
 
 import innerloop
+from innerloop import registry
 from innerloop.training.config import Config, preset_description, preset_names, preset_text
 from innerloop.training.reference import config_keys, config_reference, field_comments
 
@@ -53,6 +54,7 @@ def test_every_config_key_has_a_type_a_default_and_a_meaning():
     keys = config_keys()
     sections = [f for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING]
     expected = {f"{s.name}.{f.name}" for s in sections for f in dataclasses.fields(s.default_factory())} | {"out_dir"}
+    expected |= {f"algorithm.{key}" for entry in registry.algorithms().values() for key in entry.option_names}
     assert {k.dotted for k in keys} == expected
     assert [k.dotted for k in keys if not k.meaning] == [], "give each field a trailing # comment in training/config.py"
     reference = config_reference()

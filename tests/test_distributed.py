@@ -347,8 +347,6 @@ def test_a_rank_that_cannot_reach_the_group_times_out_clearly(tmp_path):
 @pytest.mark.parametrize("preset,procs", [("maml-trpo-bandit", 2), ("promp-nav2d", 2)])
 def test_meta_rl_rollouts_spread_over_ranks_match_one_process(tmp_path, preset, procs):
     """Each rank rolls out its shard of the tasks; TRPO's (ProMP's) sums are all-reduced: same step as one process."""
-    from innerloop.training.rl_trainer import RLTrainer
-
     overrides = [
         "train.dtype=float64",
         "train.progress=false",
@@ -372,7 +370,7 @@ def test_meta_rl_rollouts_spread_over_ranks_match_one_process(tmp_path, preset, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"on {procs} processes" in result.stdout
     cfg = load_config(preset, overrides, out_dir=str(tmp_path / "single"))
-    trainer = RLTrainer(cfg)
+    trainer = Trainer(cfg)
     initial = {k: v.clone() for k, v in trainer.learner.state_dict().items()}
     trainer.fit()
     ours, alone = final_weights(out), trainer.learner.state_dict()

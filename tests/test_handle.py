@@ -24,6 +24,7 @@ from innerloop import (
     TaskBatch,
     TaskList,
 )
+from innerloop.core.rules import MetaSGDRates, chain, partition, scale
 from innerloop.errors import ConfigError, InputError
 from innerloop.models import MLP, Conv4
 
@@ -55,6 +56,15 @@ LEARNERS = {
     "metacurvature": lambda: perturbed(MAML(mlp(), update_rule=MetaCurvature(0.05), inner_steps=2)),
     "lstm-optimizer": lambda: perturbed(MAML(mlp(), update_rule=LearnedOptimizerLSTM(0.05), inner_steps=2)),
     "meta-lstm": lambda: perturbed(MAML(mlp(), update_rule=MetaLearnerLSTM(0.05), inner_steps=2)),
+    "partition-chain": lambda: perturbed(
+        MAML(
+            mlp(),
+            update_rule=partition(
+                ("head", LearnedOptimizerLSTM(0.05, hidden=4)), ("all", chain(MetaSGDRates(), scale(2)))
+            ),
+            inner_steps=2,
+        )
+    ),
 }
 
 

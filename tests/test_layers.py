@@ -17,10 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "innerloop"
 LAYERS: list[tuple[str, ...]] = [
     ("innerloop._version", "innerloop.errors", "innerloop.validate", "innerloop.stats", "innerloop.presets"),
     ("innerloop.core", "innerloop.tasks", "innerloop.models", "innerloop.data"),
-    ("innerloop.algorithms",),
+    ("innerloop.algorithms", "innerloop.unroll"),  # unroll: meta-trains update rules (core, tasks, models, data)
     ("innerloop.rl",),
+    ("innerloop.registry",),  # the entries of algorithms, networks, task families, update rules (read by training)
     ("innerloop.training",),
-    ("innerloop.plots", "innerloop.demo"),
+    ("innerloop.plots", "innerloop.demo", "innerloop.analysis"),  # analysis reads checkpoints via training
     ("innerloop.cli", "innerloop.__main__"),
     ("innerloop",),  # the root package: the public API, built from the layers below
 ]
@@ -135,6 +136,47 @@ def test_innerloop_has_no_import_cycle():
 def test_innerloop_imports_downward_only():
     """core, tasks, models, data <- algorithms <- rl <- training <- cli; only the root and the CLI import the root."""
     assert upward_imports(import_graph(PACKAGE)) == []
+
+
+MAX_LINES = 400  # issue 19: a module that outgrows this is split by job
+
+
+def long_modules(package: Path, limit: int = MAX_LINES) -> list[str]:
+    """``path (N lines)`` for every module of ``package`` longer than ``limit`` lines."""
+    counts = {path: len(path.read_text().splitlines()) for path in sorted(package.rglob("*.py"))}
+    return [f"{p.relative_to(package.parent)} ({n} lines)" for p, n in counts.items() if n > limit]
+
+
+def test_no_module_of_innerloop_exceeds_400_lines():
+    found = long_modules(PACKAGE)
+    assert not found, f"split these modules by job (at most {MAX_LINES} lines each): " + ", ".join(found)
+
+
+def test_the_line_count_sees_a_long_module(tmp_path):
+    package = _write(tmp_path, {"__init__.py": "", "core/__init__.py": "", "core/long.py": "x = 1\n" * 401})
+    (package / "core" / "short.py").write_text("x = 1\n" * 400)
+    assert long_modules(package) == ["innerloop/core/long.py (401 lines)"]
+
+
+def named_families(folder: Path, names: set[str]) -> list[str]:
+    """``file:line 'literal'`` for each string literal under ``folder`` that is one of ``names``."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                found.append(f"{path.name}:{node.lineno} {node.value!r}")
+    return found
+
+
+def test_the_cli_names_no_algorithm_task_family_or_class():
+    """The CLI asks the registry (a task family's kind, whether it draws trajectories), never compares names."""
+    from innerloop import registry
+
+    classes = {
+        n.name for p in PACKAGE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ClassDef)
+    }
+    names = set(registry.algorithms()) | set(registry.task_families()) | set(registry.models()) | classes
+    assert named_families(PACKAGE / "cli", names) == []
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:

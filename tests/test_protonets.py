@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from innerloop.algorithms import ProtoNets
+from innerloop.algorithms.losses import classification_metrics
 from innerloop.algorithms.protonets import class_prototypes, squared_distances
 from innerloop.models import Conv4
 from innerloop.tasks import TaskBatch
@@ -59,7 +60,7 @@ def test_prototypes_are_the_class_mean_embeddings():
     b = episode_batch(tasks=1, ways=4, shots=3)
     sx, sy = b.support_x[0], b.support_y[0]
     prototypes = learner.adapt(sx, sy)
-    z = learner(sx)  # one pass over the support set, as adapt does
+    z = learner.embed(None, sx)  # one pass over the support set, as adapt does
     assert prototypes.shape == (4, 8)
     for k in range(4):
         torch.testing.assert_close(prototypes[k], z[sy == k].mean(0), rtol=0, atol=1e-12)
@@ -96,7 +97,8 @@ def test_logits_are_negative_squared_distances():
     b = episode_batch(tasks=1, ways=3, shots=2, queries=3)
     prototypes = learner.adapt(b.support_x[0], b.support_y[0])
     logits = learner.predict(prototypes, b.query_x[0])
-    zq = learner(b.query_x[0])
+    zq = learner.embed(None, b.query_x[0])
+    torch.testing.assert_close(learner(b.support_x[0], b.support_y[0], b.query_x[0]), logits, rtol=0, atol=0)
     expected = -((zq[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1)
     assert logits.shape == (9, 3)
     torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
@@ -109,7 +111,9 @@ def test_meta_loss_matches_a_hand_computation(strategy):
     b = episode_batch(tasks=2, ways=3, shots=2, queries=3)
     loss, metrics = learner.meta_loss(b)
     ref = [
-        reference_episode(learner, *(t[i] for t in (b.support_x, b.support_y, b.query_x, b.query_y)), 3)
+        reference_episode(
+            lambda x: learner.embed(None, x), *(t[i] for t in (b.support_x, b.support_y, b.query_x, b.query_y)), 3
+        )
         for i in range(2)
     ]
     torch.testing.assert_close(loss, torch.stack([r[0] for r in ref]).mean(), rtol=1e-10, atol=1e-10)
@@ -212,10 +216,9 @@ def test_bad_labels_are_rejected():
 
 def test_a_class_without_support_example_gets_no_probability():
     z = torch.randn(4, 3, dtype=torch.float64)
-    from innerloop.algorithms.protonets import _episode
-
-    metrics = _episode(z[:3], torch.tensor([0, 0, 2]), z[3:], torch.tensor([2]), ways=3)
-    assert torch.isfinite(metrics["loss"])
+    logits = conv_learner().logits(z[:3], torch.tensor([0, 0, 2]), z[3:], ways=3)
+    assert logits[0, 1] == float("-inf") and torch.isfinite(logits[0, [0, 2]]).all()
+    assert torch.isfinite(classification_metrics(logits, torch.tensor([2]))["loss"])
 
 
 # --------------------------------------------------------------------------- learning

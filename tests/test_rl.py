@@ -306,13 +306,13 @@ def test_batched_rollouts_and_adaptation_match_a_per_task_loop(f64):
 def test_meta_training_on_bandits_makes_one_step_of_adaptation_pay(tmp_path, algorithm):
     """Before meta-training one step gains little; after it, one step finds the good arm far more often."""
     from innerloop.training.evaluate import evaluate_rl
-    from innerloop.training.rl_trainer import RLTrainer
+    from innerloop.training.trainer import Trainer
 
     overrides = [f"algorithm.name={algorithm}", "train.progress=false", "eval.tasks=100", "eval.steps=[0,1]"]
     if algorithm == "promp":
         overrides.append("train.meta_lr=0.05")
     config = load_config("maml-trpo-bandit", overrides, out_dir=str(tmp_path))
-    trainer = RLTrainer(config)
+    trainer = Trainer(config)
     before = evaluate_rl(trainer.learner, config)
     trainer.fit()
     after = evaluate_rl(trainer.learner, config)

@@ -161,13 +161,25 @@ def test_worker_processes_give_the_same_rollouts():
 
 
 @needs_mujoco
+def test_closing_a_family_stops_its_worker_processes():
+    family = make_family("halfcheetah-dir", workers=2)
+    env = family.make(torch.tensor([[1.0], [-1.0]]), 1, seed=0)
+    processes = env.pool.processes
+    env.reset()
+    env.close()  # the pool goes back to the family, its workers still alive for the next make()
+    assert len(processes) == 2 and all(p.is_alive() for p in processes)
+    family.close()
+    assert not any(p.is_alive() for p in processes)
+
+
+@needs_mujoco
 def test_terminated_ant_stays_terminated_with_zero_reward(families):
     family = families["ant-dir"]
     env = family.make(torch.tensor([[1.0], [-1.0]]), 2, seed=0)
     try:
         env.reset()
         # Lift simulator (1, 0) to a torso height of 1.5, above gymnasium's healthy range [0.2, 1.0].
-        lifted = env.group.envs[2].unwrapped
+        lifted = env.pool.envs[2].unwrapped
         qpos, qvel = lifted.data.qpos.copy(), lifted.data.qvel.copy()
         qpos[2] = 1.5
         lifted.set_state(qpos, qvel)
@@ -216,14 +228,14 @@ def test_simulators_are_reused_but_never_shared(families):
     tasks = torch.tensor([[1.0]])
     first = family.make(tasks, 3, seed=0)
     second = family.make(tasks, 3, seed=0)  # both open: each needs its own simulators
-    assert not set(map(id, first.group.envs)) & set(map(id, second.group.envs))
-    groups = [first.group, second.group]
+    assert not set(map(id, first.pool.envs)) & set(map(id, second.pool.envs))
+    pools = [first.pool, second.pool]
     first.close(), second.close()
     with pytest.raises(RuntimeError):
         first.reset()
     idle = len(family._idle)
     third = family.make(tasks, 2, seed=0)  # fewer simulators than cached: no new ones
-    assert any(third.group is group for group in groups) and len(family._idle) == idle - 1
+    assert any(third.pool is pool for pool in pools) and len(family._idle) == idle - 1
     third.close()
     assert len(family._idle) == idle
 

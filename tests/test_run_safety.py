@@ -202,7 +202,8 @@ def test_pruning_after_a_resume_keeps_intact_work(tmp_path, monkeypatch, capsys)
 def test_a_torchrun_restart_resumes_from_the_newest_intact_checkpoint(run, monkeypatch):
     """The restart path: rank 0 of a restarted group (TORCHELASTIC_RESTART_COUNT > 0) picks the
     checkpoint and broadcasts it (here a one-process gloo group, the same code path)."""
-    from innerloop.training.distributed import DistributedTrainer, ProcessGroup
+    from innerloop.training.distributed import ProcessGroup
+    from innerloop.training.trainer import Trainer
 
     _garbage_state(run / "checkpoints" / "step-00000004")
     with socket.socket() as s:
@@ -219,7 +220,7 @@ def test_a_torchrun_restart_resumes_from_the_newest_intact_checkpoint(run, monke
         monkeypatch.setenv(key, value)
     group = ProcessGroup.from_environment("cpu", 60)
     try:
-        trainer = DistributedTrainer(load_config("maml-sine", TINY, out_dir=str(run)), group)
+        trainer = Trainer(load_config("maml-sine", TINY, out_dir=str(run)), group=group)
         assert trainer.start_iteration == 2 and trainer.last_checkpoint == run / "checkpoints" / "step-00000002"
         assert "step-00000004: state.pt is not a state file innerloop wrote" in trainer.start_note
     finally:

@@ -1,9 +1,12 @@
-"""The speed suite (benchmarks/speed.py): its gradient-agreement check catches a wrong
-implementation, and ``--quick`` on one small workload runs and reports every field."""
+"""The speed suite (benchmarks/speed/): its gradient-agreement check catches a wrong
+implementation, its timing interleaves the impls, ``--quick`` on one small workload runs and
+reports every field, and both of its commands start from any directory."""
 
 import importlib.util
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_suite():
+    """The package benchmarks/speed/ under a private name (benchmarks/ stays off sys.path)."""
     name = "innerloop_speed_suite"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "speed.py")
+        folder = ROOT / "benchmarks" / "speed"
+        spec = importlib.util.spec_from_file_location(
+            name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
+        sys.modules[name] = module  # its submodules and dataclasses look it up while they are built
         spec.loader.exec_module(module)
     return sys.modules[name]
 
@@ -81,7 +88,7 @@ def test_main_exits_nonzero_before_timing_on_a_mismatch(monkeypatch, capsys):
         return workload
 
     monkeypatch.setitem(speed.WORKLOADS, "sine-maml-1step-2nd", broken)
-    monkeypatch.setattr(speed, "measure_peaks", lambda device, quick: {"matmul": 1.0, "conv": 1.0})
+    monkeypatch.setattr(speed.cli, "measure_peaks", lambda device, quick: {"matmul": 1.0, "conv": 1.0})
     with pytest.raises(SystemExit) as exit_:
         speed.main(["--quick", "--workloads", "sine-maml-1step-2nd", "--tasks", "3"])
     assert exit_.value.code == 2
@@ -89,8 +96,8 @@ def test_main_exits_nonzero_before_timing_on_a_mismatch(monkeypatch, capsys):
 
 
 def test_higher_column_is_skipped_with_a_note_when_higher_is_missing(monkeypatch):
-    monkeypatch.setattr(speed, "higher", None)
-    monkeypatch.setattr(speed, "HIGHER_MISSING", "higher is not installed")
+    monkeypatch.setattr(speed.impls, "higher", None)
+    monkeypatch.setattr(speed.impls, "HIGHER_MISSING", "higher is not installed")
     workload = tiny_sine()
     assert "higher" not in workload.impls
     assert workload.skipped["higher"] == "higher is not installed"
@@ -114,7 +121,8 @@ def test_quick_run_on_one_small_workload_reports_every_field(tmp_path, capsys):
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert report["quick"] and report["device"] == "cpu" and report["torch"] == torch.__version__
-    assert report["command"].startswith("python benchmarks/speed.py --quick")
+    assert report["command"].startswith("python benchmarks/speed --quick")
+    assert report["settings"]["timer"].startswith("torch.utils.benchmark")
     assert report["peak"]["matmul"] > 0 and report["peak"]["conv"] > 0
     (workload,) = report["workloads"]
     assert workload["name"] == "sine-maml-1step-2nd" and workload["tasks"] == 5
@@ -123,7 +131,9 @@ def test_quick_run_on_one_small_workload_reports_every_field(tmp_path, capsys):
     assert {"innerloop vmap", "innerloop loop", "innerloop auto", "plain loop"} <= set(impls)
     assert ("higher" in impls) == (speed.higher is not None)
     for row in impls.values():
-        assert len(row["times_ms"]) == 2 and row["median_ms"] > 0
+        assert len(row["times_ms"]) == 2 and row["median_ms"] > 0  # one block per round
+        assert row["median_ms"] == pytest.approx(sum(row["times_ms"]) / 2)
+        assert row["iqr_ms"] == pytest.approx(abs(row["times_ms"][0] - row["times_ms"][1]) / 2)
         assert row["tasks_per_s"] == pytest.approx(5e3 / row["median_ms"])
         assert isinstance(row["peak_mem_mib"], float) and row["memory_method"]  # the probe itself: below
         assert row["gflop_per_task"] > 0 and row["gflops"] > 0 and row["fraction_of_peak"] > 0
@@ -135,7 +145,7 @@ def test_quick_run_on_one_small_workload_reports_every_field(tmp_path, capsys):
     # The same FLOPs for the same algorithm (matrix products of a per-task loop).
     assert impls["plain loop"]["gflop_per_task"] == pytest.approx(impls["innerloop loop"]["gflop_per_task"])
     table = capsys.readouterr().out
-    assert "| workload | implementation | ms / step (median) | tasks/s |" in table
+    assert "| workload | implementation | ms / step (median) | IQR (ms) | tasks/s |" in table
     assert "`sine-maml-1step-2nd` | plain loop |" in table and "torch " + torch.__version__ in table
 
 
@@ -146,3 +156,33 @@ def test_the_memory_probe_sees_what_a_step_allocates():
         assert float(held[-1]) == 1.0
     del held
     assert probe.bytes >= 60 * 2**20, (probe.bytes, probe.method)
+
+
+def test_timing_rounds_interleave_the_impls_and_measure_what_they_run():
+    """Each round times every impl once, in turn; medians are those of the statements' own durations."""
+    calls: list[str] = []
+
+    def nap(name, seconds):
+        calls.append(name)
+        time.sleep(seconds)
+
+    timers = {
+        name: speed.measure._timer("nap(name, seconds)", "naps", name, nap=nap, name=name, seconds=seconds)
+        for name, seconds in (("short", 0.02), ("long", 0.06))
+    }
+    measured = speed.time_round_robin(timers, rounds=3)
+    assert [len(m.times) for m in measured.values()] == [3, 3]
+    assert measured["short"].median == pytest.approx(0.02, rel=0.5)
+    assert measured["long"].median == pytest.approx(0.06, rel=0.5)
+    assert measured["long"].median > 2 * measured["short"].median
+    # blocked_autorange sizes its block with one untimed call, then times one block of one call
+    assert calls == ["short", "short", "long", "long"] * 3
+
+
+@pytest.mark.parametrize("command", [["benchmarks/speed"], ["-m", "benchmarks.speed"]])
+def test_both_commands_start_from_the_repository_root(command):
+    result = subprocess.run(
+        [sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--min-run-time" in result.stdout and "blocked_autorange" in result.stdout

@@ -1,12 +1,16 @@
 """Learned inner-loop update rules: Meta-Curvature, the coordinate-wise LSTM optimizer and the
 Ravi & Larochelle meta-learner LSTM, plugged into MAML."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from innerloop import MAML, SGD, LearnedOptimizerLSTM, MetaCurvature, MetaLearnerLSTM, SinusoidTasks
-from innerloop.core.update_rules import preprocess
+from innerloop.core.rules import RULES, UpdateRule
+from innerloop.core.update_rules import preprocess  # the old import path still works
 from innerloop.errors import ConfigError
 from innerloop.models import MLP
 from innerloop.training.config import load_config
@@ -181,3 +185,48 @@ def test_each_learned_rule_learns_on_a_short_run(name):
     assert not torch.equal(
         parameters_to_vector(learner.update_rule.parameters()), rule_before
     )  # the rule itself learned
+
+
+# Recorded from the implementation before issue 19 (rules returned new parameters; update_rules.py was one
+# module), with tests/golden/update_rules_v0.safetensors written by: for each name of RULES, MAML(MLP(1, [8, 8], 1)
+# seeded 0, update_rule=RULES[name](0.05) (hidden=4 for the LSTM rules), inner_steps=2, strategy="vmap").double(),
+# the rule's parameters moved by 0.05 * randn (generator seed 1); its state_dict, adapt(task 0, 3 steps) and the
+# meta-loss and meta-gradient of 3 sinusoid tasks (shots 5, queries 6, seed 3), second and first order.
+RECORDED = Path(__file__).parent / "golden" / "update_rules_v0.safetensors"
+RECORDED_RULES = ("lslr", "lstm-optimizer", "meta-lstm", "metacurvature", "metasgd", "sgd")  # RULES before issue 19
+
+
+def test_every_recorded_rule_is_still_a_rule():
+    assert {k.split("/", 1)[0] for k in load_file(RECORDED)} == set(RECORDED_RULES) <= set(RULES)
+
+
+@pytest.mark.parametrize("name", RECORDED_RULES)
+def test_each_rule_loads_its_old_state_dict_and_reproduces_the_recorded_numbers(name):
+    recorded = load_file(RECORDED)
+    rule = RULES[name](0.05, hidden=4) if "lstm" in name else RULES[name](0.05)
+    learner = MAML(small_mlp(seed=5), update_rule=rule, inner_steps=2, strategy="vmap").double()  # other init
+    old = {k.split("/", 2)[2]: v for k, v in recorded.items() if k.startswith(f"{name}/state/")}
+    assert old.keys() == learner.state_dict().keys()  # the checkpoint layout is unchanged
+    learner.load_state_dict(old)
+    b = batch(n=3)
+    exact = name in ("sgd", "metasgd", "lslr", "metacurvature")  # same operations; the LSTMs round differently
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-12, atol=1e-14)
+    for k, v in learner.adapt(b.support_x[0], b.support_y[0], 3).items():
+        torch.testing.assert_close(v, recorded[f"{name}/adapt/{k}"], **tol)
+    for order in ("second", "first"):
+        learner.first_order = order == "first"
+        learner.zero_grad()
+        loss, _ = learner.meta_loss(b)
+        loss.backward()
+        torch.testing.assert_close(loss.detach(), recorded[f"{name}/{order}/loss"], **tol)
+        for k, p in learner.named_parameters():
+            torch.testing.assert_close(p.grad, recorded[f"{name}/{order}/grad/{k}"], **tol)
+
+
+def test_a_rule_written_for_the_old_contract_is_refused_in_one_line():
+    class OldStyle(UpdateRule):
+        def forward(self, params, grads, step):  # returned new parameters
+            return {n: p - 0.1 * grads[n] for n, p in params.items()}
+
+    with pytest.raises(ConfigError, match=r"old rule contract.*forward\(grads, state, params, step, loss\)"):
+        MAML(small_mlp(), update_rule=OldStyle())

@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 from ..core.engine import functional_model
 from ..core.params import Params
-from .base import DEFAULT_INNER_LR
+from .gradient import DEFAULT_INNER_LR
 from .maml import MAML
 
 

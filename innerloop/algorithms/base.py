@@ -1,4 +1,4 @@
-"""The interface every meta-learner shares, and the machinery of the gradient-based ones.
+"""The interface every meta-learner shares (the gradient-based family's machinery: ``gradient.py``).
 
 Every learner is an ``nn.Module`` whose ``parameters()`` are exactly its
 meta-parameters (the model's initialization plus whatever the algorithm learns
@@ -11,30 +11,28 @@ besides, e.g. Meta-SGD's rates), so any ``torch.optim`` optimizer meta-trains it
     adapted = learner.adapt(support_x, support_y, steps=10)
     prediction = learner(query_x, params=adapted)
 
-``meta_backward(batch, weight)`` accumulates ``weight * d meta_loss`` into ``.grad``;
-it is the one call a trainer (and a distributed all-reduce after it) needs, and
-algorithms without a differentiable meta-loss (Reptile) override it.
+``meta_backward(batch, weight)`` accumulates ``weight * d meta_loss`` into ``.grad``
+(algorithms without a differentiable meta-loss, Reptile, override it); ``meta_step(batch,
+optimizer, shard)``, the one call a trainer makes, adds the sum over processes, clipping and
+the optimizer step (``algorithms.step``).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from ..core.engine import StrategyChooser, functional_model, inner_loop, map_tasks
-from ..core.params import AdaptSpec, Params, named_params, select_adapted, split
-from ..core.update_rules import SGD, UpdateRule
-from ..errors import ConfigError
+from ..core.engine import StrategyChooser, functional_model, loss_takes_params, map_tasks
+from ..core.params import Params, named_params
 from ..tasks import checks
 from ..tasks.batch import TaskBatch
-from ..validate import positive_int
-from .handle import TaskHandle, TaskList, is_task_list, map_task_list
-from .losses import default_loss  # re-exported: innerloop.algorithms.base.default_loss
+from .handle import TaskList, check_reduction, is_task_list, map_task_list, reduce_tasks
+from .losses import accuracy, default_loss  # default_loss re-exported: innerloop.algorithms.base.default_loss
+from .step import DIVERGENCE_FIX, Shard, evaluate_held_out, gradient_step
 
 
 class MetaLearner(nn.Module):
@@ -59,7 +57,8 @@ class MetaLearner(nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.functional = functional_model(model)
-        self.loss_fn = loss_fn or default_loss
+        self.loss_fn: Callable[..., torch.Tensor] = loss_fn or default_loss
+        self.loss_sees_params = loss_takes_params(self.loss_fn)  # loss_fn(output, target, params)
         self.chooser = StrategyChooser(strategy)
         self._labels: checks.Labels | None = None  # label range of the batch being processed (checks)
         self._example_shape: tuple[int, ...] | None = None  # one input example, as the last batch had it
@@ -74,18 +73,23 @@ class MetaLearner(nn.Module):
         """The model on ``x`` with ``params`` (default: the learner's own, theta)."""
         return self.functional(self.model_params() if params is None else params, x)
 
-    def task_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``loss_fn(output, target)``; with the default loss, the output and target shapes are checked first
+    def task_loss(self, output: torch.Tensor, target: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """``loss_fn(output, target)`` (``loss_fn(output, target, params)`` for a loss that sees the parameters,
+        ``loss_sees_params``); with the default loss, the output and target shapes are checked first
         (a regression target of the output's shape, labels within the model's classes)."""
         if self.loss_fn is default_loss:
             checks.check_output_target(output, target, self._labels)
+        if self.loss_sees_params:
+            return self.loss_fn(output, target, params)
         return self.loss_fn(output, target)
 
-    def task_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def task_metrics(
+        self, output: torch.Tensor, target: torch.Tensor, params: Params | None = None
+    ) -> dict[str, torch.Tensor]:
         """One task's ``loss`` (and ``accuracy`` for integer labels) of ``output`` against ``target``."""
-        metrics = {"loss": self.task_loss(output, target)}
-        if not target.is_floating_point():
-            metrics["accuracy"] = (output.argmax(-1) == target).to(output.dtype).mean()
+        metrics = {"loss": self.task_loss(output, target, params)}
+        if isinstance(target, torch.Tensor) and not target.is_floating_point():
+            metrics["accuracy"] = accuracy(output, target).mean()
         return metrics
 
     def map_tasks(self, task_fn, batch: TaskBatch):
@@ -112,7 +116,7 @@ class MetaLearner(nn.Module):
         tasks = list(TaskList.of(batch)) if is_task_list(batch) else [batch]
         ranges = [r for r in (checks.check_batch_values(task, one_hot, where) for task in tasks) if r is not None]
         self._labels = checks.Labels(min(r.low for r in ranges), max(r.high for r in ranges)) if ranges else None
-        self._example_shape = tuple(tasks[0].support_x.shape[2:]) if tasks else None
+        self._example_shape = checks.example_shape(tasks[0].support_x) if tasks else None
 
     def check_task(self, support_x: torch.Tensor, support_y: torch.Tensor, where: str = "adapt") -> None:
         """Check one task's support set (``adapt``): one task, not a batch; finite; labels >= 0."""
@@ -126,9 +130,19 @@ class MetaLearner(nn.Module):
         return _Checked(self)
 
     # -- the interface ----------------------------------------------------------------
-    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(loss, metrics)``: the differentiable meta-objective of ``batch`` and its detached batch means."""
+    #: The per-task metric ``meta_loss`` minimises (CNP: ``nll``, its ``loss`` being the query MSE).
+    objective = "loss"
+
+    def episode_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Per-task query metrics ``name -> (T,)`` of ``batch``, differentiable: what an episodic learner writes."""
         raise NotImplementedError
+
+    def meta_loss(self, batch: TaskBatch, reduction: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, metrics)``: the meta-objective, i.e. the ``objective`` of ``episode_metrics`` over the tasks (for
+        the MAML family the query loss after adaptation; ``reduction``: mean, sum, or ``"none"`` for the per-task
+        values), and the detached metrics."""
+        check_reduction(reduction)
+        return reduce_tasks(self.episode_metrics(batch), reduction, self.objective)
 
     def backward_per_task(self, batch: TaskBatch) -> bool:
         """Whether ``meta_backward`` back-propagates task by task (learners whose meta-loss is a
@@ -165,9 +179,33 @@ class MetaLearner(nn.Module):
                     totals[name] = totals.get(name, 0) + value.detach() / batch.num_tasks
         return totals
 
+    # -- what a trainer calls (innerloop.algorithms.step) -------------------------------
+    divergence_fix = DIVERGENCE_FIX
+
+    def meta_step(self, batch: TaskBatch, optimizer, shard: Shard = Shard()) -> dict[str, float]:
+        """One meta-update on this process's ``shard`` of the meta-batch (:func:`~innerloop.algorithms.step.gradient_step`)."""
+        return gradient_step(self, batch, optimizer, shard)
+
+    @property
+    def validation_steps(self) -> list[int]:
+        """The adaptation steps a validation reports (``eval_steps``; 0 for learners without an inner loop)."""
+        return [getattr(self, "eval_steps", 0)]
+
+    def evaluate_tasks(self, source, ids: range, num_tasks: int, steps: Sequence[int], device=None, dtype=None) -> dict:
+        """Per-task query metrics ``{step: {name: (len(ids),)}}`` of tasks ``ids`` of ``source``'s fixed evaluation set."""
+        return evaluate_held_out(self, source, ids, steps, device, dtype)
+
+    def progress_fields(self, record: dict) -> dict[str, str]:
+        """What a progress bar shows of a logged training record."""
+        return {"loss": f"{record['loss']:.4f}", "tasks_s": f"{record['tasks_per_s']:.0f}"}
+
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Any:
-        """What the learner adapts to one task, from its support set ``(S, ...)`` (no task dimension): its own kind
-        (adapted parameters, prototypes, a representation, a context)."""
+        """The task state of one task from its support set ``(S, ...)`` (no task dimension), what ``predict`` takes:
+        adapted parameters, prototypes, a representation, a context (the table in docs/learners.md)."""
+        raise NotImplementedError
+
+    def predict(self, state: Any, x: torch.Tensor) -> Any:
+        """The output at one task's query inputs ``x`` from ``state = adapt(support_x, support_y)``."""
         raise NotImplementedError
 
     def evaluate(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
@@ -189,170 +227,3 @@ class _Checked:
 
 
 check_class_labels = checks.check_class_labels  # classification learners: integer labels, one clear error
-
-
-class _DefaultRate(float):
-    """The default ``inner_lr``, told apart from an explicit one (which ``update_rule=`` must not silently drop)."""
-
-    def __repr__(self) -> str:
-        return repr(float(self))
-
-
-DEFAULT_INNER_LR = _DefaultRate(0.01)
-
-
-class GradientLearner(MetaLearner):
-    """Shared machinery of the optimization-based family (MAML, FOMAML, Meta-SGD, ANIL, Reptile).
-
-    Holds the set of adapted parameters, the update rule and the inner-loop length.
-    The inner loop may run on an embedding of the inputs (``embed``, identity here)
-    with a head (``head_forward``, the whole model here); ANIL overrides both so the
-    frozen body runs once per task instead of once per inner step.
-
-    Args:
-        model: any ``nn.Module``; its parameters are the meta-learned initialization.
-        inner_lr: alpha, the step size of the plain SGD inner loop (default 0.01). With
-            ``update_rule=`` the rule carries its own rate: giving both is refused.
-        inner_steps: inner steps at meta-training time.
-        first_order: drop second derivatives (the inner gradients are constants).
-        adapt: the adapted parameters: ``"all"``, ``"head"``, a regular expression, a list of names
-            or a predicate; the others are shared and get only the outer gradient.
-        update_rule: an :class:`~innerloop.core.update_rules.UpdateRule` replacing SGD(inner_lr).
-        eval_steps: default steps of :meth:`adapt` (default: inner_steps).
-        loss_fn: ``(output, target) -> scalar`` task loss; default cross-entropy for integer labels, else MSE.
-        strategy: ``"vmap"``, ``"loop"`` or ``"auto"`` (time both, keep the faster; the loop where vmap fails).
-        checkpoint_steps: second order: recompute each inner step in the backward pass (less memory).
-        compile: ``torch.compile`` the meta-loss (a fixed strategy; input checks stay outside the graph).
-    """
-
-    def backward_per_task(self, batch: TaskBatch) -> bool:
-        """Task by task when the tasks run in a loop (each task's graph freed after its backward)."""
-        return self.runs_tasks_in_a_loop(batch)
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float | None = DEFAULT_INNER_LR,
-        inner_steps: int = 1,
-        first_order: bool = False,
-        adapt: AdaptSpec = "all",
-        update_rule: UpdateRule | None = None,
-        eval_steps: int | None = None,
-        loss_fn=None,
-        strategy: str = "auto",
-        checkpoint_steps: bool = False,
-        compile: bool = False,
-    ) -> None:
-        if compile and (strategy == "auto" or checkpoint_steps):
-            raise ValueError(
-                "compile=True compiles the meta-loss of one fixed strategy: give strategy='vmap' or 'loop' "
-                "(auto times both eagerly first) and leave checkpoint_steps off"
-            )
-        if checkpoint_steps and strategy == "vmap":
-            raise ValueError(
-                "checkpoint_steps recomputes inner steps with torch.utils.checkpoint, which cannot run under vmap: "
-                "use strategy='loop' (or 'auto', which then means loop)"
-            )
-        # Recomputation only pays where memory is the limit: the per-task loop on big models.
-        super().__init__(model, loss_fn, "loop" if checkpoint_steps else strategy)
-        self.checkpoint_steps = bool(checkpoint_steps)
-        self.inner_steps = positive_int("inner_steps", inner_steps, allow_zero=True)
-        self.eval_steps = positive_int(
-            "eval_steps", eval_steps if eval_steps is not None else inner_steps, allow_zero=True
-        )
-        self.first_order = bool(first_order)
-        self.adapted_names = select_adapted(model, adapt)
-        if update_rule is not None and inner_lr is not None and inner_lr is not DEFAULT_INNER_LR:
-            raise ConfigError(
-                f"give inner_lr={inner_lr!r} or update_rule={type(update_rule).__name__}(...), not both: the rule has "
-                "its own rate (e.g. PerLayerPerStepRates(0.05)) and would ignore inner_lr"
-            )
-        if update_rule is None:
-            if inner_lr is None:
-                raise ValueError("give either inner_lr (plain SGD inner loop) or an update_rule")
-            update_rule = SGD(inner_lr)
-        if not isinstance(update_rule, UpdateRule):
-            raise TypeError(f"update_rule must be an innerloop UpdateRule, got {type(update_rule).__name__}")
-        if compile:
-            # torch.compile traces the inner loop's grad and the task map into one graph and fuses the
-            # many small kernels of small models (2-2.5x vmap on the sinusoid MLP, RESULTS.md); the first call compiles.
-            # Input checks run here, eagerly, before the compiled call (inside the graph they are skipped).
-            eager, compiled = self.meta_loss, torch.compile(self.meta_loss, dynamic=False)  # fixed shapes: specialise
-
-            @functools.wraps(eager)
-            def meta_loss(batch, *args, **kwargs):
-                self.check_batch(batch)
-                return compiled(batch, *args, **kwargs)
-
-            self.meta_loss = meta_loss  # type: ignore[method-assign]  # this learner's meta_loss, compiled
-        params = self.model_params()
-        update_rule.bind(
-            {n: params[n].shape for n in self.adapted_names}, max(inner_steps, 1), params[self.adapted_names[0]]
-        )
-        self.update_rule = update_rule
-
-    # -- hooks ANIL overrides ---------------------------------------------------------
-    def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """Features the inner loop adapts on (identity; ANIL: the frozen body, once per task)."""
-        return x
-
-    def head_forward(self, params: Params, z: torch.Tensor) -> torch.Tensor:
-        """The adapted part of the model on features ``z`` (the whole model; ANIL: the head)."""
-        return self.functional(params, z)
-
-    # -- per-task adaptation ----------------------------------------------------------
-    def task_adapt(self, params: Params, x, y, steps: int, trajectory: bool = False, first_order: bool | None = None):
-        """theta'_i: ``steps`` applications of the update rule on the support loss of one task."""
-        fast, shared = split(params, self.adapted_names)
-        return inner_loop(
-            self.head_forward,
-            self.task_loss,
-            self.update_rule,
-            fast,
-            shared,
-            x,
-            y,
-            steps,
-            first_order=self.first_order if first_order is None else first_order,
-            trajectory=trajectory,
-            checkpoint=self.checkpoint_steps,
-        )
-
-    def adapt(self, support_x, support_y, steps: int | None = None) -> Params:
-        """Adapted parameters ``name -> tensor`` for one new task.
-
-        Args:
-            support_x: ``(S, *example)``, one task's support inputs (no task dimension).
-            support_y: ``(S,)`` integer labels or ``(S, *target)`` float targets.
-            steps: inner steps (default ``eval_steps``).
-        """
-        steps = self.eval_steps if steps is None else positive_int("steps", steps, allow_zero=True)
-        self.check_task(support_x, support_y)
-        params = self.model_params()
-        return self.task_adapt(params, self.embed(params, support_x), support_y, steps)
-
-    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """The model's output on ``x`` with (adapted) parameters ``params``."""
-        return self.head_forward(params, self.embed(params, x))
-
-    def clone(self, first_order: bool | None = None) -> TaskHandle:
-        """A :class:`~innerloop.algorithms.handle.TaskHandle` for one task of your own training loop
-        (learn2learn's ``maml.clone()``): ``task = learner.clone(); task.adapt(loss); task(x)``."""
-        return TaskHandle(self, first_order)
-
-    task = clone
-
-    @torch.no_grad()
-    def evaluate(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
-        """``{s: {"loss": (T,), ...}}``: per-task query metrics after ``s`` inner steps, for each ``s`` in ``steps``."""
-        # The inner gradients are still taken: torch.func.grad ignores an outer no_grad.
-        steps = sorted({positive_int("steps", s, allow_zero=True) for s in steps})
-        self.check_batch(batch, "evaluate")
-        params = self.model_params()
-
-        def task_eval(sx, sy, qx, qy):
-            path = self.task_adapt(params, self.embed(params, sx), sy, steps[-1], trajectory=True)
-            zq = self.embed(params, qx)
-            return {s: self.task_metrics(self.head_forward(path[s], zq), qy) for s in steps}
-
-        return self.map_tasks(task_eval, batch)

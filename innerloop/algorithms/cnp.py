@@ -3,43 +3,16 @@
 Garnelo, Rosenbaum, Maddison, Ramalho, Saxton, Shanahan, Teh, Rezende & Eslami (2018),
 "Conditional Neural Processes", ICML. https://arxiv.org/abs/1807.01613
 
-A black-box (model-based) meta-learner: a network reads a task's support set (the
-paper's observations O = {(x_i, y_i)}) in one forward pass and predicts a Gaussian at
-every query input x* (the paper's targets). There is no inner gradient step; what
-"adapts" to the task is the representation r::
+A forward-pass learner: the support set is encoded and mean-pooled into r, and a Gaussian is
+predicted at every query input::
 
-    r_i = h_theta(x_i, y_i)                      encoder, each support pair on its own
-    r   = (1/K) sum_i r_i                         aggregation: a mean, so the prediction
-                                                  cannot depend on the order of the support set
-    (mu*, raw*) = g_theta(x*, r)                  decoder, each query input on its own
-    sigma* = 0.1 + 0.9 * softplus(raw*)           bounded below, as in the authors' code
+    r = (1/K) sum_i h_theta(x_i, y_i)          (mu*, raw*) = g_theta(x*, r)
+    sigma* = 0.1 + 0.9 * softplus(raw*)          L(theta) = - mean_tasks mean_queries log N(y*; mu*, sigma*^2)
 
-Meta-training minimizes the Gaussian negative log-likelihood of the query targets,
-averaged over the query points of a task and the tasks of a meta-batch::
-
-    L(theta) = - mean_tasks mean_queries log N(y* ; mu*, sigma*^2)
-
-(summed over the output dimensions: a diagonal Gaussian over y*). The floor 0.1 on
-sigma keeps a few well-fitted points from driving sigma to 0 and the likelihood to
-infinity early in training.
-
-Implementation notes:
-
-* The task protocol is innerloop's, shared with the MAML family so results tables
-  compare: context = the K support points, targets = the disjoint query points. The
-  paper instead draws the number of context points at random per batch and includes
-  them among the targets.
-* Reported metrics: ``loss`` is the query MSE of mu (what ``MetaLearner.task_metrics``
-  reports for regression in the MAML family, so a CNP row compares like with like) and ``nll`` the
-  Gaussian NLL above. ``meta_loss`` *returns* the NLL, the objective, while its metrics
-  dict carries both.
-* ``evaluate(batch, steps)`` accepts adaptation step counts only to share the
-  evaluation protocol of the other learners; with no inner loop every requested step
-  gets the same per-task metrics. Configs for ``cnp`` must ask for step 0 only
-  (``training.config.validate`` refuses inner steps), so tables hold no repeated columns.
-* The encoder and decoder act on the last dimension and the aggregation is a mean over
-  the point dimension, so :class:`CNPNet` itself accepts leading task dimensions; the
-  learner still maps tasks with ``vmap`` or a loop (``strategy``) like every other one.
+Departures: context = the K support points and targets = the disjoint query points (innerloop's
+task protocol; the paper draws the context size at random and includes it among the targets).
+``loss`` reports the query MSE of mu (the regression metric of every learner), ``nll`` the objective.
+Notes: docs/learners.md.
 """
 
 from __future__ import annotations
@@ -55,7 +28,7 @@ from ..models import MLP
 from ..tasks import checks
 from ..tasks.batch import TaskBatch
 from ..validate import positive_int
-from .base import MetaLearner
+from .forward_pass import Episode, ForwardPassLearner
 from .handle import is_task_list
 
 SIGMA_FLOOR = 0.1
@@ -104,7 +77,7 @@ class CNPNet(nn.Module):
         return self.decode(self.encode(support_x, support_y), query_x)
 
 
-class CNP(MetaLearner):
+class CNP(ForwardPassLearner):
     """Conditional Neural Process: adapts to a task in one forward pass over its support set.
 
     Args:
@@ -117,13 +90,13 @@ class CNP(MetaLearner):
         strategy: ``"vmap"``, ``"loop"`` or ``"auto"``: how tasks are mapped.
 
     ``parameters()`` are exactly the meta-parameters (encoder and decoder).
-    ``adapt(support_x, support_y)`` returns r, ``predict(support_x, support_y, query_x)``
-    the ``(mu, sigma)`` of one task, ``learner.decode(r, query_x)`` the same from r.
+    ``adapt(support_x, support_y)`` returns r ``(R,)``, ``predict(r, query_x)`` the ``(mu, sigma)``
+    of one task, ``learner(support_x, support_y, query_x)`` both in one call.
     """
 
     model: CNPNet
 
-    eval_steps = 0  # no inner loop: the trainer validates at step 0
+    objective = "nll"  # meta_loss minimises the likelihood; "loss" is the query MSE
     float_targets_by_mse = False  # a Gaussian likelihood: any float targets are legitimate
 
     def __init__(
@@ -139,44 +112,27 @@ class CNP(MetaLearner):
         self.check_task(support_x, support_y)
         return self.model.encode(support_x, support_y)
 
-    def decode(self, r: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, sigma)`` at ``query_x`` from a representation r (see :meth:`adapt`)."""
+    def predict(self, r: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, sigma)``, each ``(Q, y_dim)``, at the query inputs of one task from its representation r."""
         return self.model.decode(r, query_x)
-
-    def predict(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, sigma)``, each ``(Q, y_dim)``, at the query inputs of one task."""
-        return self.model(support_x, support_y, query_x)
-
-    def forward(self, support_x, support_y, query_x) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]  # forward-pass learner: a whole task
-        """The same as :meth:`predict`: ``(mu, sigma)`` at the query inputs of one task."""
-        return self.predict(support_x, support_y, query_x)
 
     def query_metrics(self, mu, sigma, query_y) -> dict[str, torch.Tensor]:
         """Query ``loss`` (MSE of mu, the MAML family's regression metric) and ``nll`` of one task."""
         return {"loss": F.mse_loss(mu, query_y), "nll": gaussian_nll(query_y, mu, sigma).mean()}
 
-    # -- the MetaLearner interface ------------------------------------------------------------
-    def episode_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """Per-task query ``loss`` (MSE) and ``nll``, each ``(T,)``."""
+    # -- episodes ---------------------------------------------------------------------------
+    def check_batch(self, batch: TaskBatch, where: str = "meta_loss") -> None:
+        """The points' shapes (``(..., points, x_dim)``, ``(..., points, y_dim)``), then the common value checks."""
         if not is_task_list(batch):
-            tensors = {f: getattr(batch, f) for f in checks.FIELDS}
-            checks.check_points(self.model.x_dim, self.model.y_dim, "CNP", **tensors)
-        self.check_batch(batch)
+            checks.check_points(
+                self.model.x_dim, self.model.y_dim, "CNP", **{f: getattr(batch, f) for f in checks.FIELDS}
+            )
+        super().check_batch(batch, where)
+
+    def episode(self, batch: TaskBatch) -> tuple[Episode, TaskBatch]:
+        """Per task: ``(mu, sigma)`` at the queries from the support set, the query MSE and NLL."""
 
         def task(support_x, support_y, query_x, query_y):
             return self.query_metrics(*self.model(support_x, support_y, query_x), query_y)
 
-        return self.map_tasks(task, batch)
-
-    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The mean query NLL (the objective) and the batch means of ``loss`` (MSE) and ``nll``."""
-        per_task = self.episode_metrics(batch)
-        return per_task["nll"].mean(), {name: value.detach().mean() for name, value in per_task.items()}
-
-    @torch.no_grad()
-    def evaluate(self, batch: TaskBatch, steps: Sequence[int] = (0,)) -> dict[int, dict[str, torch.Tensor]]:
-        """``{s: {"loss": (T,), "nll": (T,)}}`` for each ``s`` in ``steps``, all the same metrics:
-        a CNP has no adaptation steps; ``steps`` only exists to share the evaluation protocol."""
-        steps = sorted({positive_int("steps", s, allow_zero=True) for s in steps})
-        per_task = self.episode_metrics(batch)
-        return {s: dict(per_task) for s in steps}
+        return task, batch

@@ -34,9 +34,10 @@ from dataclasses import fields
 from typing import Protocol
 
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 from ..core.params import Params, split
-from ..core.update_rules import UpdateRule
+from ..core.rules import UpdateRule, apply_updates, stop_gradient
 from ..errors import ConfigError, InputError
 from ..tasks import checks
 from ..tasks.batch import TaskBatch
@@ -44,14 +45,16 @@ from .losses import default_loss
 
 
 class _Learner(Protocol):
-    """What a handle uses of its learner: a ``base.GradientLearner`` (typed by shape, as ``base`` imports this module)."""
+    """What a handle uses of its learner: a ``gradient.GradientLearner`` (typed by shape: that module imports this one)."""
 
     first_order: bool
     adapted_names: list[str]
     update_rule: UpdateRule
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_fn: Callable[..., torch.Tensor]
+    loss_sees_params: bool
 
     def model_params(self) -> Params: ...
+    def rule_meta(self) -> Params: ...
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor: ...
     def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor: ...
     def head_forward(self, params: Params, z: torch.Tensor) -> torch.Tensor: ...
@@ -108,13 +111,15 @@ class TaskHandle:
         output = self(x)
         if self.learner.loss_fn is default_loss:
             checks.check_output_target(output, y)
+        if self.learner.loss_sees_params:
+            return self.learner.loss_fn(output, y, self.params)
         return self.learner.loss_fn(output, y)
 
     # -- adapting -----------------------------------------------------------------------------
     def adapt(self, loss: torch.Tensor, first_order: bool | None = None) -> TaskHandle:
         """One inner step on ``loss``, any scalar computed from this handle's outputs or ``params``.
 
-        theta'_{k+1}, s_{k+1} = rule.update(theta'_k, d loss / d theta'_k, k, s_k, loss). Second
+        (u, s_{k+1}) = rule(d loss / d theta'_k, s_k, theta'_k, k, loss), theta'_{k+1} = theta'_k + u. Second
         order keeps the graph of the gradient (the outer backward differentiates through it);
         first order treats gradient and loss as constants. An adapted parameter the loss does
         not use gets a zero gradient, as in the batched path.
@@ -142,8 +147,10 @@ class TaskHandle:
             )
         grads = dict(zip(names, flat))
         if first_order:
-            grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
-        self._fast, self._state = self.learner.update_rule.update(self._fast, grads, self.steps, self._state, loss)
+            grads, loss = stop_gradient(grads, loss)
+        rule, meta = self.learner.update_rule, self.learner.rule_meta()
+        updates, self._state = rule.run(grads, self._state, self._fast, self.steps, loss, meta)
+        self._fast = apply_updates(self._fast, updates)
         self.steps += 1
         return self
 
@@ -177,8 +184,8 @@ class TaskList(Sequence[TaskBatch]):
         for i, task in enumerate(tasks):
             if isinstance(task, TaskBatch):
                 items.extend(task)
-            elif isinstance(task, (tuple, list)) and len(task) == 4 and all(isinstance(t, torch.Tensor) for t in task):
-                items.append(TaskBatch(*(t.unsqueeze(0) for t in task)))
+            elif isinstance(task, (tuple, list)) and len(task) == 4 and all(_tensors(t) for t in task):
+                items.append(TaskBatch(*(tree_map(lambda t: t.unsqueeze(0), t) for t in task)))
             else:
                 raise InputError(
                     f"task {i} of the list is a {type(task).__name__}; give a TaskBatch or a tuple "
@@ -214,7 +221,7 @@ class TaskList(Sequence[TaskBatch]):
         return TaskList([t.to(*args, **kwargs) for t in self._tasks])
 
     def __repr__(self) -> str:
-        sizes = sorted({(t.support_x.shape[1], t.query_x.shape[1]) for t in self._tasks})
+        sizes = sorted({(checks.examples(t.support_x, 1), checks.examples(t.query_x, 1)) for t in self._tasks})
         return f"TaskList({len(self)} tasks, (support, query) sizes {sizes[:4]}{' ...' if len(sizes) > 4 else ''})"
 
 
@@ -225,8 +232,14 @@ def is_task_list(batch) -> bool:
 
 def map_task_list(task_fn, tasks: TaskList):
     """``task_fn(support_x, support_y, query_x, query_y)`` on every task, results stacked over tasks."""
-    outs = [task_fn(*(getattr(t, f.name)[0] for f in fields(TaskBatch))) for t in tasks]
-    return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+    outs = [task_fn(*(tree_map(lambda x: x[0], getattr(t, f.name)) for f in fields(TaskBatch))) for t in tasks]
+    return tree_map(lambda *xs: torch.stack(xs), *outs)
+
+
+def _tensors(tree) -> bool:
+    """A tensor, or a non-empty pytree of tensors (e.g. a dict of inputs)."""
+    leaves = tree_leaves(tree)
+    return bool(leaves) and all(isinstance(leaf, torch.Tensor) for leaf in leaves)
 
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -239,9 +252,12 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
-def reduce_tasks(per_task: dict[str, torch.Tensor], reduction: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(loss, metrics)`` from per-task values ``(T,)``: their mean, sum, or themselves (``"none"``)."""
+def reduce_tasks(
+    per_task: dict[str, torch.Tensor], reduction: str, objective: str = "loss"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, metrics)`` from per-task values ``(T,)``: the ``objective`` metric's mean, sum, or itself
+    (``"none"``), and the detached metrics (their batch means unless ``"none"``)."""
     if reduction == "none":
-        return per_task["loss"], {name: value.detach() for name, value in per_task.items()}
-    loss = per_task["loss"].mean() if reduction == "mean" else per_task["loss"].sum()
+        return per_task[objective], {name: value.detach() for name, value in per_task.items()}
+    loss = per_task[objective].mean() if reduction == "mean" else per_task[objective].sum()
     return loss, {name: value.detach().mean() for name, value in per_task.items()}

@@ -1,4 +1,5 @@
-"""The default task loss, shared by the learners (``base``) and their per-task handles (``handle``)."""
+"""Task losses and metrics shared by the learners (``base``), their per-task handles (``handle``) and the
+episodic learners (``metric``, ``forward_pass``): the default loss, and cross-entropy + accuracy once."""
 
 from __future__ import annotations
 
@@ -11,3 +12,18 @@ def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point():
         return F.mse_loss(output, target)
     return F.cross_entropy(output, target)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The fraction of ``argmax`` predictions equal to ``labels``: ``(..., Q, N), (..., Q) -> (...)``."""
+    return (logits.argmax(-1) == labels).to(logits.dtype).mean(-1)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``loss`` (mean cross-entropy) and ``accuracy`` of logits ``(..., Q, N)`` against labels ``(..., Q)``.
+
+    Leading (task) dimensions are kept, ``(...)`` each, so one call serves a task or a stack of tasks.
+    """
+    log_p = logits.log_softmax(-1)
+    loss = -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(-1)
+    return {"loss": loss, "accuracy": accuracy(logits, labels)}

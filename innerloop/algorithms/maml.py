@@ -19,8 +19,7 @@ constants, so the meta-gradient is grad L_query_i evaluated at theta'_i.
 
 from __future__ import annotations
 
-from .base import DEFAULT_INNER_LR, GradientLearner
-from .handle import check_reduction, reduce_tasks
+from .gradient import DEFAULT_INNER_LR, GradientLearner
 
 
 class MAML(GradientLearner):
@@ -45,15 +44,14 @@ class MAML(GradientLearner):
         compile: ``torch.compile`` the meta-loss (a fixed strategy; the first step compiles).
     """
 
-    def meta_loss(self, batch, reduction: str = "mean"):
-        """``(loss, metrics)``: the query loss after adaptation, averaged over the tasks of ``batch``.
+    def episode_metrics(self, batch):
+        """Per-task query metrics ``(T,)`` after adaptation; ``meta_loss(batch, reduction)`` (the base's) reduces them.
 
         ``batch`` is a ``TaskBatch`` or a list of tasks of different sizes (a ``TaskList``, or a list
         of ``TaskBatch`` es and ``(support_x, support_y, query_x, query_y)`` tuples), run task by task.
         ``reduction="none"`` returns the per-task losses ``(T,)`` (and per-task metrics) to weight
         yourself; ``"sum"`` their sum.
         """
-        check_reduction(reduction)
         self.check_batch(batch)  # innerloop.tasks.checks (a compiled meta-loss checks before the graph)
         theta = self.model_params()
 
@@ -62,7 +60,7 @@ class MAML(GradientLearner):
             prediction = self.head_forward(theta_i, self.embed(theta, query_x))
             return self.task_metrics(prediction, query_y)  # L_query_i(f_theta'_i), plus accuracy
 
-        return reduce_tasks(self.map_tasks(query_loss, batch), reduction)
+        return self.map_tasks(query_loss, batch)
 
 
 class FOMAML(MAML):

@@ -14,8 +14,9 @@ and adaptation is plain fine-tuning with SGD at ``inner_lr``.
 from __future__ import annotations
 
 import torch
+from torch.utils._pytree import tree_map
 
-from .base import DEFAULT_INNER_LR, GradientLearner
+from .gradient import DEFAULT_INNER_LR, GradientLearner
 
 
 class Pretrained(GradientLearner):
@@ -25,7 +26,7 @@ class Pretrained(GradientLearner):
         model: any ``nn.Module``, trained on every example of every task.
         inner_lr: the SGD rate of test-time fine-tuning (default 0.01; not with ``update_rule=``).
         eval_steps: fine-tuning steps of :meth:`adapt` and the default evaluation.
-        **kwargs: as :class:`~innerloop.algorithms.base.GradientLearner` (``loss_fn``, ``strategy``, ...).
+        **kwargs: as :class:`~innerloop.algorithms.gradient.GradientLearner` (``loss_fn``, ``strategy``, ...).
     """
 
     def __init__(self, model, inner_lr: float = DEFAULT_INNER_LR, eval_steps: int = 1, **kwargs):
@@ -36,7 +37,10 @@ class Pretrained(GradientLearner):
     def meta_loss(self, batch):
         """``(loss, metrics)`` of the model on all support and query examples of ``batch`` pooled."""
         self.check_batch(batch)
-        x = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
-        y = torch.cat([batch.support_y, batch.query_y], 1).flatten(0, 1)
-        metrics = self.task_metrics(self(x), y)
+        x, y = tree_map(
+            lambda s, q: torch.cat([s, q], 1).flatten(0, 1),
+            (batch.support_x, batch.support_y),
+            (batch.query_x, batch.query_y),
+        )
+        metrics = self.task_metrics(self(x), y, self.model_params())
         return metrics["loss"], {name: value.detach() for name, value in metrics.items()}

@@ -22,15 +22,16 @@ Algorithm 2 with a meta-batch of one task.
 from __future__ import annotations
 
 import torch
+from torch.utils._pytree import tree_map
 
 from ..core.params import Params
 from ..tasks.batch import TaskBatch
-from .base import DEFAULT_INNER_LR, GradientLearner
+from .gradient import DEFAULT_INNER_LR, GradientLearner
 
 
 def _task_data(support_x, support_y, query_x, query_y):
-    """Reptile trains on all of a task's examples during meta-training."""
-    return torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
+    """Reptile trains on all of a task's examples during meta-training (tensors or pytrees of them)."""
+    return tree_map(lambda s, q: torch.cat([s, q]), (support_x, support_y), (query_x, query_y))
 
 
 class Reptile(GradientLearner):
@@ -40,7 +41,7 @@ class Reptile(GradientLearner):
         model: any ``nn.Module``; its parameters are the meta-learned initialization theta.
         inner_lr: the inner SGD rate (default 0.01; not with ``update_rule=``).
         inner_steps: k, the inner steps on each task's support and query examples (>= 1).
-        **kwargs: as :class:`~innerloop.algorithms.base.GradientLearner` (first order only).
+        **kwargs: as :class:`~innerloop.algorithms.gradient.GradientLearner` (first order only).
     """
 
     def __init__(self, model, inner_lr: float = DEFAULT_INNER_LR, inner_steps: int = 5, **kwargs):
@@ -58,7 +59,7 @@ class Reptile(GradientLearner):
         def per_task(support_x, support_y, query_x, query_y):
             x, y = _task_data(support_x, support_y, query_x, query_y)
             theta_i = self.task_adapt(theta, x, y, self.inner_steps)
-            return theta_i, self.task_metrics(self.forward(query_x, theta_i), query_y)
+            return theta_i, self.task_metrics(self.forward(query_x, theta_i), query_y, theta_i)
 
         with torch.no_grad():
             return self.map_tasks(per_task, batch)

@@ -1,1 +1,1 @@
-"""The ``innerloop`` command (``innerloop.cli.main``)."""
+"""The ``innerloop`` command: ``main`` (the app, one-line errors), ``train``, ``evaluate``, ``info``, ``report``."""

@@ -1,6 +1,8 @@
-from .engine import StrategyChooser, functional_model, inner_loop, map_tasks
+from .engine import StrategyChooser, adapt_params, functional_model, inner_loop, inner_step, map_tasks
+from .optim import LearnedOptimizer, load_meta, load_rule, save_meta
 from .params import named_params, select_adapted, split
-from .update_rules import (
+from .rules import (
+    RULES,
     SGD,
     LearnedOptimizerLSTM,
     MetaCurvature,
@@ -8,10 +10,17 @@ from .update_rules import (
     MetaSGDRates,
     PerLayerPerStepRates,
     UpdateRule,
+    apply_updates,
+    chain,
+    first_order,
+    partition,
+    scale,
 )
 
 __all__ = [
+    "RULES",
     "SGD",
+    "LearnedOptimizer",
     "LearnedOptimizerLSTM",
     "MetaCurvature",
     "MetaLearnerLSTM",
@@ -19,10 +28,20 @@ __all__ = [
     "PerLayerPerStepRates",
     "StrategyChooser",
     "UpdateRule",
+    "adapt_params",
+    "apply_updates",
+    "chain",
+    "first_order",
     "functional_model",
     "inner_loop",
+    "inner_step",
+    "load_meta",
+    "load_rule",
     "map_tasks",
     "named_params",
+    "partition",
+    "save_meta",
+    "scale",
     "select_adapted",
     "split",
 ]

@@ -1,18 +1,22 @@
 """Transductive batch norm that stays correct under ``vmap`` + second-order gradients.
 
 MAML and ProtoNets use batch norm with the statistics of the batch being processed
-(support or query set), never running averages. With PyTorch 2.13, differentiating
-*twice* through ``torch.nn.functional.batch_norm`` inside ``torch.func.vmap`` gives a
-wrong meta-gradient (about 20% relative error against finite differences in float64;
-the per-task loop is exact). Writing the normalisation with elementary ops avoids the
-faulty batching rule, so innerloop swaps every ``nn.BatchNorm{1,2,3}d`` for
-:class:`TransductiveBatchNorm`, reusing the very same ``weight``/``bias`` parameters
+(support or query set), never running averages. Differentiating *twice* through
+``torch.nn.functional.batch_norm`` inside ``torch.func.vmap`` gives a wrong meta-gradient
+(the per-task loop is exact; benchmarks/RESULTS.md, "Batch norm under vmap"). Writing the
+normalisation with elementary ops avoids the faulty batching rule, so innerloop swaps every
+``nn.BatchNorm{1,2,3}d`` for :class:`TransductiveBatchNorm`, reusing the very same ``weight``/``bias`` parameters
 (names and optimizer references are unchanged). Outside ``vmap`` (and ``torch.compile``)
-the layer uses the fused kernel, which is exact there and about 4x faster on large conv activations.
+the layer uses the fused kernel, which is exact there and faster (same section).
 Under ``torch.compile`` on CPU the batch statistics are summed in float64 (see :func:`_statistics_dtype`).
+A second mode takes the statistics of each task's support rows only (:func:`support_statistics`; SNAIL).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +47,9 @@ def _statistics_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.device.type == "cpu" else x.dtype
 
 
+_Norm = TypeVar("_Norm", bound="TransductiveBatchNorm")
+
+
 class TransductiveBatchNorm(nn.Module):
     """y = (x - mean_B(x)) / sqrt(var_B(x) + eps) * weight + bias, statistics over batch and space.
 
@@ -62,17 +69,21 @@ class TransductiveBatchNorm(nn.Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        #: ``(rows, support)``: the support-statistics mode (``support_statistics``), else None.
+        self.groups: tuple[int, int] | None = None
 
     @classmethod
-    def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> TransductiveBatchNorm:
-        """The same layer as a torch batch norm, sharing its very ``weight`` and ``bias`` Parameters."""
+    def like(cls: type[_Norm], bn: nn.modules.batchnorm._BatchNorm | TransductiveBatchNorm) -> _Norm:
+        """The same layer as a torch (or another transductive) batch norm, sharing its very ``weight`` and ``bias``."""
         new = cls(bn.num_features, bn.eps, affine=False)
-        if bn.affine:
+        if bn.weight is not None:
             new.weight, new.bias = bn.weight, bn.bias  # the same Parameter objects
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (N, C, ...)`` normalised with its own batch statistics per channel."""
+        """``x (N, C, ...)`` normalised with its own batch statistics per channel (or per group: ``groups``)."""
+        if self.groups is not None:
+            return _support_normalize(x, *self.groups, self.weight, self.bias, self.eps)
         # Under torch.compile the elementary form is traced (the interpreter-stack query would break the
         # graph at every layer) and the compiler fuses its elementwise ops itself.
         compiling = torch.compiler.is_compiling()
@@ -101,3 +112,63 @@ def use_transductive_batch_norm_(module: nn.Module) -> nn.Module:
         else:
             use_transductive_batch_norm_(child)
     return module
+
+
+# --------------------------------------------------------------------------- support statistics (SNAIL)
+
+
+def _support_normalize(x: torch.Tensor, rows: int, support: int, weight, bias, eps: float) -> torch.Tensor:
+    """``x (groups * rows, C, ...)``, each group normalised with the statistics of its first ``support`` rows."""
+    groups = x.reshape(-1, rows, *x.shape[1:])  # (G, rows, C, ...)
+    dims = [1, *range(3, groups.dim())]
+    var, mean = torch.var_mean(groups[:, :support], dims, correction=0, keepdim=True)  # (G, 1, C, 1, ...)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None and bias is not None:
+        shape = [1, 1, -1] + [1] * (x.dim() - 2)
+        scale = scale * weight.view(shape)
+        shift = bias.view(shape) - mean * scale
+    else:
+        shift = -mean * scale
+    # y = (x - mean) / sqrt(var + eps) * weight + bias as one fused x * scale + shift
+    return torch.addcmul(shift, groups, scale).reshape(x.shape)
+
+
+class SupportBatchNorm(TransductiveBatchNorm):
+    """A :class:`TransductiveBatchNorm` whose statistics come from each task's support set (SNAIL).
+
+    Inside :func:`support_statistics` a batch is ``groups x rows`` examples (a group: one task, its
+    support rows first) and every group is normalised with the per-channel mean and variance of its
+    first ``support`` rows; a query's output then depends on the support set and on itself only.
+    Outside it, the transductive batch norm. The class only names the mode (reports say which one ran).
+    """
+
+    def extra_repr(self) -> str:
+        """Shown by ``print(module)``."""
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, support statistics"
+
+
+def use_support_batch_norm_(module: nn.Module) -> list[SupportBatchNorm]:
+    """Replace every batch-norm layer below ``module`` (torch or transductive) in place; returns the new layers."""
+    replaced = []
+    for name, child in list(module.named_children()):
+        if isinstance(child, SupportBatchNorm):
+            replaced.append(child)
+        elif isinstance(child, (nn.modules.batchnorm._BatchNorm, TransductiveBatchNorm)):
+            new = SupportBatchNorm.like(child)
+            setattr(module, name, new)
+            replaced.append(new)
+        else:
+            replaced += use_support_batch_norm_(child)
+    return replaced
+
+
+@contextmanager
+def support_statistics(norms: Sequence[TransductiveBatchNorm], rows: int, support: int) -> Iterator[None]:
+    """Within the block, ``norms`` take their statistics from the first ``support`` of every ``rows`` examples."""
+    for norm in norms:
+        norm.groups = (rows, support)
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.groups = None

@@ -1,51 +1,45 @@
 """The functional adaptation engine.
 
-``inner_loop`` is the pure function ``(params, support batch) -> adapted params`` at
-the heart of every optimization-based algorithm, built on ``torch.func.grad``:
+``adapt_params`` is the pure inner loop of every optimization-based algorithm, supervised or
+meta-RL, on any support objective ``L(params, data)`` (``data``: any pytree of tensors), with
+``torch.func.grad``:
 
-    theta'_{k+1}, s_{k+1} = rule(theta'_k, grad_theta L_support(theta'_k), k, s_k, L_support(theta'_k)),
-    theta'_0 = theta,  s_0 = rule.init_state(theta)   (s: a learned optimizer's state, else None)
+    g_k = grad L(theta'_k; D_k),   (u_k, s_{k+1}) = rule(g_k, s_k, theta'_k, k, L(theta'_k; D_k)),
+    theta'_{k+1} = theta'_k + u_k,   theta'_0 = theta,  s_0 = rule.init_state(theta)
 
-Second order (MAML) keeps the graph of each inner gradient, so the outer backward
-differentiates through the inner loop; first order treats each inner gradient as a
-constant (``detach``), so d theta' / d theta = I. Second order can also recompute each
-inner step during the backward pass instead of storing its graph (``checkpoint=True``):
-memory of one step instead of all of them, for one more forward and inner gradient.
+(``D_k``: the same support data at every step, or one batch per step for meta-RL). Second order
+keeps the graph of each inner gradient; first order treats it as a constant (``stop_gradient``);
+``checkpoint=True`` recomputes each second-order step in the backward pass instead of storing it.
+``inner_loop`` is the supervised form, ``L = loss_fn(forward(params, x), y[, params])``.
 
-``map_tasks`` runs a per-task function over a meta-batch either with
-``torch.func.vmap`` over the task dimension or with a per-task Python loop. Both give
-the same numbers; which is faster depends on the model (vmap wins by a lot on small
-MLPs, loses on conv nets on CPU), so ``strategy="auto"`` times both on the first real
-batch and keeps the faster one.
-
-Batch norm: innerloop uses the transductive form of the MAML/ProtoNets papers — the
-statistics of the batch being processed, never running statistics, at training and
-evaluation alike. ``functional_model`` swaps torch's batch-norm layers for
-:class:`~innerloop.core.batchnorm.TransductiveBatchNorm` (same parameters), which has
-no running statistics (so it is legal under ``vmap``) and, unlike
-``F.batch_norm`` under vmap in PyTorch 2.13, gives correct second-order gradients.
+``map_tasks`` runs a per-task function over a meta-batch with ``torch.func.vmap`` or a per-task
+loop (same numbers); ``StrategyChooser`` times both on the first batch under ``strategy="auto"``.
+Batch norm is transductive (:mod:`innerloop.core.batchnorm`): ``functional_model`` swaps torch's layers.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_map, tree_unflatten
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ..errors import ConfigError, InnerloopError
 from ..tasks.batch import TaskBatch
 from .batchnorm import use_transductive_batch_norm_
 from .params import Params
-from .update_rules import UpdateRule
+from .rules import State, UpdateRule, apply_updates, stop_gradient
 
-Forward = Callable[[Params, torch.Tensor], torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Forward = Callable[[Params, Any], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (output, target) or (output, target, params) -> scalar
+Objective = Callable[[Params, Any], torch.Tensor]  # (params, data) -> scalar support loss
 STRATEGIES = ("vmap", "loop", "auto")
 logger = logging.getLogger(__name__)
 
@@ -55,15 +49,96 @@ def functional_model(module: nn.Module) -> Forward:
 
     The buffers are the module's at call time (``functional_call`` swaps in only the given
     parameters), so ``.to()``, ``.double()``, ``.cuda()`` and a buffer reassigned after wrapping
-    behave as on the plain module. Batch-norm layers are switched to transductive batch
-    statistics (see module doc).
+    behave as on the plain module. ``x`` may be a tensor or a pytree (e.g. a dict of tensors), passed
+    as the module's one argument. Batch-norm layers are switched to transductive batch statistics.
     """
     use_transductive_batch_norm_(module)
 
-    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+    def forward(params: Params, x: Any) -> torch.Tensor:
         return functional_call(module, params, (x,), strict=False)
 
     return forward
+
+
+def loss_takes_params(loss_fn: Callable) -> bool:
+    """Whether ``loss_fn`` takes the parameters as a third argument, ``(output, target, params)``."""
+    try:
+        parameters = list(inspect.signature(loss_fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in parameters) >= 3
+
+
+def inner_step(
+    objective: Objective,
+    rule: UpdateRule,
+    fast: Params,
+    shared: Params,
+    state: State,
+    data: Any,
+    step: int,
+    first_order: bool = False,
+    meta: Params | None = None,
+) -> tuple[Params, State]:
+    """One step of the rule on ``objective({**shared, **fast}, data)``: the new ``fast`` parameters and state."""
+    return _step_fn(objective, rule, first_order, meta)(fast, state, step, shared, data)
+
+
+def _step_fn(objective: Objective, rule: UpdateRule, first_order: bool, meta: Params | None) -> Callable:
+    def support_loss(fast: Params, shared: Params, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = objective({**shared, **fast}, data)
+        return loss, loss  # the loss itself too: learned optimizers read it
+
+    support_grad = grad(support_loss, has_aux=True)
+
+    def one_step(fast: Params, state: State, step: int, shared: Params, data: Any) -> tuple[Params, State]:
+        grads, loss = support_grad(fast, shared, data)
+        if first_order:
+            grads, loss = stop_gradient(grads, loss)
+        updates, state = rule.run(grads, state, fast, step, loss, meta)
+        return apply_updates(fast, updates), state
+
+    return one_step
+
+
+def adapt_params(
+    objective: Objective,
+    rule: UpdateRule,
+    fast: Params,
+    shared: Params,
+    data: Any,
+    steps: int,
+    per_step: bool = False,
+    first_order: bool = False,
+    trajectory: bool = False,
+    checkpoint: bool = False,
+    meta: Params | None = None,
+) -> Params | list[Params]:
+    """Adapt the ``fast`` parameters of one task by ``steps`` steps of ``rule`` on ``objective(params, data)``.
+
+    ``shared`` parameters take part in the objective but are not adapted; they still receive the
+    outer (meta) gradient through it. ``per_step``: ``data`` is a sequence, step k reads ``data[k]``
+    (meta-RL: fresh episodes per step). ``meta``: the rule's meta-parameters (default: its own).
+    Returns the adapted parameters (fast and shared merged), or with ``trajectory=True`` the list
+    of them after 0, 1, ..., ``steps`` steps. ``checkpoint=True`` recomputes each second-order step
+    in the backward pass (see :func:`recomputed_in_backward`); it does not run under vmap.
+    """
+    one_step = _step_fn(objective, rule, first_order, meta)
+    # First order keeps no inner graph worth recomputing, and without autograd there is nothing to store.
+    # shared and data are explicit inputs so a recomputed step hands their gradients back (they may be
+    # non-leaf, e.g. ANIL's embedding) instead of back-propagating into the rest of the graph itself.
+    recompute = checkpoint and not first_order and torch.is_grad_enabled()
+    step_fn = (lambda *args: recomputed_in_backward(one_step, *args)) if recompute else one_step
+    path: list[Params] = [{**shared, **fast}] if trajectory else []
+    state = rule.init_state(fast)
+    for step in range(steps):
+        fast, state = step_fn(fast, state, step, shared, data[step] if per_step else data)
+        if trajectory:
+            path.append({**shared, **fast})
+    return path if trajectory else {**shared, **fast}
 
 
 def inner_loop(
@@ -72,46 +147,27 @@ def inner_loop(
     rule: UpdateRule,
     fast: Params,
     shared: Params,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Any,
+    y: Any,
     steps: int,
     first_order: bool = False,
     trajectory: bool = False,
     checkpoint: bool = False,
+    meta: Params | None = None,
 ) -> Params | list[Params]:
-    """Adapt the ``fast`` parameters on one task's support set ``(x, y)``.
+    """:func:`adapt_params` on one task's support set ``(x, y)``: ``L = loss_fn(forward(params, x), y)``.
 
-    ``shared`` parameters take part in the forward pass but are not adapted; they
-    still receive the outer (meta) gradient through it. Returns the adapted
-    parameters (fast and shared merged), or with ``trajectory=True`` the list of them
-    after 0, 1, ..., ``steps`` steps. ``checkpoint=True`` recomputes each second-order
-    step in the backward pass (see :func:`recomputed_in_backward`); it does not run under vmap.
+    ``loss_fn`` may take the parameters as a third argument (``(output, target, params)``, e.g. a
+    proximal term); ``x`` and ``y`` may be pytrees of tensors.
     """
 
-    def support_loss(fast_params: Params, shared: Params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = loss_fn(forward({**shared, **fast_params}, x), y)
-        return loss, loss  # the loss itself too: learned optimizers read it
+    with_params = loss_takes_params(loss_fn)
 
-    support_grad = grad(support_loss, has_aux=True)
+    def objective(params: Params, data: tuple[Any, Any]) -> torch.Tensor:
+        output = forward(params, data[0])
+        return loss_fn(output, data[1], params) if with_params else loss_fn(output, data[1])
 
-    def one_step(fast: Params, state, step: int, shared: Params, x: torch.Tensor):
-        grads, loss = support_grad(fast, shared, x)
-        if first_order:
-            grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
-        return rule.update(fast, grads, step, state, loss)
-
-    # First order keeps no inner graph worth recomputing, and without autograd there is nothing to store.
-    # shared and x are explicit inputs so a recomputed step hands their gradients back (they may be
-    # non-leaf, e.g. ANIL's embedding) instead of back-propagating into the rest of the graph itself.
-    recompute = checkpoint and not first_order and torch.is_grad_enabled()
-    step_fn = (lambda *args: recomputed_in_backward(one_step, *args)) if recompute else one_step
-    path: list[Params] = [{**shared, **fast}] if trajectory else []
-    state = rule.init_state(fast)
-    for step in range(steps):
-        fast, state = step_fn(fast, state, step, shared, x)
-        if trajectory:
-            path.append({**shared, **fast})
-    return path if trajectory else {**shared, **fast}
+    return adapt_params(objective, rule, fast, shared, (x, y), steps, False, first_order, trajectory, checkpoint, meta)
 
 
 def recomputed_in_backward(fn: Callable, *args):
@@ -147,14 +203,42 @@ def map_tasks(fn: TaskFn, batch: TaskBatch, strategy: str):
 
     ``fn`` returns a tensor or a (nested) tuple/dict of tensors per task; the results
     come back stacked over a leading task dimension, identically for both strategies.
+    The four fields may be pytrees (dicts of tensors): every leaf is indexed by task.
     """
     args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+    return map_over_tasks(fn, args, batch.num_tasks, strategy)
+
+
+def map_over_tasks(fn: Callable, args: tuple, num_tasks: int, strategy: str):
+    """``fn(*task_args)`` for every task of ``args`` (pytrees whose tensors have a leading task dimension)."""
     if strategy == "vmap":
         return vmap(fn, randomness="different")(*args)
     if strategy == "loop":
-        outs = [fn(*(a[i] for a in args)) for i in range(batch.num_tasks)]
-        return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+        outs = [fn(*tree_map(lambda t, i=i: t[i], args)) for i in range(num_tasks)]
+        return tree_map(lambda *xs: torch.stack(xs), *outs)
     raise ValueError(f"strategy must be 'vmap' or 'loop' here, got {strategy!r}")
+
+
+def vmap_with_constants(fn: Callable, *args):
+    """``vmap(fn)(*args)`` where the pytrees in and out may hold non-tensor leaves (e.g. a stateless rule's
+    ``None`` state): those pass through unchanged instead of being mapped."""
+    leaves, spec = tree_flatten(args)
+    at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    out_leaves: list[Any] = []
+    out_spec: list[TreeSpec] = []
+
+    def flat_fn(*tensors):
+        full = list(leaves)
+        for i, t in zip(at, tensors):
+            full[i] = t
+        flat, tree = tree_flatten(fn(*tree_unflatten(full, spec)))
+        tensor = [isinstance(leaf, torch.Tensor) for leaf in flat]
+        out_leaves[:], out_spec[:] = [(t, None if t else leaf) for t, leaf in zip(tensor, flat)], [tree]
+        return tuple(leaf for t, leaf in zip(tensor, flat) if t)
+
+    mapped = iter(vmap(flat_fn, randomness="different")(*(leaves[i] for i in at)))
+    full_out = [next(mapped) if tensor else leaf for tensor, leaf in out_leaves]
+    return tree_unflatten(full_out, out_spec[0])
 
 
 def _first_line(err: BaseException, limit: int = 240) -> str:
@@ -242,7 +326,10 @@ class StrategyChooser:
 
     @staticmethod
     def _shapes(batch: TaskBatch) -> str:
-        return f"{tuple(batch.support_x.shape[1:])}|{tuple(batch.query_x.shape[1:])}"
+        def per_task(tree):
+            return tree_map(lambda t: tuple(t.shape[1:]), tree)
+
+        return f"{per_task(batch.support_x)}|{per_task(batch.query_x)}"
 
     @classmethod
     def training_key(cls, batch: TaskBatch) -> str:

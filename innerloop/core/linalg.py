@@ -34,7 +34,8 @@ def conjugate_gradient(
         iterations: at most this many matrix-vector products (``n`` solve exactly in exact arithmetic).
         tol: stop once the squared residual ``||b - A x||^2`` is below ``tol`` (rllab's ``residual_tol``;
             in a batch, a system that reaches it stops moving and the loop ends when all have).
-            ``None`` always runs ``iterations`` steps, with no data-dependent branch (``vmap``, ``torch.compile``).
+            ``None`` always runs ``iterations`` steps, with no data-dependent branch (``vmap``, ``torch.compile``);
+            a system whose squared residual falls below ``eps^2`` times its initial one stops moving.
         damping: Tikhonov term added to ``A`` (``A v + damping v``), e.g. iMAML's ``lambda`` with ``A = H``
             and ``b = lambda g`` for ``(I + H / lambda) x = g``.
 
@@ -43,8 +44,9 @@ def conjugate_gradient(
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = _dot(r, r)
+    floor = rr * torch.finfo(b.dtype).eps ** 2  # tol=None: solved to rounding (further steps would divide 0 by 0)
     for _ in range(iterations):
-        done = rr < tol if tol is not None else rr == 0
+        done = rr < tol if tol is not None else rr <= floor
         if tol is not None and bool(done.all()):
             break
         ap = matvec(p)

@@ -47,17 +47,25 @@ def head_names(module: nn.Module) -> list[str]:
 def select_adapted(module: nn.Module, spec: AdaptSpec) -> list[str]:
     """Resolve an adapt specification into the ordered list of adapted parameter names."""
     names = [n for n, p in module.named_parameters() if p.requires_grad]
+    return select_names(names, spec, head_names(module) if isinstance(spec, str) and spec == "head" else None)
+
+
+def select_names(names: Sequence[str], spec: AdaptSpec, head: Sequence[str] | None, what: str = "adapt") -> list[str]:
+    """The names among ``names`` an adapt specification chooses (``head``: the output layer's, for ``"head"``)."""
+    names = list(names)
     if isinstance(spec, str):
         if spec == "all":
             chosen = names
         elif spec == "head":
-            chosen = head_names(module)
+            if head is None:
+                raise ValueError(f"{what}='head' needs the model's head; give the head's parameter names instead")
+            chosen = list(head)
         else:
             try:
                 pattern = re.compile(spec)
             except re.error as err:
                 raise ValueError(
-                    f"adapt={spec!r} is neither 'all', 'head' nor a valid regular expression ({err})"
+                    f"{what}={spec!r} is neither 'all', 'head' nor a valid regular expression ({err})"
                 ) from None
             chosen = [n for n in names if pattern.search(n)]
     elif callable(spec):
@@ -66,11 +74,11 @@ def select_adapted(module: nn.Module, spec: AdaptSpec) -> list[str]:
         wanted = list(spec)
         unknown = sorted(set(wanted) - set(names))
         if unknown:
-            raise ValueError(f"adapt names {unknown} are not parameters of the model; its parameters are {names}")
+            raise ValueError(f"{what} names {unknown} are not parameters of the model; its parameters are {names}")
         chosen = [n for n in names if n in wanted]
     if not chosen:
         raise ValueError(
-            f"adapt={spec!r} selects no parameter of the model, so the inner loop would do nothing. "
+            f"{what}={spec!r} selects no parameter of the model, so the inner loop would do nothing. "
             f"Parameters are: {names}"
         )
     return chosen

@@ -7,6 +7,7 @@ dataset is loaded.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
@@ -217,7 +218,42 @@ def cached_array(cache: Path | None, name: str, key: str, build: Callable[[], np
     return array
 
 
+# --------------------------------------------------------------------------- split lists
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def check_split(split: str, what: str) -> str:
+    """``split`` if it is one of :data:`SPLIT_NAMES`, else a ``ValueError`` naming the choices."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"unknown {what} split {split!r}; choose from {SPLIT_NAMES}")
+    return split
+
+
+def read_csv(path: Path, header: Sequence[str]) -> list[tuple[str, str]]:
+    """The two-column rows of a split list ``path`` whose first line must be ``header``."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        got = next(reader, None)
+        if got != list(header):
+            raise ValueError(f"{path}: expected the header {','.join(header)!r}, got {got}")
+        return [(r[0], r[1]) for r in reader if r]
+
+
+def file_stamps(paths: Sequence[Path], names: Sequence[str] | None = None) -> str:
+    """``name:size:mtime`` of every file, joined by ``|``: the part of a cache key that changes with the files."""
+    return "|".join(
+        f"{n}:{s.st_size}:{s.st_mtime_ns}"
+        for n, p in zip(paths if names is None else names, paths)
+        for s in (p.stat(),)
+    )
+
+
 # --------------------------------------------------------------------------- images
+def to_nchw(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) uint8 -> contiguous (N, C, H, W)."""
+    return images[:, None] if images.ndim == 3 else np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
 RESAMPLE = ("lanczos", "bicubic", "bilinear", "box", "hamming", "nearest")
 
 

@@ -20,22 +20,16 @@ Examples are class-major: in ``support_y`` example ``i`` has label ``i // shots`
 ``query_y`` label ``i // queries`` (prototypical networks can ``view(T, ways, shots, ...)``).
 Images are gathered by index from the dataset's uint8 tensor and only the sampled batch is
 converted to float in ``[0, 1]`` (Omniglot: 1 = ink); no Python work per image.
-
-A fixed, published list of episodes (``read_episodes``: JSON of image paths or class and image
-indices) becomes an ``EpisodeList``, a task source ``training.evaluate.evaluate`` runs as it is.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from ..tasks.batch import TaskBatch
 from ..tasks.fixed import EVAL_DRAW, FixedTasks, fixed_tasks  # noqa: F401 (re-exported)
 from ..tasks.seeding import task_generator
@@ -80,6 +74,15 @@ def _as_rows(images: torch.Tensor) -> torch.Tensor:
         dt for dt, b in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2), (torch.uint8, 1)) if row % b == 0
     )
     return images.view(len(images), row).view(wide)
+
+
+def _rotate_(x: torch.Tensor, turns: torch.Tensor) -> None:
+    """Rotate ``x[i]`` (images in the last two dimensions) by ``turns[i]`` quarter turns, in place;
+    ``turns`` indexes the leading dimensions of ``x`` (``(N,)`` or ``(T, W)``)."""
+    for k in (1, 2, 3):
+        where = tuple(i.to(x.device) for i in torch.nonzero(turns == k, as_tuple=True))
+        if len(where[0]):
+            x[where] = torch.rot90(x[where], k, dims=(-2, -1))
 
 
 class EpisodicTasks:
@@ -281,6 +284,11 @@ class EpisodicTasks:
         class ``self.class_names[ids[t, l]]``. Cheap (no images are gathered)."""
         return self._plans(draw, tasks)[0]
 
+    def class_images(self, class_id: int) -> torch.Tensor:
+        """Dataset image indices of class-table id ``class_id`` (its base class's images, in dataset order)."""
+        base = int(self._base[class_id])
+        return self._table_cpu[base * self._width : base * self._width + int(self._counts[base])]
+
     def image_indices(self, draw: int, tasks: Sequence[int]) -> torch.Tensor:
         """Dataset image indices ``(T, ways, shots + queries)``: ``[..., :shots]`` support, the rest query."""
         return self._table_cpu[self._plans(draw, tasks)[1]]
@@ -326,11 +334,7 @@ class EpisodicTasks:
         if classes is not None:
             if len(classes) != len(support):
                 raise ValueError(f"classes must give one class-table id per label ({len(support)}), got {len(classes)}")
-            turns = self._turns[torch.tensor([int(classes[lab]) for lab in labels], dtype=torch.int64)]
-            for k in (1, 2, 3):
-                rows = torch.nonzero(turns == k).flatten().to(self.device)
-                if len(rows):
-                    x[rows] = torch.rot90(x[rows], k, dims=(-2, -1))
+            _rotate_(x, self._turns[torch.tensor([int(classes[lab]) for lab in labels], dtype=torch.int64)])
         x = self._to_float(x, dtype)
         y = torch.tensor(labels, dtype=torch.int64, device=self.device)
         return TaskBatch(x[None, :n], y[None, :n], x[None, n:], y[None, n:])
@@ -340,11 +344,7 @@ class EpisodicTasks:
         s = self.shots
         x = self._rows.numpy().take(idx.numpy().ravel(), axis=0).view(np.uint8).reshape(T, W, n, *self.image_shape)
         if turns is not None:  # rotate each sampled class's images by its angle (uint8, in place)
-            turns = turns.numpy()
-            for k in (1, 2, 3):
-                tt, ww = np.nonzero(turns == k)
-                if len(tt):
-                    x[tt, ww] = np.rot90(x[tt, ww], k, axes=(-2, -1))
+            _rotate_(torch.from_numpy(x), turns)
         npdt = np.float32 if dtype == torch.float32 else np.float64
         out = []
         for part in (x[:, :, :s], x[:, :, s:]):
@@ -359,11 +359,7 @@ class EpisodicTasks:
         T, W, n = idx.shape
         x = self._rows.index_select(0, idx.flatten()).view(torch.uint8).view(T, W, n, *self.image_shape)
         if turns is not None:
-            for k in (1, 2, 3):
-                tt, ww = torch.nonzero(turns == k, as_tuple=True)
-                if len(tt):
-                    tt, ww = tt.to(self.device), ww.to(self.device)
-                    x[tt, ww] = torch.rot90(x[tt, ww], k, dims=(-2, -1))
+            _rotate_(x, turns)
         return self._to_float(x[:, :, : self.shots], dtype), self._to_float(x[:, :, self.shots :], dtype)
 
     def _to_float(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -373,162 +369,3 @@ class EpisodicTasks:
         if self.normalize is not None:
             x.sub_(self._mean.to(x)).div_(self._std.to(x))
         return x
-
-
-class EpisodeList:
-    """A fixed, published list of episodes over an ``EpisodicTasks`` source, as an indexed task source.
-
-    ``sample(draw, tasks)`` returns episodes ``tasks`` of the list (``draw`` is ignored), so
-    ``training.evaluate.evaluate`` runs them like any fixed task set; episodes of different
-    sizes can only be batched one at a time (``uniform`` says whether they all match).
-    """
-
-    def __init__(
-        self, tasks: EpisodicTasks, episodes: Sequence[tuple[list, list, list | None]], name: str = "episodes"
-    ):
-        if not episodes:
-            raise ValueError("an episode list needs at least one episode")
-        self.tasks = tasks
-        self.episodes = list(episodes)
-        self.name = name
-        shapes = {(tuple(map(len, s)), tuple(map(len, q))) for s, q, _ in self.episodes}
-        self.uniform = len(shapes) == 1
-
-    def __len__(self) -> int:
-        return len(self.episodes)
-
-    @property
-    def shots(self) -> int | None:
-        """Support images per label when every label of every episode has the same number, else None."""
-        counts = {len(images) for s, _, _ in self.episodes for images in s}
-        return counts.pop() if len(counts) == 1 else None
-
-    def sample(self, draw: int, tasks: Sequence[int], dtype: torch.dtype = torch.float32) -> TaskBatch:
-        """Episodes ``tasks`` (indices into the list) as one ``TaskBatch``; ``draw`` is ignored."""
-        batches = [self.tasks.episode(*self.episodes[int(j)], dtype=dtype) for j in tasks]
-        if len(batches) == 1:
-            return batches[0]
-        return TaskBatch(
-            *(torch.cat([getattr(b, f) for b in batches]) for f in ("support_x", "support_y", "query_x", "query_y"))
-        )
-
-    def __repr__(self) -> str:
-        return f"EpisodeList({len(self)} episodes from {self.name}, over {self.tasks!r})"
-
-
-def read_episodes(path: str | Path, tasks: EpisodicTasks) -> EpisodeList:
-    """A JSON file of episodes over ``tasks`` (the split they are drawn from), checked in full.
-
-    ``{"episodes": [episode, ...]}`` (or the list alone). An episode gives, for each label
-    ``l = 0, 1, ...`` in order, its support and query images, either as file paths (relative to
-    the data root, as ``tasks.files`` names them; images used as they are, unrotated)::
-
-        {"support": [["test/a/0.png", "test/a/1.png"], ["test/b/3.png", "test/b/0.png"]],
-         "query":   [["test/a/2.png"], ["test/b/1.png"]]}
-
-    or as indices: ``classes`` names the class of each label (a name or an index of
-    ``tasks.class_names``, rotated classes included) and each image is an index into that class's
-    images, in file-name order::
-
-        {"classes": ["b", 0], "support": [[3, 0], [0, 1]], "query": [[1], [2]]}
-
-    An image may not appear twice in an episode (support and query never share an image).
-    """
-    path = Path(path)
-    where = f"episode file {path}"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{where} does not exist; give a JSON file of episodes (see the README's Data section)"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read {where}: {err}; it must be JSON (see the README's Data section)") from None
-    episodes = data.get("episodes") if isinstance(data, dict) else data
-    if not isinstance(episodes, list) or not episodes:
-        raise ConfigError(
-            f'{where} must hold a non-empty list of episodes, as {{"episodes": [{{"support": ..., '
-            '"query": ...}}, ...]}}'
-        )
-    by_file = None
-    names = {n: i for i, n in enumerate(tasks.class_names)}
-    table = tasks._table_cpu.view(-1, max(tasks._width, 1))
-    out = []
-    for e, episode in enumerate(episodes):
-        at = f"{where}, episode {e}"
-        if not isinstance(episode, dict) or not {"support", "query"} <= set(episode):
-            raise ConfigError(f"{at}: an episode is an object with 'support' and 'query' (and 'classes' for indices)")
-        parts = [episode["support"], episode["query"]]
-        for what, part in zip(("support", "query"), parts):
-            if not isinstance(part, list) or not part or not all(isinstance(p, list) and p for p in part):
-                raise ConfigError(f"{at}: '{what}' must list, for each label, a non-empty list of images")
-        if len(parts[0]) != len(parts[1]):
-            raise ConfigError(f"{at}: 'support' has {len(parts[0])} labels but 'query' has {len(parts[1])}")
-        items = [i for part in parts for images in part for i in images]
-        classes = episode.get("classes")
-        if classes is None:
-            if not all(isinstance(i, str) for i in items):
-                raise ConfigError(
-                    f"{at}: images given by index need 'classes' (one class per label); "
-                    "without it every image is a file path relative to the data root"
-                )
-            if by_file is None:
-                if tasks.files is None:
-                    raise ConfigError(
-                        f"{at}: {tasks.dataset_name} does not record its image files; give the "
-                        "images by index ('classes' and image indices)"
-                    )
-                by_file = {f: i for i, f in enumerate(tasks.files)}
-            resolved = []
-            for part in parts:
-                rows = []
-                for images in part:
-                    ids = []
-                    for f in images:
-                        key = PurePosixPath(f).as_posix().removeprefix("./")
-                        if key not in by_file:
-                            raise ConfigError(
-                                f"{at}: image {f!r} is not in {tasks.dataset_name} (paths are relative to "
-                                f"the data root, e.g. {next(iter(by_file))!r})"
-                            )
-                        ids.append(by_file[key])
-                    rows.append(ids)
-                resolved.append(rows)
-            cids = None
-        else:
-            if not isinstance(classes, list) or len(classes) != len(parts[0]):
-                raise ConfigError(f"{at}: 'classes' must give one class per label ({len(parts[0])}), got {classes!r}")
-            cids = []
-            for c in classes:
-                if isinstance(c, str) and c in names:
-                    cids.append(names[c])
-                elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < tasks.num_classes:
-                    cids.append(c)
-                else:
-                    raise ConfigError(
-                        f"{at}: class {c!r} is not a name or an index (0..{tasks.num_classes - 1}) of "
-                        f"{tasks.dataset_name}'s classes (e.g. {tasks.class_names[0]!r})"
-                    )
-            if len(set(cids)) != len(cids):
-                raise ConfigError(f"{at}: 'classes' repeats a class: {classes}")
-            resolved = []
-            for part in parts:
-                rows = []
-                for lab, images in enumerate(part):
-                    base = int(tasks._base[cids[lab]])
-                    count = int(tasks._counts[base])
-                    bad = [i for i in images if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
-                    if bad:
-                        raise ConfigError(
-                            f"{at}: image {bad[0]!r} of label {lab} is not an index of class "
-                            f"{tasks.class_names[cids[lab]]!r}, which has {count} images (0..{count - 1})"
-                        )
-                    rows.append([int(table[base, i]) for i in images])
-                resolved.append(rows)
-        flat = [i for part in resolved for images in part for i in images]
-        if len(set(flat)) != len(flat):
-            twice = next(i for i in flat if flat.count(i) > 1)
-            shown = tasks.files[twice] if tasks.files is not None else f"image {twice}"
-            raise ConfigError(f"{at}: {shown} is used twice (support and query must not share an image)")
-        out.append((resolved[0], resolved[1], cids))
-    return EpisodeList(tasks, out, name=str(path))

@@ -15,19 +15,8 @@ Splits:
   then uses each (character, rotation) as its own class (4112 / 688 / 1692 / 4800 classes).
   The lists ship with the package (``innerloop/data/splits/omniglot_vinyals``).
 
-Files, under ``<root>/omniglot/`` (root: ``root`` argument, else ``$INNERLOOP_DATA``, else
-``../shared/data`` next to the repository if present, else ``~/.cache/innerloop``):
-
-* ``background.npz`` / ``evaluation.npz``: the 105x105 images bit-packed (the format of
-  ``shared/data/omniglot/README.md``). Made once from the official zips and reused.
-* ``images_background.zip`` / ``images_evaluation.zip``: the official archives (md5-checked),
-  fetched with ``download=True``, or an unzipped ``images_background/`` folder.
-
-Resizing (default 28x28) happens once per (split, size, resample) and is cached (see
-``_common.cache_dir``). ``resample="lanczos"`` (default) gives anti-aliased grayscale images.
-Note that MAML's and prototypical networks' preprocessing resized the mode-"1" PNGs with Pillow,
-which uses nearest-neighbour for mode "1" whatever filter is asked for: their 28x28 images are
-binary. ``resample="nearest"`` reproduces those pixels exactly.
+Files (where they are looked for, their formats) and resizing (``resample="nearest"``
+reproduces MAML's and ProtoNets' binary 28x28 pixels): docs/data.md.
 """
 
 from __future__ import annotations

@@ -7,26 +7,9 @@ Prototypical Networks (Snell et al. 2017) use it for Omniglot and miniImageNet::
 
 (computed as pool-then-ReLU, the same function with a quarter of the ReLU work).
 
-Each pool halves the spatial size (rounding down), so a side of ``s`` ends at
-``s // 16``: 28x28 (Omniglot) -> 1x1, 84x84 (miniImageNet) -> 5x5. The embedding
-therefore has ``hidden`` features on Omniglot and ``25 * hidden`` on miniImageNet
-(1600 with the 64 filters of ProtoNets, 800 with the 32 filters of MAML).
-
-Without ``out_features`` the network is the embedding ``f_phi`` of ProtoNets; with it
-a linear classifier follows, registered last so that ``adapt="head"`` and ANIL pick
-it. The model is an ``nn.Sequential`` ``(block0, block1, block2, block3, flatten[,
-head])``, so ``ANIL(model)`` splits body from head by position.
-
-Batch norm is used transductively, as in the papers: innerloop's functional core
-(:func:`innerloop.core.engine.functional_model`) swaps the ``nn.BatchNorm2d`` layers
-for :class:`~innerloop.core.batchnorm.TransductiveBatchNorm` (same parameters), so
-every forward pass normalizes with the statistics of the batch it is given (one
-task's examples, under ``vmap`` and under the loop alike) and second-order MAML
-gradients are the same under both strategies. Outside innerloop the model is a plain
-PyTorch module with ordinary batch norm.
-
-Inputs may be contiguous or ``channels_last``, and so may the weights
-(``channels_last=True``); the output is the same.
+Without ``out_features`` the network is the embedding ``f_phi`` of ProtoNets; with it a linear
+head follows, registered last (``adapt="head"`` and ANIL pick it). Batch norm is transductive
+inside innerloop, as in the papers. Sizes, layout and batch norm: docs/models.md.
 """
 
 from __future__ import annotations

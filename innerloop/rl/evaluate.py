@@ -76,7 +76,6 @@ def evaluate_adaptation(
     results do not depend on ``batch_size``); ``keep=True`` also returns the
     :class:`~innerloop.rl.learner.Adaptation` of each batch (for figures).
     """
-    most = max(steps)
     rule = SGD(list(lrs))
     per_task: dict[int, list[torch.Tensor]] = {s: [] for s in steps}
     draws: list[Adaptation] = []
@@ -85,11 +84,9 @@ def evaluate_adaptation(
     try:
         for start in range(0, len(tasks), batch_size):
             chunk = range(start, min(start + batch_size, len(tasks)))
-            draw = learner.sample(
-                tasks[chunk.start : chunk.stop], seed, steps=most, episodes=episodes, rule=rule, task_ids=chunk
-            )
+            returns, draw = learner.returns_after(tasks[chunk.start : chunk.stop], steps, episodes, rule, seed, chunk)
             for s in steps:
-                per_task[s].append(draw.episodes[s].returns().mean(-1))
+                per_task[s].append(returns[s]["return"])
             if keep:
                 draws.append(draw)
     finally:

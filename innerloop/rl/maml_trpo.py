@@ -17,21 +17,10 @@ importance-weighted advantage of the adapted policies under a KL trust region::
 Both the objective and the KL differentiate through the inner step (second order),
 including the Fisher-vector products TRPO's conjugate gradient needs.
 
-The two use different second derivatives of the inner step, on purpose. The objective's
-gradient is the meta-gradient *estimate*: with ``estimator="dice"`` it carries DiCE's
-score-function terms, which account for the inner episodes having been sampled from
-pi_theta. The KL, by contrast, is a trust region on what the line search actually
-evaluates: the adapted policies as a function of theta on the *recorded* episodes, whose
-Jacobian holds no such terms. Its Fisher-vector products therefore go through the plain
-REINFORCE inner step (same values, same first derivative); with DiCE's Jacobian instead,
-the quadratic model overstates the KL several-fold (measured: steps ending at KL 0.001-0.003
-for a bound of 0.01) and meta-training crawls.
-
-The default inner objective is REINFORCE (``"vpg"``), the MAML paper's: its meta-gradient
-is the exact gradient of the recorded-sample surrogate that TRPO's line search checks.
-DiCE's is an unbiased estimate of the true meta-gradient but not the gradient of that
-surrogate, so the line search rejects more of its steps; on 2D navigation it learned more
-slowly (benchmarks/RESULTS.md).
+The objective's gradient carries the chosen estimator's second-order terms (DiCE's with
+``estimator="dice"``); the KL's Fisher-vector products always go through the plain REINFORCE
+inner step, and REINFORCE (``"vpg"``, the paper's) is the default objective: why, in
+docs/meta-rl.md.
 """
 
 from __future__ import annotations
@@ -96,11 +85,11 @@ class MAMLTRPO(MetaPolicyLearner):
 
         return at
 
-    def meta_step(self, tasks: torch.Tensor, seed: int, optimizer=None, shard: Shard = Shard()) -> dict[str, float]:
+    def outer_step(self, tasks: torch.Tensor, seed: int, optimizer, shard: Shard) -> dict[str, float]:
         draw = self.sample(tasks, seed, task_ids=shard.task_ids)
         objectives = self.objectives(draw, shard.weight)  # this shard's part of the meta-batch means
         stats = trpo_step(
-            list(self.policy.parameters()), lambda: objectives(self.params()), reduce=shard.reduce, **self.trust_region
+            list(self.parameters()), lambda: objectives(self.params()), reduce=shard.reduce, **self.trust_region
         )
         return {
             **self.rollout_metrics(draw, shard),

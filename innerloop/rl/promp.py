@@ -53,8 +53,8 @@ class ProMP(MetaPolicyLearner):
         # eta is state of the meta-optimization: a buffer, so checkpoints carry it and resuming is exact.
         self.register_buffer("inner_kl_coef", torch.full((self.inner_steps,), float(inner_kl_coef)))
 
-    def meta_step(
-        self, tasks: torch.Tensor, seed: int, optimizer: torch.optim.Optimizer | None = None, shard: Shard = Shard()
+    def outer_step(
+        self, tasks: torch.Tensor, seed: int, optimizer: torch.optim.Optimizer | None, shard: Shard
     ) -> dict[str, float]:
         if optimizer is None:
             raise ValueError("ProMP takes optimizer steps on the policy: pass meta_step an optimizer (e.g. Adam)")
@@ -82,7 +82,7 @@ class ProMP(MetaPolicyLearner):
             loss = -objective + (self.inner_kl_coef * inner_kl).sum()
             optimizer.zero_grad(set_to_none=True)
             (shard.weight * loss).backward()
-            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+            grads = [p.grad for p in self.parameters() if p.grad is not None]  # policy and rule meta-parameters
             copy_flat_(grads, shard.reduce(flatten(grads)))  # the meta-batch's gradient
             optimizer.step()
 

@@ -32,6 +32,7 @@ class Episodes:
     rewards: torch.Tensor  # [T, E, H]
     mask: torch.Tensor  # [T, E, H]: 1 where the step happened (0 after an early termination)
     seconds: float = 0.0  # wall time of the rollout
+    success: torch.Tensor | None = None  # [T, E]: 1 where the episode reported success at some step (Meta-World)
 
     @property
     def steps(self) -> int:
@@ -89,7 +90,8 @@ def rollout(
                 trajectory[key].append(value)
             alive = alive * (~terminated).float()
             observation = next_observation
+        success = getattr(env, "success", None)  # families whose environments report it
     finally:
         env.close()
     stacked = {k: torch.stack(v, dim=2) for k, v in trajectory.items()}
-    return Episodes(**stacked, seconds=time.perf_counter() - start)
+    return Episodes(**stacked, seconds=time.perf_counter() - start, success=success)

@@ -21,9 +21,12 @@ context manager (``with innerloop.set_checks(False): ...``), for a block.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves, tree_structure
 
 from ..errors import InputError
 
@@ -69,56 +72,84 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
 FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
 
+def leaves(name: str, tree: Any, where: str = "TaskBatch") -> list[tuple[str, torch.Tensor]]:
+    """``(label, tensor)`` for every leaf of a field: ``[("support_x", t)]`` for a tensor, else labels such as
+    ``support_x['input_ids']``; a leaf that is no tensor is refused naming it."""
+    if isinstance(tree, torch.Tensor):
+        return [(name, tree)]
+    if not isinstance(tree, Mapping) or not tree:
+        raise InputError(f"{where} {name} must be a torch.Tensor (or a dict of tensors), got {type(tree).__name__}")
+    out = [(name + keystr(path), leaf) for path, leaf in tree_flatten_with_path(tree)[0]]
+    for label, leaf in out:
+        if not isinstance(leaf, torch.Tensor):
+            raise InputError(f"{where} {label} must be a torch.Tensor, got {type(leaf).__name__}")
+    return out
+
+
+def examples(tree: Any, dim: int = 1) -> int:
+    """The number of examples of a field (a tensor or pytree): its first leaf's size along ``dim``."""
+    return tree_leaves(tree)[0].shape[dim]
+
+
+def example_shape(tree: Any, lead: int = 2) -> tuple:
+    """The shape of one example of a field after ``lead`` leading dimensions (per leaf, for a pytree)."""
+    if isinstance(tree, torch.Tensor):
+        return tuple(tree.shape[lead:])
+    return tuple(tuple(t.shape[lead:]) for t in tree_leaves(tree))
+
+
 def check_batch_shapes(support_x, support_y, query_x, query_y) -> None:
-    """The shape rules of a ``TaskBatch``: ``x (T, S, *example)``, ``y (T, S, *target)``, same T, S >= 1."""
-    tensors = dict(zip(FIELDS, (support_x, support_y, query_x, query_y)))
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"TaskBatch {name} must be a torch.Tensor, got {type(t).__name__}")
-    sizes = {name: t.shape[0] if t.dim() else None for name, t in tensors.items()}
+    """The shape rules of a ``TaskBatch``: ``x (T, S, *example)``, ``y (T, S, *target)``, same T, S >= 1
+    (for pytree fields: every leaf, ``(T, S, ...)``, and support and query of one structure)."""
+    trees = dict(zip(FIELDS, (support_x, support_y, query_x, query_y)))
+    named = {name: leaves(name, tree) for name, tree in trees.items()}
+    sizes = {label: t.shape[0] if t.dim() else None for name in FIELDS for label, t in named[name]}
     if not _enabled:
         if len(set(sizes.values())) != 1:
             raise InputError(f"TaskBatch tensors disagree on the number of tasks (leading dimension): {sizes}")
         return
-    for name in ("support_x", "query_x"):
-        t = tensors[name]
-        if t.dim() < 3:
-            raise InputError(
-                f"TaskBatch {name} has shape {_shape(t)}, expected (tasks, examples, *features) with at least 3 "
-                f"dimensions; for one task add the task dimension ({name}.unsqueeze(0)), for scalar inputs a "
-                f"feature dimension ({name}.unsqueeze(-1))"
-            )
-    for name in ("support_y", "query_y"):
-        t = tensors[name]
-        if t.dim() < 2:
-            raise InputError(
-                f"TaskBatch {name} has shape {_shape(t)}, expected (tasks, examples, ...): a batch needs a task "
-                f"dimension; for one task use {name}.unsqueeze(0)"
-            )
+    for name in FIELDS:
+        for label, t in named[name]:
+            if name.endswith("_x") and label == name and t.dim() < 3:
+                raise InputError(
+                    f"TaskBatch {name} has shape {_shape(t)}, expected (tasks, examples, *features) with at least 3 "
+                    f"dimensions; for one task add the task dimension ({name}.unsqueeze(0)), for scalar inputs a "
+                    f"feature dimension ({name}.unsqueeze(-1))"
+                )
+            if t.dim() < 2:
+                raise InputError(
+                    f"TaskBatch {label} has shape {_shape(t)}, expected (tasks, examples, ...): a batch needs a task "
+                    f"dimension; for one task use {label}.unsqueeze(0)"
+                )
     if len(set(sizes.values())) != 1:
         raise InputError(
             f"TaskBatch tensors disagree on the number of tasks (leading dimension): {sizes}. "
             "Stack every tensor over the same task dimension."
         )
     for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
-        if tensors[x].shape[1] != tensors[y].shape[1]:
-            raise InputError(
-                f"{x} has {tensors[x].shape[1]} examples per task but {y} has {tensors[y].shape[1]} "
-                f"(shapes {_shape(tensors[x])} and {_shape(tensors[y])}); they must match."
-            )
-        if tensors[x].shape[1] == 0:
+        (first, t0), *others = named[x] + named[y]
+        for label, t in others:
+            if t.shape[1] != t0.shape[1]:
+                raise InputError(
+                    f"{first} has {t0.shape[1]} examples per task but {label} has {t.shape[1]} "
+                    f"(shapes {_shape(t0)} and {_shape(t)}); they must match."
+                )
+        if t0.shape[1] == 0:
             role = x.split("_")[0]
-            raise InputError(f"{x} has shape {_shape(tensors[x])}: every task needs at least one {role} example")
-    if support_x.shape[2:] != query_x.shape[2:]:
-        raise InputError(
-            f"support_x examples have shape {_shape(support_x)[2:]} but query_x examples {_shape(query_x)[2:]} "
-            f"(batch shapes {_shape(support_x)} and {_shape(query_x)}); support and query must be alike"
-        )
-    if support_y.shape[2:] != query_y.shape[2:]:
-        raise InputError(
-            f"support_y targets have shape {_shape(support_y)[2:]} but query_y targets {_shape(query_y)[2:]} (batch "
-            f"shapes {_shape(support_y)} and {_shape(query_y)}); give both of one shape"
-        )
+            raise InputError(f"{first} has shape {_shape(t0)}: every task needs at least one {role} example")
+    for support, query, what in (("support_x", "query_x", "examples"), ("support_y", "query_y", "targets")):
+        if tree_structure(trees[support]) != tree_structure(trees[query]):
+            raise InputError(
+                f"{support} and {query} differ in structure ({[lab for lab, _ in named[support]]} and "
+                f"{[lab for lab, _ in named[query]]}); give both the same keys"
+            )
+        for (ls, s), (lq, q) in zip(named[support], named[query]):
+            if s.shape[2:] != q.shape[2:]:
+                end = "support and query must be alike" if what == "examples" else "give both of one shape"
+                raise InputError(
+                    f"{ls} {what} have shape {_shape(s)[2:]} but {lq} {what} {_shape(q)[2:]} "
+                    f"(batch shapes {_shape(s)} and {_shape(q)}); {end}"
+                )
 
 
 @dataclass(frozen=True)
@@ -146,7 +177,7 @@ def _nonfinite(name: str, t: torch.Tensor, tasks: bool, where: str) -> InputErro
 
 def _values(named: dict[str, torch.Tensor], one_hot: bool, tasks: bool, where: str) -> Labels | None:
     """Finite floats, non-negative integer labels, no one-hot float targets: one host sync for all of it."""
-    targets = [n for n in named if n.endswith("_y")]
+    targets = [n for n in named if n.split("[")[0].endswith("_y")]  # support_y, or a leaf: support_y['a']
     stats, meaning = [], []  # scalar tensors, and what each one says
     with torch.no_grad():
         for name, t in named.items():
@@ -196,54 +227,59 @@ def _values(named: dict[str, torch.Tensor], one_hot: bool, tasks: bool, where: s
 def check_batch_values(batch, one_hot: bool = True, where: str = "meta_loss") -> Labels | None:
     """Value checks of a ``TaskBatch``: finite inputs and targets, integer labels >= 0, no float one-hot
     targets (``one_hot``: the learner fits float targets with the default MSE). Returns the label range."""
-    return _values({name: getattr(batch, name) for name in FIELDS}, one_hot, True, where)
+    return _values(dict(lf for name in FIELDS for lf in leaves(name, getattr(batch, name))), one_hot, True, where)
 
 
 def check_task(
     support_x: torch.Tensor,
     support_y: torch.Tensor,
-    example_shape: tuple[int, ...] | None = None,
+    seen_example: tuple | None = None,
     one_hot: bool = True,
     where: str = "adapt",
 ) -> Labels | None:
     """One task's support set (``adapt``): no task dimension, matching sizes, non-empty, finite values.
 
-    ``example_shape`` is the shape of one input example the learner has seen in its batches (if any):
-    a ``(T, S, *example)`` tensor is then recognised as a whole batch.
+    ``seen_example`` is the shape of one input example the learner has seen in its batches (if any;
+    :func:`example_shape`): a ``(T, S, *example)`` input is then recognised as a whole batch.
+    Pytree inputs and targets (dicts of tensors) are checked leaf by leaf.
     """
     if not _enabled:
         return None
-    for name, t in (("support_x", support_x), ("support_y", support_y)):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{where} needs tensors; {name} is a {type(t).__name__}")
+    xs, ys = (
+        leaves("support_x", support_x, f"{where} needs tensors;"),
+        leaves("support_y", support_y, f"{where} needs tensors;"),
+    )
     batch_hint = (
         f"{where} takes ONE task (support_x (examples, ...), support_y (examples, ...)): for task i of a batch pass "
         f"batch.support_x[i], batch.support_y[i]; evaluate(batch, steps) adapts every task of a batch"
     )
-    if example_shape is not None and tuple(support_x.shape[2:]) == tuple(example_shape) != tuple(support_x.shape[1:]):
-        raise InputError(
-            f"support_x has shape {_shape(support_x)}, a batch of {support_x.shape[0]} tasks; {batch_hint}"
-        )
-    if support_x.dim() < 2:
-        raise InputError(
-            f"support_x has shape {_shape(support_x)}, expected (examples, *features): "
-            "for scalar inputs add a feature dimension (support_x.unsqueeze(-1))"
-        )
-    labels = not (support_y.is_floating_point() or support_y.is_complex())
-    if labels and support_y.dim() != 1:
-        raise InputError(
-            f"support_y holds integer labels of shape {_shape(support_y)}, expected (examples,): "
-            + (batch_hint if support_y.dim() == 2 else "one label per example")
-        )
-    if support_y.dim() == 0 or support_x.shape[0] != support_y.shape[0]:
-        raise InputError(
-            f"support_x {_shape(support_x)} and support_y {_shape(support_y)} must hold the same number "
-            "of examples (first dimension)"
-        )
-    if support_x.shape[0] == 0:
-        raise InputError(f"support_x has shape {_shape(support_x)}: {where} needs at least one support example")
+    first = xs[0][1]
+    if seen_example is not None and example_shape(support_x) == tuple(seen_example) != example_shape(support_x, 1):
+        raise InputError(f"support_x has shape {_shape(first)}, a batch of {first.shape[0]} tasks; {batch_hint}")
+    for label, t in xs:
+        if t.dim() < 2:
+            raise InputError(
+                f"{label} has shape {_shape(t)}, expected (examples, *features): "
+                f"for scalar inputs add a feature dimension ({label}.unsqueeze(-1))"
+            )
+    for label, y in ys:
+        if not (y.is_floating_point() or y.is_complex()) and y.dim() != 1:
+            raise InputError(
+                f"{label} holds integer labels of shape {_shape(y)}, expected (examples,): "
+                + (batch_hint if y.dim() == 2 else "one label per example")
+            )
+        for lx, x in xs:
+            if y.dim() == 0 or x.shape[0] != y.shape[0]:
+                raise InputError(
+                    f"{lx} {_shape(x)} and {label} {_shape(y)} must hold the same number of examples (first dimension)"
+                )
+    for label, t in xs:
+        if t.shape[0] != first.shape[0]:
+            raise InputError(f"{xs[0][0]} {_shape(first)} and {label} {_shape(t)} hold different numbers of examples")
+    if first.shape[0] == 0:
+        raise InputError(f"support_x has shape {_shape(first)}: {where} needs at least one support example")
     if not torch.compiler.is_compiling():
-        return _values({"support_x": support_x, "support_y": support_y}, one_hot, False, where)
+        return _values(dict(xs + ys), one_hot, False, where)
     return None
 
 
@@ -253,6 +289,11 @@ def check_output_target(output: torch.Tensor, target: torch.Tensor, labels: Labe
     given the batch's label range, labels below the number of classes."""
     if not _enabled:
         return
+    if not isinstance(output, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise InputError(
+            f"the default loss takes a tensor output and target, got {type(output).__name__} and "
+            f"{type(target).__name__}; give the learner a loss_fn of your own for pytree outputs or targets"
+        )
     if target.is_floating_point():
         if output.shape != target.shape:
             fix = (

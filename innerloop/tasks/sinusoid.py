@@ -64,6 +64,12 @@ class SinusoidTasks:
         k = self.shots
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
 
+    def task_parameters(self, draw: int, tasks: range | list[int]) -> dict[str, torch.Tensor]:
+        """The true ``amplitude`` and ``phase`` ``(T,)`` (float64) of the tasks ``sample(draw, tasks)`` draws."""
+        u = self._uniforms(draw, tasks)
+        (a0, a1), (p0, p1) = self.amplitude, self.phase
+        return {"amplitude": a0 + (a1 - a0) * u[:, 0], "phase": p0 + (p1 - p0) * u[:, 1]}
+
     def sample_with_truth(self, draw: int, j: int):
         """One task and its true function, for plots."""
         (a0, a1), (p0, p1) = self.amplitude, self.phase

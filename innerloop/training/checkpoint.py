@@ -32,8 +32,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from .. import registry
 from ..errors import CheckpointError, ConfigError, StorageError
-from .config import Config, from_dict, to_dict, to_yaml
+from .config import Config, from_dict, is_rl, to_dict, to_yaml
 
 WEIGHTS, STATE, CONFIG, LATEST = "weights.safetensors", "state.pt", "config.yaml", "latest"
 STEP = re.compile(r"step-(\d{8,})")  # the name of a complete checkpoint folder
@@ -346,27 +347,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ) from None
 
 
-# Options that do not change what a run computes, so they may differ on resume.
-HARMLESS = {
-    "algorithm.strategy",
-    "algorithm.checkpoint_steps",
-    "algorithm.compile",
-    "task.root",
-    "task.download",
-    "rl.workers",
-    "rl.eval_episodes",
-    "rl.eval_lrs",
-}
+def harmless(config: Config) -> set[str]:
+    """The settings that do not change what a run computes, so they may differ on resume: those the
+    registry entries of its algorithm and task family declare (strategy, compile, data location, ...)."""
+    return {*registry.algorithm(config.algorithm.name).harmless, *registry.task_family(config.task.name).harmless}
 
 
 def config_differences(config: Config, other: Config, sections=("algorithm", "model", "task", "rl")) -> list[str]:
-    """``section.key: checkpoint X vs now Y`` for each setting that changes what a run computes (``HARMLESS`` ones excepted)."""
-    ours, theirs = to_dict(config), to_dict(other)
+    """``section.key: checkpoint X vs now Y`` for each setting that changes what a run computes (:func:`harmless`
+    ones excepted); the rl section counts for meta-RL runs only."""
+    ours, theirs, keep = to_dict(config), to_dict(other), harmless(config)
+    used = [s for s in sections if s != "rl" or is_rl(config) or is_rl(other)]
     return [
         f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}"
-        for s in sections
+        for s in used
         for k, v in ours[s].items()
-        if theirs[s].get(k) != v and f"{s}.{k}" not in HARMLESS
+        if theirs[s].get(k) != v and f"{s}.{k}" not in keep
     ]
 
 

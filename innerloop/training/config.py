@@ -2,11 +2,13 @@
 
 A run is fully described by a :class:`Config`. Presets live in ``innerloop/presets``
 as YAML files holding only what differs from the defaults; ``load_config`` merges
-defaults <- preset or file <- ``key=value`` overrides, checking names and types.
+defaults <- preset or file <- ``key=value`` overrides, checking names and types. The
+``algorithm`` section's schema is the chosen registry entry's options dataclass.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,31 +17,17 @@ from typing import Any, cast
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..core.update_rules import RULES
+from .. import registry
 from ..errors import ConfigError
-from ..rl.envs import FAMILIES as RL_FAMILIES
-from ..rl.estimators import ESTIMATORS as RL_ESTIMATORS
-from ..validate import positive_int
+from ..registry import AlgorithmOptions, MAMLOptions
+from . import validation
+from .validation import task_kind, validate
+
+_log = logging.getLogger(__name__)
 
 
 # Each field's meaning is its trailing comment (read by training/reference.py): one line a field, unformatted.
 # fmt: off
-@dataclass
-class AlgorithmConfig:
-    """The meta-learner and its inner loop (``algorithm.*``)."""
-
-    name: str = "maml"  # maml | fomaml | metasgd | anil | reptile | pretrained | protonets | cnp | snail | maml-trpo | promp
-    inner_lr: float = 0.01  # inner-loop step size alpha (the initial rate of a learned update rule)
-    inner_steps: int = 1  # inner gradient steps per task at meta-training (0 for cnp and snail)
-    eval_steps: int | None = None  # default adaptation steps for `adapt` (None: inner_steps)
-    first_order: bool = False  # drop the second-order term: inner gradients treated as constants (FOMAML)
-    adapt: str = "all"  # all | head | a regular expression over parameter names
-    update_rule: str = "sgd"  # sgd | metasgd | lslr | metacurvature | lstm-optimizer | meta-lstm (core.update_rules.RULES)
-    strategy: str = "auto"  # how a meta-batch runs: vmap | loop | auto (times both on the first batch, keeps the faster)
-    checkpoint_steps: bool = False  # recompute second-order inner steps in the backward pass (memory for time)
-    compile: bool = False  # torch.compile the meta-loss (maml, fomaml, metasgd, anil; strategy vmap or loop)
-
-
 @dataclass
 class TaskConfig:
     """The task distribution: sinusoid regression, few-shot image classification or a meta-RL family (``task.*``)."""
@@ -86,10 +74,15 @@ class TrainConfig:
     meta_lr: float = 0.001  # meta-optimizer learning rate beta
     lr_decay_every: int | None = None  # multiply meta_lr by lr_decay every this many iterations
     lr_decay: float = 0.5  # factor of the step decay (with lr_decay_every)
+    lr_schedule: str = "step"  # meta learning rate schedule: step (lr_decay, lr_decay_every) | cosine (CosineAnnealingLR to min_lr over iterations)
+    min_lr: float = 0.0  # cosine schedule: the meta learning rate it anneals to (eta_min)
     grad_clip: float | None = None  # max global norm of the meta-gradient
     seed: int = 0  # seed of the model initialization and of the training and validation tasks
     val_every: int = 500  # validate every this many iterations (and at the end)
     val_tasks: int = 100  # validation tasks per validation
+    val_train_tasks: int | None = None  # meta-training tasks (the first the run drew) evaluated as the validation tasks at each validation, metrics.jsonl split meta-train; default train.val_tasks, 0: none
+    best_metric: str = "auto"  # validation metric whose best value keeps RUN/checkpoints/best-step-N (`innerloop eval --checkpoint best`); auto: accuracy, else return, else loss, after the most steps; none: keep none
+    best_mode: str = "auto"  # whether the best best_metric is the min or the max; auto: max for accuracy, return and success, min otherwise
     checkpoint_every: int = 500  # write a checkpoint every this many iterations (and at the end)
     keep_checkpoints: int = 2  # how many of the newest checkpoints are kept
     log_every: int = 10  # record metrics every this many iterations (metrics.jsonl; a log line when no progress bar)
@@ -137,7 +130,9 @@ class RLConfig:
     inner_kl_target: float = 0.01  # promp: the inner KL that the adaptive penalty aims at
     inner_kl_coef: float = 5e-4  # promp: initial weight of the inner KL penalty
     arms: int = 5  # bandit: arms per task
-    workers: int = 1  # MuJoCo: processes stepping the environments (1: in this process)
+    workers: int = 1  # MuJoCo, Meta-World: processes stepping the environments (1: in this process)
+    reward_version: str = "v2"  # Meta-World: reward function version, v1 | v2
+    success_episodes: int = 3  # Meta-World: scored episodes per test goal after adaptation (success rate; metaworld's evaluation_episodes)
     eval_episodes: int = 20  # episodes per task per adaptation step at evaluation
     eval_lrs: list[float] = field(default_factory=lambda: [0.1, 0.05])  # evaluation step sizes (the last repeats)
 
@@ -146,7 +141,7 @@ class RLConfig:
 class Config:
     """A whole run: one section per dataclass above, and the run directory."""
 
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    algorithm: Any = field(default_factory=MAMLOptions)  # an AlgorithmOptions: the options of the algorithm.name entry
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -246,27 +241,101 @@ def load_config(
     name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = (), out_dir: str | None = None
 ) -> Config:
     """Defaults <- preset/file <- ``section.key=value`` overrides, validated."""
-    layers = [OmegaConf.structured(Config)]
-    if name_or_path:
-        layers.append(_read_source(name_or_path))
+    sources = [_read_source(name_or_path)] if name_or_path else []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.iterations=500)")
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.merge(*layers)
-        if out_dir is not None:
-            cfg.out_dir = out_dir
-        if OmegaConf.is_missing(cfg, "out_dir"):
-            cfg.out_dir = f"runs/{Path(name_or_path).stem if name_or_path else 'run'}"
-        config = cast(Config, OmegaConf.to_object(cfg))  # a structured config comes back as its dataclass
+        dotlist = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
+    if out_dir is not None:
+        dotlist.out_dir = out_dir
+    elif not any(OmegaConf.is_dict(s) and "out_dir" in s for s in [*sources, dotlist]):
+        dotlist.out_dir = f"runs/{Path(name_or_path).stem if name_or_path else 'run'}"
+    return _compose(sources, dotlist)
+
+
+def _section(layer, name: str = "algorithm"):
+    """The ``name`` section of a layer when it is a mapping, else None."""
+    section = layer.get(name) if OmegaConf.is_dict(layer) else None
+    return section if OmegaConf.is_dict(section) else None
+
+
+def _compose(sources: list, overrides=None) -> Config:
+    """Merge ``sources`` (files, stored configs) and ``overrides`` over the schema of the chosen algorithm, validated.
+
+    A source's ``algorithm`` key that the algorithm lacks is dropped when the source was written for another
+    algorithm (its ``algorithm.name`` was overridden; logged) or holds the value innerloop's single ``algorithm``
+    section had by default (a run directory written before the registry); otherwise, and in ``overrides``
+    always, it is one line naming the algorithm's keys.
+    """
+    layers = [*sources, *([] if overrides is None else [overrides])]
+    name = AlgorithmOptions.name
+    for layer in layers:
+        section = _section(layer)
+        if section is not None and "name" in section:
+            name = section.name
+    entry = registry.algorithm(str(name))
+    written_for, fitted = AlgorithmOptions.name, []
+    for layer in sources:
+        section = _section(layer)
+        if section is not None and "name" in section:
+            written_for = str(section.name)
+        fitted.append(_fit_algorithm(layer, entry, written_for))
+    if overrides is not None:
+        fitted.append(_fit_algorithm(overrides, entry, None))
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config(algorithm=entry.options(name=entry.name))), *fitted)
+        config = cast(Config, OmegaConf.to_object(cfg))  # a structured config comes back as its dataclass
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, entry)) from None
     validate(config)
     return config
 
 
-def _explain(err: OmegaConfBaseException) -> str:
+def _fit_algorithm(layer, entry: registry.AlgorithmEntry, written_for: str | None):
+    """``layer`` without the ``algorithm`` keys ``entry`` lacks (see :func:`_compose`), or a ConfigError.
+
+    ``written_for``: the algorithm a source was written for (None: command-line overrides, which keep every key).
+    """
+    section = _section(layer)
+    foreign = [str(k) for k in section if k not in entry.option_names] if section is not None else []
+    if not foreign:
+        return layer
+    other = written_for is not None and written_for != entry.name
+    for key in foreign:
+        value = section[key]
+        legacy = written_for is not None and key in entry.legacy and value == entry.legacy[key]
+        if not (other or legacy):
+            raise ConfigError(foreign_key_message(entry, key, value))
+    if other:
+        _log.warning(
+            "algorithm.%s, set for algorithm.name=%s, %s not apply to %s: ignored",
+            ", algorithm.".join(foreign),
+            written_for,
+            "does" if len(foreign) == 1 else "do",
+            entry.name,
+        )
+    layer = layer.copy()
+    for key in foreign:
+        del layer.algorithm[key]
+    return layer
+
+
+def foreign_key_message(entry: registry.AlgorithmEntry, key: str, value) -> str:
+    """One line: ``algorithm.<key>`` is no key of ``entry``, which algorithms have it, and the keys it has."""
+    owners = [name for name, e in registry.algorithms().items() if key in e.option_names]
+    keys = f"valid keys of 'algorithm' for {entry.name}: {', '.join(entry.option_names)}"
+    if owners:
+        return (
+            f"algorithm.{key}={value!r} does not apply to algorithm.name={entry.name!r}: only {', '.join(owners)} "
+            f"take it; drop it, or choose one of those algorithms ({keys})"
+        )
+    return f"unknown option 'algorithm.{key}'; {keys}"
+
+
+def _explain(err: OmegaConfBaseException, entry: registry.AlgorithmEntry | None = None) -> str:
     key = getattr(err, "full_key", None) or ""
     message = str(err).splitlines()[0]
     if "Key" in type(err).__name__ or "not in struct" in message:
@@ -275,284 +344,14 @@ def _explain(err: OmegaConfBaseException) -> str:
         factory = (
             Config.__dataclass_fields__[section].default_factory if section in Config.__dataclass_fields__ else None
         )
-        if section and callable(factory):
+        if section == "algorithm" and entry is not None:
+            valid = f"; valid keys of 'algorithm' for {entry.name}: {', '.join(entry.option_names)}"
+        elif section and callable(factory):
             valid = f"; valid keys of '{section}': {', '.join(factory().__dataclass_fields__)}"
         elif not section:
             valid = f"; valid sections: {', '.join(Config.__dataclass_fields__)}"
         return f"unknown option {key!r}{valid}"
     return f"invalid value for {key!r}: {message}"
-
-
-RL_ALGORITHMS = ("maml-trpo", "promp")
-CHOICES = {
-    "algorithm.name": (
-        "maml",
-        "fomaml",
-        "metasgd",
-        "anil",
-        "reptile",
-        "pretrained",
-        "protonets",
-        "cnp",
-        "snail",
-        *RL_ALGORITHMS,
-    ),
-    "algorithm.update_rule": tuple(RULES),
-    "algorithm.strategy": ("vmap", "loop", "auto"),
-    "task.name": ("sinusoid", "omniglot", "mini_imagenet", "cifar_fs", "fc100", "image_folder", *RL_FAMILIES),
-    "model.name": ("mlp", "conv4", "resnet12"),
-    "train.optimizer": ("adam", "sgd"),
-    "train.dtype": ("float32", "float64", "bfloat16"),
-}
-FORWARD_PASS_LEARNERS = ("cnp", "snail")  # black-box learners: adapt in a forward pass, no inner loop
-FORWARD_PASS_PRESETS = {"cnp": "cnp-sine", "snail": "snail-omniglot-5w1s"}  # named in the fixes of their errors
-RULE_USERS = ("maml", "fomaml", "anil")  # the learners whose inner loop takes algorithm.update_rule
-POSITIVE = (
-    "task.shots",
-    "task.queries",
-    "task.ways",
-    "train.iterations",
-    "train.meta_batch_size",
-    "train.val_every",
-    "train.val_tasks",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "eval.queries",
-    "eval.tasks",
-    "eval.batch_size",
-)
-
-
-def _get(config: Config, dotted: str) -> Any:
-    section, key = dotted.split(".")
-    return getattr(getattr(config, section), key)
-
-
-def validate(config: Config) -> None:
-    """Raise :class:`ConfigError` naming the key and the fix for a value or a combination innerloop cannot run."""
-    for dotted, allowed in CHOICES.items():
-        value = _get(config, dotted)
-        if value not in allowed:
-            raise ConfigError(f"{dotted}={value!r} is not supported; choose one of: {', '.join(allowed)}")
-    for dotted in POSITIVE:
-        positive_int(dotted, _get(config, dotted), error=ConfigError)
-    if config.algorithm.inner_steps < 0:
-        raise ConfigError(f"algorithm.inner_steps must be >= 0, got {config.algorithm.inner_steps}")
-    if config.algorithm.inner_lr <= 0:
-        raise ConfigError(f"algorithm.inner_lr must be positive, got {config.algorithm.inner_lr}")
-    if config.algorithm.update_rule != "sgd" and config.algorithm.name not in RULE_USERS:
-        raise ConfigError(
-            f"algorithm.update_rule={config.algorithm.update_rule!r} does not apply to algorithm.name="
-            f"{config.algorithm.name!r}: only {', '.join(RULE_USERS)} take an inner-loop update rule "
-            "(metasgd has its own); use algorithm.name=maml with this rule"
-        )
-    if config.algorithm.checkpoint_steps:
-        a = config.algorithm
-        if a.name not in ("maml", "metasgd", "anil") or a.first_order:
-            raise ConfigError(
-                f"algorithm.checkpoint_steps recomputes second-order inner steps, but algorithm.name={a.name!r}"
-                f"{' with algorithm.first_order=true' if a.first_order else ''} keeps no second-order inner graph; "
-                "drop algorithm.checkpoint_steps (it applies to maml, metasgd and anil, second order)"
-            )
-        if a.strategy == "vmap":
-            raise ConfigError(
-                "algorithm.checkpoint_steps runs the per-task loop (torch.utils.checkpoint cannot run under vmap); "
-                "set algorithm.strategy=loop or auto"
-            )
-    if config.algorithm.compile:
-        a = config.algorithm
-        if a.name not in ("maml", "fomaml", "metasgd", "anil") or a.strategy == "auto" or a.checkpoint_steps:
-            raise ConfigError(
-                f"algorithm.compile compiles the meta-loss of maml, fomaml, metasgd or anil for one fixed strategy "
-                f"(got algorithm.name={a.name!r}, strategy={a.strategy!r}, checkpoint_steps={a.checkpoint_steps}); "
-                "set algorithm.strategy=vmap (small models) or loop, without checkpoint_steps"
-            )
-    if config.train.meta_lr <= 0:
-        raise ConfigError(f"train.meta_lr must be positive, got {config.train.meta_lr}")
-    if config.train.lr_decay_every is not None and config.train.lr_decay_every < 1:
-        raise ConfigError(
-            f"train.lr_decay_every must be a positive integer (or null), got {config.train.lr_decay_every}"
-        )
-    if config.train.dist_timeout <= 0:
-        raise ConfigError(f"train.dist_timeout must be a positive number of seconds, got {config.train.dist_timeout}")
-    if config.train.grad_clip is not None and config.train.grad_clip <= 0:
-        raise ConfigError(f"train.grad_clip must be positive (or null to disable), got {config.train.grad_clip}")
-    bad = [s for s in config.eval.shots if s < 1] + [s for s in config.eval.steps if s < 0]
-    if bad or not config.eval.shots or not config.eval.steps:
-        raise ConfigError("eval.shots must be positive integers and eval.steps non-negative integers (both non-empty)")
-    if any(h < 1 for h in [*config.model.hidden, *config.model.widths, config.model.filters]):
-        raise ConfigError("model.hidden, model.widths and model.filters must be positive")
-    _check_image_task(config)
-    if config.eval.ways is not None:
-        positive_int("eval.ways", config.eval.ways, error=ConfigError)
-    if config.algorithm.name in FORWARD_PASS_LEARNERS:
-        _check_forward_pass_learner(config)
-    if (config.algorithm.name in RL_ALGORITHMS) or (config.task.name in RL_FAMILIES):
-        _check_rl(config)
-        return
-    image_task = config.task.name != "sinusoid"
-    if image_task == (config.model.name == "mlp"):
-        raise ConfigError(
-            f"model.name={config.model.name!r} does not fit task.name={config.task.name!r}: "
-            "use model.name=mlp for sinusoid and conv4 or resnet12 for image tasks"
-        )
-    has_head = config.algorithm.name != "protonets"
-    if image_task and has_head and config.eval.ways not in (None, config.task.ways):
-        raise ConfigError(
-            f"{config.algorithm.name} has an output layer of task.ways={config.task.ways} classes, so it cannot be "
-            f"evaluated on eval.ways={config.eval.ways}; set them equal (only protonets tests with other ways)"
-        )
-
-
-FOLDER_ONLY = (
-    "mode",
-    "invert",
-    "split_fractions",
-    "split_seed",
-    "cache",
-    "cache_dir",
-)  # keys of task.name=image_folder alone
-
-
-def _check_image_task(config: Config) -> None:
-    """The image-data keys of the task section: values in range, and image_folder's keys only with image_folder."""
-    t, defaults = config.task, TaskConfig()
-    if t.name != "image_folder":
-        given = [k for k in FOLDER_ONLY if getattr(t, k) != getattr(defaults, k)]
-        if given:
-            raise ConfigError(
-                f"task.{given[0]} applies to task.name=image_folder only (got task.name={t.name!r}); drop it"
-            )
-    if t.image_size is not None and t.image_size < 1:
-        raise ConfigError(f"task.image_size must be a positive integer (or null), got {t.image_size}")
-    if t.mode not in ("auto", "L", "RGB"):
-        raise ConfigError(f"task.mode={t.mode!r} is not supported; choose one of: auto, L, RGB")
-    if t.rotations is not None:
-        r = list(t.rotations)
-        if not r or len(set(r)) != len(r) or any(a not in (0, 90, 180, 270) for a in r):
-            raise ConfigError(
-                f"task.rotations must be distinct angles from 0, 90, 180, 270 (e.g. [0, 90, 180, 270]; "
-                f"[0] for none, null for the dataset's), got {r}"
-            )
-    if t.normalize is not None and (
-        len(t.normalize) != 2
-        or len(t.normalize[0]) != len(t.normalize[1])
-        or len(t.normalize[0]) not in (1, 3)
-        or any(v <= 0 for v in t.normalize[1])
-    ):
-        raise ConfigError(
-            f"task.normalize must be [[mean, ...], [std, ...]] with 1 or 3 values each and std > 0, got {t.normalize}"
-        )
-    f = list(t.split_fractions)
-    if len(f) != 3 or any(v < 0 for v in f) or abs(sum(f) - 1) > 1e-6 or f[0] <= 0:
-        raise ConfigError(
-            f"task.split_fractions must be 3 fractions train, val, test (train > 0, none negative) "
-            f"summing to 1, e.g. [0.7, 0.15, 0.15]; got {f}"
-        )
-
-
-def _check_forward_pass_learner(config: Config) -> None:
-    """A learner that adapts in one forward pass (cnp, snail) has no inner loop: refuse any config asking for one.
-
-    Silently ignoring inner steps would print a table of identical "1 step", "5 steps"
-    columns, or train something other than what the config says.
-    """
-    a = config.algorithm
-    problems = []  # (what the config asks for, how to fix it)
-    if a.inner_steps != 0:
-        problems.append((f"algorithm.inner_steps={a.inner_steps}", "set algorithm.inner_steps=0"))
-    if a.eval_steps not in (None, 0):
-        problems.append((f"algorithm.eval_steps={a.eval_steps}", "leave algorithm.eval_steps unset"))
-    if a.update_rule != "sgd":
-        problems.append((f"algorithm.update_rule={a.update_rule}", "leave algorithm.update_rule=sgd"))
-    if any(s != 0 for s in config.eval.steps):
-        problems.append((f"eval.steps={list(config.eval.steps)}", "set eval.steps=[0]"))
-    if problems:
-        raise ConfigError(
-            f"algorithm.name={a.name} adapts to a task in one forward pass, with no inner gradient steps, but the config "
-            f"asks for {', '.join(p for p, _ in problems)}; {', '.join(f for _, f in problems)} "
-            f"(the {FORWARD_PASS_PRESETS[a.name]} preset does)"
-        )
-    if a.name == "cnp" and config.task.name != "sinusoid":
-        raise ConfigError(
-            f"algorithm.name={a.name} is implemented for regression only; use task.name=sinusoid "
-            f"(got task.name={config.task.name!r}), or protonets for classification"
-        )
-    if a.name == "snail":
-        _check_snail(config)
-
-
-def _check_snail(config: Config) -> None:
-    """SNAIL classifies images, reading sequences of task.ways * task.shots + 1 elements.
-
-    Its output layer has task.ways classes (the eval.ways check of ``validate`` applies) and
-    its temporal-convolution depth is built for that sequence length, on which it is trained:
-    evaluating other shots would feed it sequences it never saw, so it is refused.
-    """
-    task = config.task
-    if task.name == "sinusoid":
-        raise ConfigError(
-            "algorithm.name=snail is a few-shot image classifier; use an image task with an image model "
-            "(task.name=omniglot model.name=conv4, as the snail-omniglot-5w1s preset does), or cnp for regression "
-            "(got task.name='sinusoid')"
-        )
-    if list(config.eval.shots) != [task.shots]:
-        raise ConfigError(
-            f"algorithm.name=snail reads sequences of task.ways * task.shots + 1 = {task.ways * task.shots + 1} "
-            f"elements and is evaluated on the shots it was trained with; set eval.shots=[{task.shots}] "
-            f"(got eval.shots={list(config.eval.shots)}), or train another model with task.shots=K for K-shot tasks"
-        )
-
-
-def is_rl(config: Config) -> bool:
-    """Whether ``config`` is a meta-reinforcement-learning run (``task.name`` a family of ``innerloop.rl.envs``)."""
-    return config.task.name in RL_FAMILIES
-
-
-def _check_rl(config: Config) -> None:
-    """Meta-RL needs a meta-RL algorithm on a task family, a policy MLP, and sane RL settings."""
-    a, r = config.algorithm, config.rl
-    if a.name not in RL_ALGORITHMS or config.task.name not in RL_FAMILIES:
-        raise ConfigError(
-            f"algorithm.name={a.name!r} with task.name={config.task.name!r}: meta-RL pairs an algorithm of "
-            f"{', '.join(RL_ALGORITHMS)} with a task family of {', '.join(RL_FAMILIES)} "
-            "(e.g. the maml-trpo-nav2d preset); supervised tasks take the other algorithms"
-        )
-    if config.model.name != "mlp":
-        raise ConfigError(
-            f"meta-RL policies are MLPs (model.name=mlp, widths model.hidden); got model.name={config.model.name!r}"
-        )
-    if a.inner_steps < 1:
-        raise ConfigError(
-            f"meta-RL adapts with at least one policy-gradient step; set algorithm.inner_steps >= 1 (got {a.inner_steps})"
-        )
-    if a.update_rule != "sgd":
-        raise ConfigError(
-            f"meta-RL uses plain SGD inner steps (rates algorithm.inner_lr, rl.eval_lrs); got algorithm.update_rule={a.update_rule!r}"
-        )
-    if r.estimator is not None and r.estimator not in RL_ESTIMATORS:
-        raise ConfigError(f"rl.estimator={r.estimator!r} is not supported; choose one of: {', '.join(RL_ESTIMATORS)}")
-    for name in ("episodes", "eval_episodes", "cg_iterations", "outer_steps", "arms", "workers", "max_backtracks"):
-        positive_int(f"rl.{name}", getattr(r, name), error=ConfigError)
-    if r.horizon is not None and r.horizon < 1:
-        raise ConfigError(f"rl.horizon must be a positive integer (or null for the family's), got {r.horizon}")
-    for name in ("max_kl", "init_std", "clip", "inner_kl_target"):
-        if not getattr(r, name) > 0:
-            raise ConfigError(f"rl.{name} must be positive, got {getattr(r, name)}")
-    if not (0 < r.gamma <= 1 and 0 <= r.gae_lambda <= 1 and 0 < r.backtrack_ratio < 1):
-        raise ConfigError(
-            f"need 0 < rl.gamma <= 1, 0 <= rl.gae_lambda <= 1, 0 < rl.backtrack_ratio < 1; got {r.gamma}, {r.gae_lambda}, {r.backtrack_ratio}"
-        )
-    if r.inner_lrs is not None and (
-        not r.inner_lrs or any(lr <= 0 for lr in r.inner_lrs) or len(r.inner_lrs) > a.inner_steps
-    ):
-        raise ConfigError(
-            f"rl.inner_lrs must hold 1 to algorithm.inner_steps={a.inner_steps} positive rates (the last repeats), "
-            f"got {list(r.inner_lrs)}; or leave it null to use algorithm.inner_lr at every step"
-        )
-    if not r.eval_lrs or any(lr <= 0 for lr in r.eval_lrs):
-        raise ConfigError(f"rl.eval_lrs must be a non-empty list of positive step sizes, got {list(r.eval_lrs)}")
 
 
 def to_dict(config: Config) -> dict:
@@ -561,17 +360,26 @@ def to_dict(config: Config) -> dict:
 
 
 def from_dict(data: dict) -> Config:
-    """The :class:`Config` of ``to_dict`` output (defaults filled in), validated."""
+    """The :class:`Config` of ``to_dict`` output (defaults filled in; an older run's keys as ``load_config`` takes them), validated."""
     try:
-        config = cast(
-            Config, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data)))
-        )
+        source = OmegaConf.create(data)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
-    validate(config)
-    return config
+    return _compose([source])
 
 
 def to_yaml(config: Config) -> str:
     """``config`` as YAML, every key written out (the ``config.yaml`` of a run)."""
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def is_rl(config: Config) -> bool:
+    """Whether ``config`` is a meta-reinforcement-learning run (``task.name`` a family of kind rl)."""
+    return task_kind(config) == "rl"
+
+
+def __getattr__(name: str):
+    """The name lists of before the registry (``CHOICES``, ``RULE_USERS``, ...), computed from it on access."""
+    if name in validation.DERIVED:
+        return validation.DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,10 @@ from the same one without needing a shared file system, and a group that
 ``torchrun --max-restarts`` restarts after a dead worker resumes by itself. Errors found
 on rank 0 (an existing run without ``--resume``, a corrupt checkpoint) are raised on
 every rank so none is left waiting in a collective. gloo serves CPU runs, NCCL CUDA runs.
+
+The trainer is the same on one process and many: ``Trainer(config, group=ProcessGroup...)``
+(``LocalGroup()`` for one process) takes its shard of each meta-batch, its sums, broadcasts and
+whether it writes (rank 0) from the group.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ import datetime
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
-from ..core.params import copy_flat_, flatten
-from ..errors import ConfigError, DistributedError, InnerloopError
+from ..algorithms.step import Shard
+from ..errors import ConfigError, DistributedError
 from .config import Config, to_dict, to_yaml
-from .trainer import Trainer
 
 
 def launched_by_torchrun() -> bool:
@@ -65,6 +69,81 @@ def attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
         return None
     shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
     return dist.PrefixStore(f"innerloop/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", shared)
+
+
+class Group(Protocol):
+    """What the trainer and evaluation use of a group of processes (:class:`LocalGroup`, :class:`ProcessGroup`)."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, metrics and figures."""
+        ...
+
+    def shard(self, num_tasks: int, **step) -> Shard:
+        """This rank's :class:`Shard` of a meta-batch of ``num_tasks`` tasks; ``step``: the other Shard fields."""
+        ...
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks (every rank gets the sum)."""
+        ...
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a picklable object)."""
+        ...
+
+    def gather(self, obj: Any) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        ...
+
+    def broadcast_(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite ``tensors`` in place with rank 0's."""
+        ...
+
+    def restarted(self) -> bool:
+        """Whether torchrun restarted this group after a failure (the run then resumes)."""
+        ...
+
+    def barrier(self) -> None:
+        """Wait until every rank has arrived."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group."""
+        ...
+
+
+class LocalGroup(Group):
+    """The group of a single process: :class:`ProcessGroup`'s interface, every collective the identity."""
+
+    rank, world_size, local_rank, is_main = 0, 1, 0, True
+
+    def shard(self, num_tasks: int, **step) -> Shard:
+        """The whole meta-batch; ``step``: the other :class:`Shard` fields."""
+        return Shard(task_ids=range(num_tasks), **step)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def broadcast(self, obj):
+        return obj
+
+    def gather(self, obj) -> list:
+        return [obj]
+
+    def broadcast_(self, tensors: list[torch.Tensor]) -> None:
+        pass
+
+    def restarted(self) -> bool:
+        return False
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -129,13 +208,29 @@ class ProcessGroup:
         dist.all_gather_object(out, obj)
         return out
 
-    def all_reduce_(self, tensors: list[torch.Tensor]) -> None:
-        """Sum ``tensors`` over ranks in place, as one flat buffer (one collective, not one per tensor)."""
-        if not tensors:
-            return
-        flat = flatten(tensors)
-        dist.all_reduce(flat)
-        copy_flat_(tensors, flat)
+    def shard(self, num_tasks: int, **step) -> Shard:
+        """This rank's contiguous share of a meta-batch of ``num_tasks`` tasks; ``step``: the other :class:`Shard` fields."""
+        ids = shard(num_tasks, self.rank, self.world_size)
+        return Shard(task_ids=ids, weight=len(ids) / num_tasks, reduce=self.sum, **step)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over the ranks (a new tensor, without graph)."""
+        summed = tensor.detach().clone()
+        dist.all_reduce(summed)
+        return summed
+
+    def broadcast_(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite ``tensors`` in place with rank 0's values (each in its own dtype)."""
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)
+
+    def restarted(self) -> bool:
+        """Whether torchrun restarted this group after a failure (then it resumes by itself).
+
+        Each node's agent counts its own restarts (a node whose workers were healthy may still
+        say 0), so the group restarted if any rank says so.
+        """
+        return max(self.gather(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))) > 0
 
     def barrier(self) -> None:
         """Wait until every rank of the group reaches this point."""
@@ -152,7 +247,7 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(to_yaml(config).encode()).hexdigest()[:16]
 
 
-def check_same_config(group: ProcessGroup, config: Config) -> None:
+def check_same_config(group: Group, config: Config) -> None:
     """Fail on every rank, naming the differing options, unless all ranks run the same config."""
     entries = group.gather((config_hash(config), to_dict(config)))
     if len({h for h, _ in entries}) == 1:
@@ -170,98 +265,6 @@ def check_same_config(group: ProcessGroup, config: Config) -> None:
             raise ConfigError(
                 f"the ranks were started with different configurations (hash {entries[0][0]} on rank 0, {digest} on "
                 f"rank {rank}): {'; '.join(diffs[:5])}. Launch every node with the same --config and overrides."
-            )
-
-
-class DistributedTrainer(Trainer):
-    """A :class:`Trainer` whose meta-batch is split across the ranks of a process group."""
-
-    group: ProcessGroup
-
-    def __init__(
-        self,
-        config: Config,
-        group: ProcessGroup,
-        learner=None,
-        resume: bool = False,
-        progress: bool | None = None,
-        overwrite: bool = False,
-    ):
-        self.group = group
-        if config.train.meta_batch_size < group.world_size:
-            raise ConfigError(
-                f"train.meta_batch_size={config.train.meta_batch_size} cannot be split across {group.world_size} "
-                f"processes (each needs at least one task); raise train.meta_batch_size to >= {group.world_size} "
-                "or start fewer processes"
-            )
-        check_same_config(group, config)
-        # A group torchrun restarted after a failure resumes by itself. Each node's agent
-        # counts its own restarts (a node whose workers were healthy may still say 0), so
-        # the group restarted if any rank says so.
-        restarted = max(group.gather(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))) > 0
-        # A restart resumes and never sets the run aside again (--overwrite applied to the first attempt).
-        super().__init__(
-            config,
-            learner=learner,
-            resume=resume or restarted,
-            progress=progress,
-            overwrite=overwrite and not restarted,
-        )
-        # Identical start on every rank (a resumed run is already identical; this makes it certain).
-        for tensor in self.learner.state_dict().values():
-            dist.broadcast(tensor.data, src=0)
-        self._strategies_agreed = False
-
-    def task_slice(self) -> range:
-        return shard(self.config.train.meta_batch_size, self.group.rank, self.group.world_size)
-
-    def step(self, iteration: int) -> dict[str, float]:
-        metrics = super().step(iteration)
-        if not self._strategies_agreed:
-            # After the first step each rank has timed vmap against the loop ("auto") on its own
-            # shard; from now on all use rank 0's choices, which the checkpoints record, so a
-            # resumed group batches exactly as the uninterrupted one did.
-            self.strategy_choices.update(self.group.broadcast(dict(self.strategy_choices)))
-            self._strategies_agreed = True
-        return metrics
-
-    def all_reduce(self, metrics: dict[str, float], share: float) -> dict[str, float]:
-        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
-        names = sorted(metrics)
-        weighted = torch.tensor([metrics[k] * share for k in names], dtype=torch.float64, device=self.device)
-        self.group.all_reduce_([*grads, weighted])
-        return dict(zip(names, weighted.tolist()))
-
-    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
-        summed = tensor.detach().clone()
-        dist.all_reduce(summed)
-        return summed
-
-    def load_existing(self, resume: bool):
-        """Rank 0 finds and reads the newest intact checkpoint; every rank gets it (or rank 0's error)."""
-        found, error = None, None
-        if self.is_main:
-            try:
-                found = super().load_existing(resume)
-            except InnerloopError as err:
-                error = err
-        found, error = self.group.broadcast((found, error))
-        if error is not None:
-            raise error
-        return found
-
-    def checkpoint(self, iteration: int) -> None:
-        self.check_in_sync()
-        if self.is_main:
-            self.save(iteration)
-
-    def check_in_sync(self) -> None:
-        """Guard against silent drift: the meta-parameters must be bit-identical on every rank."""
-        checksum = float(sum(p.detach().double().sum() for p in self.learner.parameters()))
-        sums = self.group.gather(checksum)
-        if len(set(sums)) != 1:
-            raise DistributedError(
-                f"meta-parameters differ across ranks (checksums {sums}); this is a bug, please report it"
             )
 
 

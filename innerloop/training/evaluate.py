@@ -8,29 +8,41 @@ import torch
 
 from ..rl.evaluate import evaluate_adaptation
 from ..stats import summarize
-from ..tasks.fixed import fixed_tasks
 from ..tasks.seeding import derive_seed
+from ..validate import positive_int
+from .builders import DTYPES
 
 
 def evaluate(
-    learner, source, steps: Sequence[int], num_tasks: int, batch_size: int, device=None, dtype=None, group=None
+    learner,
+    source,
+    steps: Sequence[int],
+    num_tasks: int,
+    batch_size: int,
+    device=None,
+    dtype=None,
+    group=None,
+    **protocol,
 ) -> dict:
-    """Query metrics after each number of adaptation steps, summarised over ``num_tasks`` tasks.
+    """Per-task metrics after each number of adaptation steps, summarised over ``num_tasks`` held-out tasks.
 
-    With a process ``group`` (see ``training.distributed``) the task batches are dealt
-    round-robin to the ranks and gathered back in order, so every rank returns the
-    same summary as one process evaluating them all.
+    Any learner: the tasks ``0 .. num_tasks - 1`` of ``source``'s fixed evaluation set are evaluated
+    ``batch_size`` at a time by ``learner.evaluate_tasks`` (a supervised learner's query metrics, a
+    meta-RL learner's returns; ``protocol`` goes to it). With a process ``group``
+    (``training.distributed``) the batches are dealt round-robin to the ranks and gathered back in
+    order, so every rank returns the same summary as one process evaluating them all.
     """
     rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+    batch_size = positive_int("batch_size", batch_size)
+    batches = [
+        range(i, min(i + batch_size, num_tasks)) for i in range(0, positive_int("num_tasks", num_tasks), batch_size)
+    ]
     was_training = learner.training
     learner.eval()
     mine: list[dict[int, dict[str, torch.Tensor]]] = []
     try:
-        for i, batch in enumerate(fixed_tasks(source, num_tasks, batch_size)):
-            if i % world != rank:
-                continue
-            batch = batch.to(device=device, dtype=dtype) if device or dtype else batch
-            results = learner.evaluate(batch, steps)
+        for ids in batches[rank::world]:
+            results = learner.evaluate_tasks(source, ids, num_tasks, steps, device=device, dtype=dtype, **protocol)
             mine.append({int(s): {n: v.detach().float().cpu() for n, v in m.items()} for s, m in results.items()})
     finally:
         learner.train(was_training)
@@ -50,7 +62,6 @@ def evaluate(
 
 def evaluate_config(learner, config, build_tasks, shots=None, steps=None, num_tasks=None, group=None) -> dict:
     """The results table of a run's ``eval`` section: {shots: {step: {metric: summary}}}."""
-    from .builders import DTYPES
 
     e = config.eval
     results = {}
@@ -69,12 +80,13 @@ def evaluate_config(learner, config, build_tasks, shots=None, steps=None, num_ta
     return results
 
 
-def evaluate_rl(learner, config, keep: bool = False):
-    """The protocol as configured: eval.tasks test tasks, eval.steps, rl.eval_episodes, rl.eval_lrs, eval.seed."""
+def evaluate_rl(learner, config, keep: bool = False, source=None):
+    """The protocol as configured: eval.tasks test tasks, eval.steps, rl.eval_episodes, rl.eval_lrs, eval.seed
+    (``source``: the test tasks' source, default ``build_tasks(config, "test")``; a shifted one, ``tasks.shift``)."""
     from .builders import build_tasks
 
     e, r = config.eval, config.rl
-    tasks = build_tasks(config, "test").fixed(e.tasks)
+    tasks = (source if source is not None else build_tasks(config, "test")).fixed(e.tasks)
     return evaluate_adaptation(
         learner,
         tasks,

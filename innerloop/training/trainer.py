@@ -1,36 +1,42 @@
-"""The meta-training loop.
+"""The meta-training loop: one trainer for every learner, on one process or many.
 
-One iteration: sample this process's share of the meta-batch (tasks are indexed by
-``(seed, iteration, task)``, see ``tasks.seeding``), accumulate the meta-gradient with
-``learner.meta_backward``, check it is finite, clip, and step the meta-optimizer.
-Periodically: log (JSONL, TensorBoard when installed, a progress bar), validate on
-held-out tasks, and write an atomic checkpoint from which ``resume=True`` continues
-bit for bit.
+One iteration: the process group gives this process its shard of the meta-batch (tasks are
+indexed by ``(seed, iteration, task)``, see ``tasks.seeding``), the task source samples it, and
+``learner.meta_step(batch, optimizer, shard)`` makes the whole meta-update (a meta-gradient,
+summed over the processes through the shard, clipped and stepped; or meta-RL's rollouts and
+TRPO/ProMP step). Periodically: log (JSONL, TensorBoard when installed, a progress bar or log
+lines), validate on held-out tasks, and write an atomic checkpoint from which ``resume=True``
+continues bit for bit.
 
-``Trainer.task_slice`` is the one place that decides which tasks of the global
-meta-batch this process computes, ``Trainer.all_reduce`` where a distributed run sums
-the gradients and metrics of the shards, ``Trainer.load_existing`` where it shares the
-checkpoint. ``training.distributed.DistributedTrainer`` overrides them and sets
-``group``, through which evaluation is spread; for a single process they are trivial.
+What differs between learners sits behind the learner protocol (:class:`Learner`); what differs
+between one process and a torchrun group sits behind the group (``training.distributed``:
+``LocalGroup`` or ``ProcessGroup``), which shards, sums, broadcasts and says which rank writes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
+from ..algorithms.step import DIVERGENCE_FIX, Shard
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    DistributedError,
+    InnerloopError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
+from ..tasks.seeding import derive_seed
 from .builders import DTYPES, build_learner, build_optimizer, build_tasks, optional_tasks
 from .checkpoint import (
     Checkpoint,
@@ -40,115 +46,89 @@ from .checkpoint import (
     run_contents,
     save_checkpoint,
     set_aside_run,
-    write_text_atomic,
 )
 from .config import Config, to_yaml
+from .distributed import Group, LocalGroup, check_same_config
 from .evaluate import evaluate
+from .metrics_log import MetricsLog
+from .overfitting import BestCheckpoint, meta_train_tasks
+from .progress import format_log_line, format_values
+from .schedule import MetaLRSchedule
+from .signals import catch_stop_signals
 
 _log = logging.getLogger("innerloop.train")  # the progress lines; the CLI prints them on stderr
 
 
-def _duration(seconds: float) -> str:
-    """``H:MM:SS`` (``D days, H:MM:SS`` past a day) of a non-negative number of seconds."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = round(seconds)
-    days, s = divmod(s, 86400)
-    text = f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-    return f"{days} day{'s' if days > 1 else ''}, {text}" if days else text
+class Learner(Protocol):
+    """What :class:`Trainer` calls on a learner (``MetaLearner`` and ``MetaPolicyLearner`` implement it).
 
+    Besides these, an ``nn.Module``'s ``parameters()`` / ``state_dict()`` (checkpoints), and optionally
+    ``chooser`` (the vmap/loop choices kept across resumes), ``eval_steps`` and ``divergence_fix``.
+    """
 
-def format_log_line(record: dict, total: int, eta_seconds: float) -> str:
-    """One plain progress line: ``iteration 20/1000 loss 0.4123 ... tasks/s 512 ETA 0:12:34``."""
-    rates = {"tasks_per_s": "tasks/s", "env_steps_per_s": "env steps/s"}
-    fields = [f"iteration {record['iteration']}/{total}"]
-    for key, value in record.items():
-        if key == "iteration" or key in rates:
-            continue
-        fields.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-    fields += [f"{label} {record[key]:.0f}" for key, label in rates.items() if key in record]
-    return "  ".join([*fields, f"ETA {_duration(eta_seconds)}"])
+    def meta_step(self, batch: Any, optimizer: Any, shard: Shard) -> dict[str, float]:
+        """The meta-update of one iteration on ``shard`` of the meta-batch; its metrics (meta-batch means)."""
+        ...
 
+    @property
+    def validation_steps(self) -> list[int]:
+        """The adaptation steps validation reports (e.g. ``[0, inner_steps]``)."""
 
-class MetricsLog:
-    """Append-only JSONL metrics file (and TensorBoard scalars when tensorboard is installed)."""
+    def evaluate_tasks(
+        self, source: Any, ids: range, num_tasks: int, steps: Sequence[int], device: Any = None, dtype: Any = None
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """Per-task metrics ``{step: {name: (len(ids),)}}`` of held-out tasks ``ids`` of ``source``."""
+        ...
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is an optional extra
-                pass
-            else:
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def truncate_after(self, iteration: int) -> None:
-        """Drop records a resumed run will write again (those past the checkpoint), atomically.
-
-        A line torn by a kill mid-write is dropped too. TensorBoard keeps its event files;
-        the new writer's ``purge_step`` makes TensorBoard hide their events past ``iteration``.
-        """
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line)["iteration"] <= iteration:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):  # torn or foreign line
-                continue
-        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-        if self.writer is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            log_dir = self.writer.log_dir
-            self.writer.close()
-            self.writer = SummaryWriter(log_dir=log_dir, purge_step=iteration + 1)
-
-    def write(self, record: dict) -> None:
-        """Append ``record`` (a dict with ``iteration``) as one JSON line, and its numbers to TensorBoard."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            split = record.get("split", "train")
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("iteration",):
-                    self.writer.add_scalar(f"{split}/{key}", value, record["iteration"])
-
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer, if any."""
-        if self.writer is not None:
-            self.writer.close()
+    def progress_fields(self, record: dict) -> dict[str, str]:
+        """The fields of ``record`` the progress bar and log line show, formatted."""
 
 
 class Trainer:
-    """Meta-trains ``config``'s learner on its tasks in ``config.out_dir`` (one process; see ``training.distributed``).
+    """Meta-trains ``config``'s learner on its tasks in ``config.out_dir``.
 
     Args:
         config: the run (:class:`~innerloop.training.config.Config`).
-        learner: a learner to train instead of the one ``config`` builds.
+        learner: a learner to train instead of the one ``config`` builds (any :class:`Learner`).
         resume: continue from the newest intact checkpoint in the run directory.
         progress: show the progress bar (default ``train.progress``); without it, log lines.
         overwrite: start afresh where the run directory holds a run, moving it aside.
+        group: the processes sharing the run (default: this one alone); see ``training.distributed``.
     """
 
-    group: Any = None  # the ProcessGroup of a distributed run (``training.distributed``)
-
     def __init__(
-        self, config: Config, learner=None, resume: bool = False, progress: bool | None = None, overwrite: bool = False
+        self,
+        config: Config,
+        learner=None,
+        resume: bool = False,
+        progress: bool | None = None,
+        overwrite: bool = False,
+        group: Group | None = None,
     ) -> None:
+        self.group: Group = group if group is not None else LocalGroup()
+        if config.train.meta_batch_size < self.group.world_size:
+            raise ConfigError(
+                f"train.meta_batch_size={config.train.meta_batch_size} cannot be split across {self.group.world_size} "
+                f"processes (each needs at least one task); raise train.meta_batch_size to >= {self.group.world_size} "
+                "or start fewer processes"
+            )
+        check_same_config(self.group, config)
+        # A group torchrun restarted after a failure resumes, and never sets the run aside again
+        # (--overwrite applied to the first attempt).
+        restarted = self.group.restarted()
+        resume, overwrite = resume or restarted, overwrite and not restarted
         self.config = config
         self.run_dir = Path(config.out_dir)
         self.device = torch.device(config.train.device)
         self.dtype = DTYPES[config.train.dtype]
         torch.manual_seed(config.train.seed)  # model initialization
-        # a MetaLearner, or under RLTrainer a MetaPolicyLearner: the loop calls what the two families share
         self.learner: Any = learner if learner is not None else build_learner(config)
         self.optimizer = build_optimizer(config, self.learner)
+        self.schedule = MetaLRSchedule(config.train, self.optimizer)  # train.lr_schedule: step decay or cosine
         self.tasks = build_tasks(config, "train")
         self.val_tasks = optional_tasks(config, "val")  # None: an image folder without a validation split
+        self.seen_tasks = meta_train_tasks(config) if self.val_tasks is not None else None  # validated beside them
+        self.best = BestCheckpoint(self.run_dir, config.train.best_metric, config.train.best_mode)
         self.progress = config.train.progress if progress is None else progress
         self.start_iteration = 0
         self.last_checkpoint: Path | None = None
@@ -158,21 +138,30 @@ class Trainer:
         checkpoint = self.load_existing(resume)
         if checkpoint is not None:
             self._resume_from(checkpoint)
+        # Identical start on every rank (a resumed run is already identical; this makes it certain).
+        self.group.broadcast_(list(self.learner.state_dict().values()))
+        self._strategies_agreed = self.group.world_size == 1
 
-    # -- hooks a distributed trainer overrides ----------------------------------------
-    def task_slice(self) -> range:
-        """The tasks of the global meta-batch this process computes (a single process: all of them)."""
-        return range(self.config.train.meta_batch_size)
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs and writes checkpoints (rank 0, or the only process)."""
+        return self.group.is_main
 
-    def all_reduce(self, metrics: dict[str, float], share: float) -> dict[str, float]:
-        """Combine the shards' gradients and metrics (a single process holds the whole batch)."""
-        return metrics
-
-    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The sum of ``tensor`` over the processes of a distributed run (here: itself)."""
-        return tensor
-
+    # -- start: afresh, resumed, or refused ------------------------------------------------
     def load_existing(self, resume: bool) -> Checkpoint | None:
+        """Rank 0 finds the checkpoint to resume from (or None); every rank gets it, or rank 0's error."""
+        found, error = None, None
+        if self.is_main:
+            try:
+                found = self.find_start(resume)
+            except InnerloopError as err:
+                error = err
+        found, error = self.group.broadcast((found, error))
+        if error is not None:
+            raise error
+        return found
+
+    def find_start(self, resume: bool) -> Checkpoint | None:
         """The newest intact checkpoint to resume from, or None to start afresh; refuses where either loses work.
 
         Without ``resume`` a run directory that already holds a run is refused, unless
@@ -207,15 +196,10 @@ class Trainer:
         )
         return found
 
-    @property
-    def is_main(self) -> bool:
-        """Whether this process logs and writes checkpoints (rank 0, or the only process)."""
-        return self.group is None or self.group.is_main
-
     # -- state ------------------------------------------------------------------------
     @property
     def strategy_choices(self) -> dict[str, str]:
-        """The vmap/loop choices of ``strategy="auto"`` (kept across resumes); meta-RL learners always vmap."""
+        """The vmap/loop choices of ``strategy="auto"`` (kept across resumes); empty for learners without them."""
         chooser = getattr(self.learner, "chooser", None)
         return chooser.choices if chooser is not None else {}
 
@@ -223,11 +207,13 @@ class Trainer:
         restore_learner(self.learner, checkpoint, self.config)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+        self.schedule.load_state_dict(checkpoint.state.get("lr_schedule"), checkpoint.iteration)
         torch.set_rng_state(checkpoint.state["torch_rng"])
         if checkpoint.state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint.state["cuda_rng"])
         self.strategy_choices.update(checkpoint.state.get("strategy_choices", {}))
         self.start_iteration = checkpoint.iteration
+        self.best.resume(checkpoint.iteration)
         self.last_checkpoint = checkpoint.path
         self.intact = [checkpoint.path]
 
@@ -239,86 +225,81 @@ class Trainer:
             self.learner,
             self.optimizer,
             self.config,
-            extra={"strategy_choices": dict(self.strategy_choices)},
+            extra={"strategy_choices": dict(self.strategy_choices), "lr_schedule": self.schedule.state_dict()},
             keep=self.config.train.keep_checkpoints,
             intact=self.intact,
         )
         self.intact = [p for p in self.intact if p.is_dir()] + [self.last_checkpoint]
         return self.last_checkpoint
 
-    def checkpoint(self, iteration: int) -> None:
-        """The periodic checkpoint (a distributed run writes it on rank 0 only)."""
-        self.save(iteration)
+    def checkpoint(self, iteration: int, best: bool = False) -> None:
+        """The periodic (or ``best``-validation) checkpoint, written by rank 0 once the ranks are known to agree."""
+        if self.group.world_size > 1:
+            self.check_in_sync()
+        if self.is_main:
+            path = self.save(iteration)
+            if best:
+                self.best.keep(path, iteration)
+
+    def check_in_sync(self) -> None:
+        """Guard against silent drift: the meta-parameters must be bit-identical on every rank."""
+        checksum = float(sum(p.detach().double().sum() for p in self.learner.parameters()))
+        sums = self.group.gather(checksum)
+        if len(set(sums)) != 1:
+            raise DistributedError(
+                f"meta-parameters differ across ranks (checksums {sums}); this is a bug, please report it"
+            )
 
     # -- the loop -----------------------------------------------------------------------
-    def learning_rate(self, iteration: int) -> float:
-        """Step decay as a function of the iteration alone, so resuming needs no scheduler state."""
-        c = self.config.train
-        return c.meta_lr * (c.lr_decay ** (iteration // c.lr_decay_every) if c.lr_decay_every else 1.0)
-
     def step(self, iteration: int) -> dict[str, float]:
-        """One meta-training iteration: sample, meta-gradient, finiteness check, clip, optimizer step; the metrics."""
-        optimizer = self.optimizer
-        assert optimizer is not None  # build_optimizer leaves only maml-trpo without one, which RLTrainer runs
-        for group in optimizer.param_groups:
-            group["lr"] = self.learning_rate(iteration)
-        batch = self.tasks.sample(iteration, self.task_slice()).to(device=self.device, dtype=self.dtype)
-        optimizer.zero_grad(set_to_none=True)
-        share = len(self.task_slice()) / self.config.train.meta_batch_size
-        metrics = {k: float(v) for k, v in self.learner.meta_backward(batch, weight=share).items()}
-        metrics = self.all_reduce(metrics, share)
-        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(
-            self.learner.parameters(), self.config.train.grad_clip if self.config.train.grad_clip else math.inf
+        """One meta-training iteration: this process's shard of the meta-batch, ``learner.meta_step``; the metrics."""
+        c = self.config.train
+        self.schedule.before(iteration)
+        shard = self.group.shard(
+            c.meta_batch_size,
+            # what the step draws itself (rollouts) comes from the run's seed and the iteration alone
+            seed=derive_seed(c.seed, "rollouts", iteration),
+            device=self.device,
+            dtype=self.dtype,
+            max_grad_norm=c.grad_clip or None,
         )
-        if not math.isfinite(metrics["loss"]) or not torch.isfinite(norm) or not grads:
-            what = (
-                f"meta-loss {metrics['loss']}"
-                if not math.isfinite(metrics["loss"])
-                else f"meta-gradient norm {float(norm)}"
-            )
-            if not grads:
-                raise TrainingDiverged(
-                    f"no meta-parameter received a gradient at iteration {iteration}; check the model and algorithm.adapt"
-                )
-            raise TrainingDiverged.at(
-                iteration + 1,
-                what,
-                self.last_checkpoint,
-                "Lower train.meta_lr or algorithm.inner_lr, or set train.grad_clip.",
-            )
-        optimizer.step()
-        metrics["grad_norm"] = float(norm)
+        batch = self.tasks.sample(iteration, shard.task_ids)
+        try:
+            metrics = self.learner.meta_step(batch, self.optimizer, shard)
+        except TrainingDiverged as err:
+            fix = getattr(self.learner, "divergence_fix", DIVERGENCE_FIX)
+            raise TrainingDiverged.at(iteration + 1, str(err), self.last_checkpoint, fix) from None
+        self.schedule.after()
+        if not self._strategies_agreed:
+            # After the first step each rank has timed vmap against the loop ("auto") on its own
+            # shard; from now on all use rank 0's choices, which the checkpoints record, so a
+            # resumed group batches exactly as the uninterrupted one did.
+            self.strategy_choices.update(self.group.broadcast(dict(self.strategy_choices)))
+            self._strategies_agreed = True
         return metrics
 
-    def progress_fields(self, record: dict) -> dict[str, str]:
-        """What the progress bar shows after each logged iteration."""
-        return {"loss": f"{record['loss']:.4f}", "tasks_s": f"{record['tasks_per_s']:.0f}"}
+    def validate(self, source=None, num_tasks: int = 0) -> dict[str, float]:
+        """The mean of each metric over the validation tasks (or ``num_tasks`` of ``source``) at the learner's
+        ``validation_steps``.
 
-    def validate(self) -> dict[str, float]:
-        """Mean of each metric over the validation tasks at the learner's ``eval_steps``.
-
-        Where some tasks give a non-finite value (an update rule meta-trained for one step and
-        validated at ten can blow up on a few tasks), the mean is NaN or inf, so the record also
-        carries the median over the tasks (NaNs left out) and how many were not finite.
+        Metrics are named ``name`` for one step, ``name_<step>`` for several. Where some tasks give
+        a non-finite value (an update rule meta-trained for one step and validated at ten can blow
+        up on a few tasks), the mean is NaN or inf, so the record also carries the median over the
+        tasks (NaNs left out) and how many were not finite.
         """
-        steps = [getattr(self.learner, "eval_steps", 0)]
         c = self.config.train
+        steps = list(self.learner.validation_steps)
+        source, n = (self.val_tasks, c.val_tasks) if source is None else (source, num_tasks)
         results = evaluate(
-            self.learner,
-            self.val_tasks,
-            steps,
-            c.val_tasks,
-            min(c.val_tasks, c.meta_batch_size),
-            self.device,
-            self.dtype,
-            self.group,
+            self.learner, source, steps, n, min(n, c.meta_batch_size), self.device, self.dtype, self.group
         )
-        record = {}
-        for name, s in results[steps[0]].items():
-            record[name] = s["mean"]
-            if s["nonfinite"]:
-                record |= {f"{name}_median": s["median"], f"{name}_nonfinite": s["nonfinite"]}
+        record: dict[str, float] = {}
+        for step in steps:
+            for name, s in results[step].items():
+                key = name if len(steps) == 1 else f"{name}_{step}"
+                record[key] = s["mean"]
+                if s["nonfinite"]:
+                    record |= {f"{key}_median": s["median"], f"{key}_nonfinite": s["nonfinite"]}
         return record
 
     def check_validation(self, iteration: int, record: dict, train_metrics: dict) -> None:
@@ -341,37 +322,10 @@ class Trainer:
                 f"Lower train.meta_lr or algorithm.inner_lr{' (or algorithm.eval_steps)' if steps else ''}, or set train.grad_clip.",
             )
 
-    def catch_stop_signals(self) -> tuple[list[int], Callable[[], None]]:
-        """While training, SIGINT (Ctrl-C) and SIGTERM ask for a clean stop; returns (requests, restore).
-
-        A signal is appended to ``requests``; the loop then finishes the current iteration,
-        writes a checkpoint of it and raises :class:`TrainingInterrupted`, so an interruption
-        loses nothing (without this, up to ``checkpoint_every`` iterations). A second signal
-        interrupts at once. Only a single process on the main thread: the ranks of a
-        distributed run would see a signal at different iterations, so they keep the default
-        (resume from the last periodic checkpoint). ``restore()`` puts the old handlers back.
-        """
-        requests: list[int] = []
-        if self.group is not None or threading.current_thread() is not threading.main_thread():
-            return requests, lambda: None
-
-        def request(signum, frame):
-            if requests:
-                raise KeyboardInterrupt
-            requests.append(signum)
-
-        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return requests, restore
-
     def fit(self) -> dict:
         """Meta-train from ``start_iteration`` to ``train.iterations``, logging, validating and checkpointing.
 
-        Returns ``{"train": last logged record, "val": last validation}``.
+        Returns ``{"train": last logged record, "val": last validation, "meta_train": its meta-training tasks}``.
         """
         c = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -393,10 +347,10 @@ class Trainer:
         started = time.perf_counter()
         summary: dict = {}
         tick, tasks_seen, env_steps = time.perf_counter(), 0, 0.0
-        stop, restore_signals = self.catch_stop_signals()
+        stop, restore_signals = catch_stop_signals(enabled=self.group.world_size == 1)
         try:
             for iteration in range(self.start_iteration, c.iterations):
-                metrics = self.step(iteration)
+                metrics, kept = self.step(iteration), False
                 tasks_seen += c.meta_batch_size
                 env_steps += metrics.get("env_steps", 0)
                 done = iteration + 1
@@ -404,10 +358,10 @@ class Trainer:
                 if done % c.log_every == 0 or done == c.iterations:
                     elapsed = max(time.perf_counter() - tick, 1e-9)
                     record = {"iteration": done, **metrics, "tasks_per_s": tasks_seen / elapsed}
-                    if env_steps:  # meta-RL: environment steps of every rollout
+                    if env_steps:  # learners that step environments (meta-RL): every rollout's steps
                         record["env_steps_per_s"] = env_steps / elapsed
                     tick, tasks_seen, env_steps = time.perf_counter(), 0, 0
-                    bar.set_postfix(self.progress_fields(record))
+                    bar.set_postfix(self.learner.progress_fields(record))
                     if log:
                         log.write(record)
                     summary["train"] = record
@@ -419,14 +373,17 @@ class Trainer:
                     summary["val"] = {"iteration": done, **val}
                     if log:
                         log.write({"iteration": done, "split": "val", **val})
+                    if self.seen_tasks is not None:  # the meta-training tasks, evaluated as the validation tasks
+                        seen = self.validate(self.seen_tasks, self.seen_tasks.num_tasks)
+                        summary["meta_train"] = {"iteration": done, **seen}
+                        if log:
+                            log.write({"iteration": done, "split": "meta-train", **seen})
                     if lines:
-                        _log.info(
-                            "validation at iteration %d: %s",
-                            done,
-                            "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()),
-                        )
+                        _log.info("validation at iteration %d: %s", done, format_values(val))
                     self.check_validation(done, val, metrics)
-                if done % c.checkpoint_every == 0 or done == c.iterations or stop:
+                    if kept := self.best.improved(val):  # the same on every rank: the validation is gathered
+                        self.checkpoint(done, best=True)
+                if not kept and (done % c.checkpoint_every == 0 or done == c.iterations or stop):
                     self.checkpoint(done)
                 if stop and done < c.iterations:  # SIGINT/SIGTERM: this iteration is whole and saved; leave
                     raise TrainingInterrupted(

@@ -12,8 +12,7 @@ Actions are in normalized units, as the policy of the paper's code sees them:
 rllab's ``normalize``, which maps the policy's action ``a`` to ``0.1 * clip(a, -1, 1)``.
 So a Gaussian policy's initial std of 1 is a step noise of 0.1, not ten times the largest
 move — which matters: clipping raw actions at 0.1 instead leaves the noise so large
-that one adaptation step cannot make the paths precise (measured: the 1-step return
-stalls near -17 instead of the paper's -11.68).
+that one adaptation step cannot make the paths precise (benchmarks/RESULTS.md, "Action units").
 """
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""The single source of truth for algorithms, networks, task families and update rules.
+
+Config validation, the builders, the CLI's choices and checkpoint compatibility read these entries;
+``register_algorithm`` and its siblings add your own (see docs/architecture.md, "Adding an algorithm").
+"""
+
+from . import builtin as builtin
+from .entries import (
+    KINDS,
+    AlgorithmEntry,
+    BuildInputs,
+    ModelEntry,
+    TaskFamilyEntry,
+    UpdateRuleEntry,
+    algorithm,
+    algorithms,
+    default_build,
+    learner_kwargs,
+    model,
+    models,
+    register_algorithm,
+    register_model,
+    register_task_family,
+    register_update_rule,
+    resolve,
+    task_families,
+    task_family,
+    unregister,
+    update_rule,
+    update_rules,
+)
+from .options import (
+    LEGACY_DEFAULTS,
+    AlgorithmOptions,
+    ANILOptions,
+    FOMAMLOptions,
+    ForwardPassOptions,
+    InnerLoopOptions,
+    MAMLOptions,
+    MetaSGDOptions,
+    PolicyGradientOptions,
+    PretrainedOptions,
+)
+
+__all__ = [
+    "KINDS",
+    "LEGACY_DEFAULTS",
+    "ANILOptions",
+    "AlgorithmEntry",
+    "AlgorithmOptions",
+    "BuildInputs",
+    "FOMAMLOptions",
+    "ForwardPassOptions",
+    "InnerLoopOptions",
+    "MAMLOptions",
+    "MetaSGDOptions",
+    "ModelEntry",
+    "PolicyGradientOptions",
+    "PretrainedOptions",
+    "TaskFamilyEntry",
+    "UpdateRuleEntry",
+    "algorithm",
+    "algorithms",
+    "default_build",
+    "learner_kwargs",
+    "model",
+    "models",
+    "register_algorithm",
+    "register_model",
+    "register_task_family",
+    "register_update_rule",
+    "resolve",
+    "task_families",
+    "task_family",
+    "unregister",
+    "update_rule",
+    "update_rules",
+]
