@@ -1,0 +1,142 @@
+"""Adam as an update rule, and Adam plus a learned correction (Metz et al. 2022, "Practical tradeoffs between memory,
+compute, and performance in learned optimizers", https://arxiv.org/abs/2203.11860: the nominal-Adam MLP optimizers).
+
+Adam (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980), as ``torch.optim.Adam`` computes it, t = step + 1:
+
+    m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,   u_adam = -(lr / (1 - b1^t)) m / (sqrt(v / (1 - b2^t)) + eps)
+
+``AdamCorrection``: u = u_adam - correction * d * exp(exp_mult * s), (d, s) from the per-parameter MLP of
+:mod:`.lopt` reading Adam's accumulators and direction; the MLP's last layer starts at zero, so the untrained rule
+is exactly Adam(lr) (a tuned Adam when ``lr`` is the tuned rate), and ``log_lr`` is meta-learned beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+from torch import nn
+
+from .base import UpdateRule
+from .lopt import PerParameterMLP
+
+
+def _betas(betas: Sequence[float], eps: float) -> tuple[float, float]:
+    b1, b2 = (float(b) for b in betas)
+    if not (0 <= b1 < 1 and 0 <= b2 < 1) or not eps >= 0:
+        raise ValueError(f"Adam needs betas in [0, 1) and eps >= 0, got betas={tuple(betas)}, eps={eps}")
+    return b1, b2
+
+
+def adam_direction(m: torch.Tensor, v: torch.Tensor, step: int, betas: tuple[float, float], eps: float):
+    """``(m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`` in torch.optim.Adam's order of operations, t = step + 1."""
+    t = step + 1
+    # + tiny: a finite derivative of sqrt at v = 0 (a coordinate whose gradients were all zero) for second order
+    denom = (v + torch.finfo(v.dtype).tiny).sqrt() / math.sqrt(1 - betas[1] ** t) + eps
+    return (m / denom) / (1 - betas[0] ** t)
+
+
+class Adam(UpdateRule):
+    """Adam as an inner-loop rule (no meta-parameters); state ``{name: {"m", "v"}}`` of each tensor's shape.
+
+    Args:
+        lr: the step size.
+        betas: the decays of the first and second moments.
+        eps: added to the root of the second moment.
+    """
+
+    def __init__(self, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"Adam's lr must be positive, got {lr}")
+        self.lr, self.eps = float(lr), float(eps)
+        self.betas = _betas(betas, eps)
+
+    def hparams(self) -> dict:
+        """The constructor's arguments."""
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps}
+
+    def init_state(self, params):
+        """Zero moments for every tensor."""
+        return {n: {"m": torch.zeros_like(p), "v": torch.zeros_like(p)} for n, p in params.items()}
+
+    def forward(self, grads, state, params, step, loss):
+        """u = -lr m_hat / (sqrt(v_hat) + eps)."""
+        (b1, b2), updates, new_state = self.betas, {}, dict(state)
+        for name, g in grads.items():
+            m = b1 * state[name]["m"] + (1 - b1) * g
+            v = b2 * state[name]["v"] + (1 - b2) * g.square()
+            new_state[name] = {"m": m, "v": v}
+            updates[name] = -self.lr * adam_direction(m, v, step, self.betas, self.eps)
+        return updates, new_state
+
+    def describe(self) -> str:
+        """``Adam(lr=...)``."""
+        return f"Adam(lr={self.lr}, betas={self.betas})"
+
+
+class AdamCorrection(PerParameterMLP):
+    """Adam plus a learned per-parameter correction that starts at zero (module header).
+
+    Args:
+        lr: Adam's step size (the tuned one); ``log_lr`` starts at its log when ``learn_lr``.
+        betas: Adam's decays (the MLP reads these accumulators: no others are kept).
+        eps: Adam's epsilon.
+        hidden: units of each hidden layer of the correction MLP.
+        layers: its hidden layers.
+        correction: the scale of the correction (its nominal step).
+        exp_mult: scale of the correction's log-magnitude output.
+        learn_lr: meta-learn Adam's step size as ``log_lr``.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        hidden: int = 4,
+        layers: int = 2,
+        correction: float = 1e-3,
+        exp_mult: float = 1e-3,
+        learn_lr: bool = True,
+    ) -> None:
+        b1, b2 = _betas(betas, eps)
+        super().__init__(correction, hidden, layers, exp_mult, (b1,) if b1 > 0 else (0.5,), (b2,), learn_decays=False)
+        self.adam_lr, self.betas, self.eps, self.learn_lr = float(lr), (b1, b2), float(eps), bool(learn_lr)
+        if not lr > 0:
+            raise ValueError(f"Adam's lr must be positive, got {lr}")
+        if self.learn_lr:
+            self.log_lr = nn.Parameter(torch.tensor(math.log(lr), dtype=torch.float64))  # cast by bind
+        last = cast(nn.Linear, self.net[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def hparams(self) -> dict:
+        """The constructor's arguments."""
+        return {"lr": self.adam_lr, "betas": list(self.betas), "eps": self.eps, "hidden": self.hidden,
+                "layers": self.layers, "correction": self.lr, "exp_mult": self.exp_mult, "learn_lr": self.learn_lr}  # fmt: skip
+
+    def num_features(self) -> int:
+        """The MLP optimizer's features and Adam's direction."""
+        return super().num_features() + 1
+
+    def decays(self, like):
+        """Adam's b1 and b2."""
+        return (torch.tensor([self.betas[0]], dtype=like.dtype, device=like.device),
+                torch.tensor([self.betas[1]], dtype=like.dtype, device=like.device))  # fmt: skip
+
+    def features(self, g, p, m, v, step):
+        """As the MLP optimizer's, with Adam's bias-corrected direction."""
+        return [*super().features(g, p, m, v, step), adam_direction(m, v, step, self.betas, self.eps)]
+
+    def step_from(self, out, g, m, v, step):
+        """Adam's update plus the correction ``-correction d exp(exp_mult s)``."""
+        lr = torch.exp(self.log_lr) if self.learn_lr else self.adam_lr
+        adam = -lr * adam_direction(m[0], v[0], step, self.betas, self.eps)
+        return adam + super().step_from(out, g, m, v, step)
+
+    def describe(self) -> str:
+        """``AdamCorrection(lr=..., correction=...)``."""
+        return f"AdamCorrection(lr={self.adam_lr}, correction={self.lr}, hidden={self.hidden})"

@@ -1,0 +1,237 @@
+"""Per-parameter MLP learned optimizers in the way of small_fc_lopt / LOLv2 (Metz et al. 2020, "Tasks, stability,
+architecture, and compute: training more effective learned optimizers", https://arxiv.org/abs/2009.11243; Metz et al.
+2022, "Practical tradeoffs between memory, compute, and performance in learned optimizers", CoLLAs,
+https://arxiv.org/abs/2203.11860; reference code google/learned_optimization ``mlp_lopt``, ``adafac_mlp_lopt``).
+
+Every coordinate of every tensor is read by one small MLP with weights shared across coordinates:
+
+    m_k = b_k m_k + (1 - b_k) g,   v_j = c_j v_j + (1 - c_j) g^2           (accumulators, several decays)
+    x = normalise([g, p, m_k, v_j, m_k / sqrt(v_1), 1 / sqrt(v_j)])           (second moment over the tensor)
+    (d, s) = MLP([x, tanh(step / tau - 1) for tau in 1, 3, ..., 1e5])
+    u = -lr * d * exp(exp_mult * s)
+
+``lr`` and ``exp_mult`` are small (the paper's 1e-3), so an untrained optimizer takes small steps and does not diverge.
+Decays are meta-learned as offsets of log(1 - b) / 10 (zero: the initial decays). The factored variant keeps
+Adafactor's row/column second moments (Shazeer & Stern 2018) for large matrices instead of full ones.
+Departs from the reference code: the factored variant replaces the full second moments (memory) where
+``AdafacMLPLOpt`` adds row/column features beside them; the normalisation is folded into the first layer (same values).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ...validate import positive_int
+from ..params import Params
+from .base import UpdateRule
+
+TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+
+
+def tanh_embedding(step: int, like: torch.Tensor, timescales: Sequence[float] = TIMESCALES) -> torch.Tensor:
+    """The training-progress feature ``tanh(step / tau - 1)`` at every timescale ``tau``."""
+    return torch.tensor([math.tanh(step / tau - 1.0) for tau in timescales], dtype=like.dtype, device=like.device)
+
+
+def _decays(values: Sequence[float], what: str) -> tuple[float, ...]:
+    decays = tuple(float(b) for b in values)
+    if not decays or not all(0 < b < 1 for b in decays):
+        raise ValueError(f"{what} must be at least one decay in (0, 1), got {values!r}")
+    return decays
+
+
+class PerParameterMLP(UpdateRule):
+    """The MLP optimizer (module header): its features, accumulators and network; ``lr`` the nominal step.
+
+    Args:
+        lr: the nominal step (the paper's ``step_mult``).
+        hidden: units of each hidden layer (the reference code's 4).
+        layers: hidden layers.
+        exp_mult: scale of the log-magnitude output.
+        momentum_decays: the initial decays b_k of the momentum accumulators.
+        rms_decays: the initial decays c_j of the second-moment accumulators.
+        learn_decays: meta-learn the decays (offsets ``momentum_offsets``, ``rms_offsets``).
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        hidden: int = 4,
+        layers: int = 2,
+        exp_mult: float = 1e-3,
+        momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
+        rms_decays: Sequence[float] = (0.999,),
+        learn_decays: bool = True,
+    ) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"the nominal step lr must be positive, got {lr}")
+        self.lr, self.exp_mult = float(lr), float(exp_mult)
+        self.hidden, self.layers = positive_int("hidden", hidden), positive_int("layers", layers, allow_zero=True)
+        self.initial_momentum = _decays(momentum_decays, "momentum_decays")
+        self.initial_rms = _decays(rms_decays, "rms_decays")
+        self.learn_decays = bool(learn_decays)
+        if self.learn_decays:
+            self.momentum_offsets = nn.Parameter(torch.zeros(len(self.initial_momentum)))
+            self.rms_offsets = nn.Parameter(torch.zeros(len(self.initial_rms)))
+        sizes = [self.num_features() + len(TIMESCALES), *[self.hidden] * self.layers, 2]
+        blocks: list[nn.Module] = []
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            linear = nn.Linear(fan_in, fan_out)
+            std = 1.0 / math.sqrt(fan_in)
+            nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(linear.bias)
+            blocks += [linear, nn.ReLU()]
+        self.net = nn.Sequential(*blocks[:-1])
+
+    def hparams(self) -> dict:
+        """The constructor's arguments (stored beside the meta-parameters by ``save_meta``)."""
+        return {
+            "lr": self.lr,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "exp_mult": self.exp_mult,
+            "momentum_decays": list(self.initial_momentum),
+            "rms_decays": list(self.initial_rms),
+            "learn_decays": self.learn_decays,
+        }
+
+    def num_features(self) -> int:
+        """Normalised features per coordinate: g, p, m_k, v_j, m_k / sqrt(v_1), 1 / sqrt(v_j)."""
+        return 2 + 2 * len(self.initial_momentum) + 2 * len(self.initial_rms)
+
+    def bind(self, shapes, steps, like, head=None) -> None:
+        """Moves the MLP to the model's dtype and device; its weights fit any model (no shape is recorded)."""
+        self._check_contract()
+        self.to(dtype=like.dtype, device=like.device)
+
+    def decays(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The momentum and second-moment decays, ``1 - (1 - b0) exp(10 offset)`` when learned."""
+        b = torch.tensor(self.initial_momentum, dtype=like.dtype, device=like.device)
+        c = torch.tensor(self.initial_rms, dtype=like.dtype, device=like.device)
+        if self.learn_decays:
+            b = 1 - (1 - b) * torch.exp(10 * self.momentum_offsets)
+            c = 1 - (1 - c) * torch.exp(10 * self.rms_offsets)
+        return b, c
+
+    def init_state(self, params: Params) -> dict[str, dict[str, torch.Tensor]]:
+        """Zero accumulators for every tensor: ``{name: {"m": (K, numel), "v": (J, numel)}}``."""
+        return {name: self.init_entry(p) for name, p in params.items()}
+
+    def init_entry(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The zero accumulators of one tensor."""
+        n = p.numel()
+        return {"m": p.new_zeros(len(self.initial_momentum), n), "v": p.new_zeros(len(self.initial_rms), n)}
+
+    def second_moments(
+        self, grad: torch.Tensor, entry: Mapping[str, torch.Tensor], c: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The second-moment features ``(J, numel)`` after this gradient and the new state entries."""
+        v = torch.lerp(grad.reshape(1, -1).square(), entry["v"], c[:, None])  # c v + (1 - c) g^2
+        return v, {"v": v}
+
+    def features(self, g, p, m, v, step: int) -> list[torch.Tensor]:
+        """The per-coordinate features before normalisation, each ``(k, numel)`` (feature-major)."""
+        rsqrt = torch.rsqrt(v + 1e-6)
+        return [g[None], p[None], m, v, m * rsqrt[:1], rsqrt]
+
+    def mlp(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """``(F, n)`` raw features of one tensor -> ``(2, n)`` (direction, log-magnitude).
+
+        The second-moment normalisation is a per-feature scale folded into the first layer's weights, and the
+        step feature (the same for every coordinate) into its bias.
+        """
+        layers = [m for m in self.net if isinstance(m, nn.Linear)]
+        f = x.shape[0]
+        scale = torch.rsqrt(1e-5 + torch.linalg.vector_norm(x, dim=1).square() / x.shape[1])  # 1 / sqrt(mean x^2)
+        first = layers[0]
+        bias = first.weight[:, f:] @ tanh_embedding(step, x) + first.bias
+        h = torch.addmm(bias[:, None], first.weight[:, :f] * scale, x)
+        for layer in layers[1:]:
+            h = torch.addmm(layer.bias[:, None], layer.weight, torch.relu(h))
+        return h
+
+    def step_from(self, out: torch.Tensor, g, m, v, step: int) -> torch.Tensor:
+        """The flat update of one tensor from the MLP's output ``(2, numel)``: ``-lr d exp(exp_mult s)``."""
+        return -self.lr * out[0] * torch.exp(self.exp_mult * out[1])
+
+    def forward(self, grads, state, params, step, loss):
+        """Accumulators, features normalised per tensor, the MLP on every coordinate, the updates."""
+        like = next(iter(grads.values()))
+        b, c = self.decays(like)
+        updates, new_state = {}, dict(state)
+        for name, grad in grads.items():
+            entry = state[name]
+            g, p = grad.reshape(-1), params[name].reshape(-1)
+            m = torch.lerp(g[None], entry["m"], b[:, None])  # b m + (1 - b) g
+            v, entries = self.second_moments(grad, entry, c)
+            new_state[name] = {"m": m, **entries}
+            out = self.mlp(torch.cat(self.features(g, p, m, v, step)), step)
+            updates[name] = self.step_from(out, g, m, v, step).reshape(grad.shape)
+        return updates, new_state
+
+    def describe(self) -> str:
+        """``Name(lr=..., hidden=...)``."""
+        return f"{type(self).__name__}(lr={self.lr}, hidden={self.hidden}, layers={self.layers})"
+
+
+class MLPOptimizer(PerParameterMLP):
+    """small_fc_lopt: the per-parameter MLP optimizer with full accumulators (module header)."""
+
+
+class FactoredMLPOptimizer(PerParameterMLP):
+    """The MLP optimizer with Adafactor-style second moments (Shazeer & Stern 2018, https://arxiv.org/abs/1804.04235).
+
+    A tensor whose 2-D view ``(shape[0], numel / shape[0])`` has both sides at least ``factor_min`` keeps row and
+    column means of g^2 per decay instead of a full accumulator; its second moment is ``row col^T / mean(row)``.
+    Smaller tensors keep full accumulators (the features are the same, so one MLP serves both).
+
+    Args:
+        lr: the nominal step (as :class:`MLPOptimizer`).
+        factor_min: the smallest side that is factored (optax's ``min_dim_size_to_factor``).
+        **kwargs: as :class:`MLPOptimizer`.
+    """
+
+    def __init__(self, lr: float = 1e-3, *, factor_min: int = 128, **kwargs) -> None:
+        super().__init__(lr, **kwargs)
+        self.factor_min = positive_int("factor_min", factor_min)
+
+    def hparams(self) -> dict:
+        """As :meth:`MLPOptimizer.hparams`, with ``factor_min``."""
+        return {**super().hparams(), "factor_min": self.factor_min}
+
+    def factored(self, p: torch.Tensor) -> tuple[int, int] | None:
+        """``(rows, cols)`` of the 2-D view when ``p`` is factored, else None."""
+        if p.dim() < 2:
+            return None
+        rows, cols = p.shape[0], p.numel() // p.shape[0]
+        return (rows, cols) if min(rows, cols) >= self.factor_min else None
+
+    def init_entry(self, p):
+        """Full accumulators, or ``{"m", "row": (J, rows), "col": (J, cols)}`` for a factored tensor."""
+        dims = self.factored(p)
+        if dims is None:
+            return super().init_entry(p)
+        j = len(self.initial_rms)
+        return {"m": p.new_zeros(len(self.initial_momentum), p.numel()), "row": p.new_zeros(j, dims[0]),
+                "col": p.new_zeros(j, dims[1])}  # fmt: skip
+
+    def second_moments(self, grad, entry, c):
+        """Row and column means of g^2 per decay, and their rank-one second moment ``(J, numel)``."""
+        dims = self.factored(grad)
+        if dims is None:
+            return super().second_moments(grad, entry, c)
+        g2, c = grad.reshape(dims).square() + 1e-30, c[:, None]
+        row = torch.lerp(g2.mean(1), entry["row"], c)
+        col = torch.lerp(g2.mean(0), entry["col"], c)
+        v = row[:, :, None] * col[:, None, :] / (row.mean(1) + 1e-30)[:, None, None]
+        return v.reshape(c.shape[0], -1), {"row": row, "col": col}
+
+    def describe(self) -> str:
+        """``FactoredMLPOptimizer(lr=..., factor_min=...)``."""
+        return f"{super().describe()[:-1]}, factor_min={self.factor_min})"
