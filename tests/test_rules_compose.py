@@ -19,6 +19,7 @@ from innerloop.core.rules import (
     partition,
     scale,
 )
+from innerloop.errors import ConfigError
 from innerloop.models import MLP
 from innerloop.rl import MAMLTRPO, make_family, make_policy
 
@@ -191,6 +192,15 @@ def test_maml_trpo_meta_learns_meta_sgd_rates():
     assert not torch.equal(parameters_to_vector(learner.update_rule.parameters()), rates)  # TRPO moved the rates
     with pytest.raises(ValueError, match="not both"):
         rl_learner(MetaSGDRates(0.1), inner_lr=0.2)
+
+
+def test_evaluation_step_sizes_never_silently_replace_a_learned_rule():
+    learned, _ = rl_learner(MetaSGDRates(0.1).double())
+    with pytest.raises(ConfigError, match="MetaSGDRates"):
+        learned.evaluation_rule([0.1, 0.05])
+    assert learned.evaluation_rule(None) is learned.rule  # without step sizes: the learned rule itself
+    plain, _ = rl_learner(None, inner_lr=0.1)
+    assert plain.evaluation_rule([0.1, 0.05]).describe() == SGD([0.1, 0.05]).describe()
 
 
 def test_meta_rl_inner_loop_runs_as_a_loop_with_the_numbers_of_vmap():

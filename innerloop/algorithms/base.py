@@ -160,8 +160,8 @@ class MetaLearner(nn.Module):
 
         Where ``backward_per_task`` says so, each task's share of the mean is back-propagated
         as soon as it is computed and its graph freed: one backward of the summed loss would
-        hold every task's graph at once (measured on Conv-4, 32 tasks of second-order MAML:
-        ~10x the memory; 8 ProtoNets episodes: 4x). Same gradient, to rounding.
+        hold every task's graph at once (the memory this saves is measured in benchmarks/RESULTS.md).
+        Same gradient, to rounding.
         """
         if is_task_list(batch):
             batch = TaskList.of(batch)  # type: ignore[assignment]  # a TaskList stands in for a TaskBatch here

@@ -14,7 +14,6 @@ from typing import Literal, overload
 
 import torch
 
-from ..core.update_rules import SGD
 from ..stats import summarize
 from .learner import Adaptation
 
@@ -76,7 +75,7 @@ def evaluate_adaptation(
     results do not depend on ``batch_size``); ``keep=True`` also returns the
     :class:`~innerloop.rl.learner.Adaptation` of each batch (for figures).
     """
-    rule = SGD(list(lrs))
+    rule = learner.evaluation_rule(lrs)
     per_task: dict[int, list[torch.Tensor]] = {s: [] for s in steps}
     draws: list[Adaptation] = []
     was_training = learner.training

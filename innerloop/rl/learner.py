@@ -29,7 +29,7 @@ from ..algorithms.step import Shard
 from ..core.engine import adapt_params, functional_model, inner_step, map_over_tasks, vmap_with_constants
 from ..core.params import Params, head_names
 from ..core.rules import SGD, State, UpdateRule
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..tasks.seeding import derive_seed
 from .estimators import ESTIMATORS
 from .policies import Policy
@@ -266,10 +266,24 @@ class MetaPolicyLearner(nn.Module):
         task does not depend on the other tasks evaluated with it.
         """
         episodes = protocol.get("episodes") or self.eval_episodes
-        rule = SGD(list(protocol["lrs"])) if protocol.get("lrs") else self.rule
+        rule = self.evaluation_rule(protocol.get("lrs"))
         seed = protocol.get("seed", derive_seed(source.seed, "rollouts"))
         tasks = source.fixed(num_tasks)[ids.start : ids.stop]
         return self.returns_after(tasks, steps, episodes, rule, seed, ids)[0]
+
+    def evaluation_rule(self, lrs: Sequence[float] | None) -> UpdateRule:
+        """The inner loop's rule, or plain SGD at the protocol's ``lrs`` (one per step) in place of its SGD rates.
+
+        A learned rule is never silently replaced by SGD: ``lrs`` with one is refused.
+        """
+        if not lrs:
+            return self.rule
+        if type(self.rule) is not SGD:
+            raise ConfigError(
+                f"evaluation step sizes {list(lrs)} replace an SGD inner loop, but this learner adapts with "
+                f"{type(self.rule).__name__}; evaluate without them (rl.eval_lrs=null) to use the learned rule"
+            )
+        return SGD(list(lrs))
 
     def returns_after(self, tasks, steps: Sequence[int], episodes: int, rule, seed: int, task_ids: Sequence[int]):
         """``({step: per-task mean return}, the draw)`` after each number of policy-gradient ``steps`` on ``tasks``."""
