@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from innerloop import ANIL, FOMAML, MAML, MetaSGD, PerLayerPerStepRates, SinusoidTasks
-from innerloop.core.update_rules import RULES
+from innerloop.core.rules import RULES
 from innerloop.models import MLP
 
 

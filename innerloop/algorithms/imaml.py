@@ -33,7 +33,7 @@ from torch.func import grad, vjp
 from ..core.engine import adapt_params
 from ..core.linalg import conjugate_gradient
 from ..core.params import AdaptSpec, Params, flatten, select_adapted, split, unflatten
-from ..core.update_rules import SGD
+from ..core.rules import SGD
 from ..tasks.batch import TaskBatch
 from ..validate import positive_int
 from .base import MetaLearner

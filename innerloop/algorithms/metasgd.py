@@ -12,7 +12,7 @@ as theta, meta-learned together with theta (eq. 4 of the paper)::
 
 from __future__ import annotations
 
-from ..core.update_rules import MetaSGDRates
+from ..core.rules import MetaSGDRates
 from .maml import MAML
 
 

@@ -1,51 +1,12 @@
-"""The update rules' former home: ``innerloop.core.update_rules`` re-exports :mod:`innerloop.core.rules`."""
+"""The update rules' former home: ``innerloop.core.update_rules.X`` is :mod:`innerloop.core.rules`'s ``X``."""
 
-from .rules import (
-    RULES,
-    SGD,
-    Chain,
-    CoordinateLSTMCell,
-    FirstOrder,
-    LearnedOptimizerLSTM,
-    MetaCurvature,
-    MetaLearnerLSTM,
-    MetaSGDRates,
-    Partition,
-    PerLayerPerStepRates,
-    Scale,
-    State,
-    UpdateRule,
-    apply_updates,
-    chain,
-    coordinate_zeros,
-    first_order,
-    partition,
-    preprocess,
-    scale,
-    stop_gradient,
-)
+from typing import Any
 
-__all__ = [
-    "RULES",
-    "SGD",
-    "Chain",
-    "CoordinateLSTMCell",
-    "FirstOrder",
-    "LearnedOptimizerLSTM",
-    "MetaCurvature",
-    "MetaLearnerLSTM",
-    "MetaSGDRates",
-    "Partition",
-    "PerLayerPerStepRates",
-    "Scale",
-    "State",
-    "UpdateRule",
-    "apply_updates",
-    "chain",
-    "coordinate_zeros",
-    "first_order",
-    "partition",
-    "preprocess",
-    "scale",
-    "stop_gradient",
-]
+from . import rules as _rules
+
+__all__ = list(_rules.__all__)
+
+
+def __getattr__(name: str) -> Any:
+    """Forward every name to :mod:`innerloop.core.rules` (one list of names, kept there)."""
+    return getattr(_rules, name)

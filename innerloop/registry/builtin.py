@@ -373,7 +373,7 @@ TRAJECTORIES = ("nav2d",)  # meta-RL families whose observations are positions i
 
 def _load() -> None:
     """Register the built-in entries; meta-RL families and update rules are read from their own tables."""
-    from ..core.update_rules import RULES
+    from ..core.rules import RULES
     from ..rl.envs import FAMILIES
 
     for entry in ALGORITHMS:
