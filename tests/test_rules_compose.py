@@ -3,7 +3,8 @@ and the meta-RL inner loop on the same engine (update rules with state)."""
 
 import pytest
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from gradcheck import directional_differences
+from torch.nn.utils import parameters_to_vector
 
 from innerloop import FOMAML, MAML, SinusoidTasks
 from innerloop.algorithms.step import Shard
@@ -117,20 +118,9 @@ def test_composed_rules_meta_gradients_match_finite_differences(make):
         for p in learner.update_rule.parameters():
             p.mul_(1 + 0.3 * torch.rand(p.shape, generator=g, dtype=p.dtype))
     grad = meta_gradient(learner, b)
-    params = list(learner.parameters())
     rule_params = sum(p.numel() for p in learner.update_rule.parameters())
     assert rule_params > 0 and grad[-rule_params:].abs().sum() > 0  # the rules' meta-parameters learn
-    theta = parameters_to_vector(params).detach().clone()
-    gen = torch.Generator().manual_seed(7)
-    for _ in range(3):
-        v = torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
-        losses = []
-        with torch.no_grad():
-            for sign in (1, -1):
-                vector_to_parameters(theta + sign * 1e-6 * v, params)
-                losses.append(learner.meta_loss(b)[0])
-            vector_to_parameters(theta, params)
-        fd = (losses[0] - losses[1]) / 2e-6
+    for v, fd in directional_differences(learner, b):
         assert torch.isclose(grad @ v, fd, rtol=1e-6, atol=1e-10), ((grad @ v).item(), fd.item())
 
 
