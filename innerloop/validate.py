@@ -26,3 +26,12 @@ def positive_float(
     if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
         raise error(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def require_bounds(
+    algorithm: str, options: object, *checks: tuple[str, bool, str], error: type[ValueError] = ValueError
+) -> None:
+    """Raise ``error`` naming ``algorithm.KEY`` for the first ``(key, out_of_bounds, bound)`` check that fails."""
+    for key, bad, bound in checks:
+        if bad:
+            raise error(f"algorithm.{key} must be {bound} for {algorithm}, got {getattr(options, key)!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from ..validate import positive_float
+from ..validate import positive_float, require_bounds
 from . import options as o
 from .entries import (
     AlgorithmEntry,
@@ -95,27 +95,29 @@ def _check_snail(config) -> None:
 def _check_imaml(config) -> None:
     """iMAML's implicit gradient needs a solved inner problem (>= 1 step), lambda > 0, >= 1 CG step, damping >= 0."""
     a = config.algorithm
-    for key, bad, bound in (
+    require_bounds(
+        "imaml",
+        a,
         ("inner_steps", a.inner_steps < 1, ">= 1"),
         ("lam", a.lam <= 0, "> 0"),
         ("cg_steps", a.cg_steps < 1, ">= 1"),
         ("cg_damping", a.cg_damping < 0, ">= 0"),
-    ):
-        if bad:
-            raise ConfigError(f"algorithm.{key} must be {bound} for imaml, got {getattr(a, key)!r}")
+        error=ConfigError,
+    )
 
 
 def _check_mamlpp(config) -> None:
     """MAML++'s losses are per inner step (>= 1); its schedules count epochs of >= 1 iteration."""
     a = config.algorithm
-    for key, bad, bound in (
+    require_bounds(
+        "mamlpp",
+        a,
         ("inner_steps", a.inner_steps < 1, ">= 1"),
         ("epoch_iterations", a.epoch_iterations < 1, ">= 1"),
         ("msl_epochs", a.msl_epochs < 0, ">= 0"),
         ("first_order_epochs", a.first_order_epochs < 0, ">= 0"),
-    ):
-        if bad:
-            raise ConfigError(f"algorithm.{key} must be {bound} for mamlpp, got {getattr(a, key)!r}")
+        error=ConfigError,
+    )
     if a.per_step_bn and config.model.name == "mlp":
         raise ConfigError(
             "algorithm.per_step_bn=true keeps batch-norm weights per inner step, but model.name=mlp has no batch norm; "
