@@ -238,3 +238,27 @@ def test_a_maml_trpo_iteration_runs_from_the_preset_and_eval_reports_success(tmp
     assert rows["reach-v3"][1] == "2" and rows["overall"][3] == "±"  # goals, success % ± CI, return ± CI
     saved = json.loads((tmp_path / "e.json").read_text())
     assert [g["task"] for g in saved["goals"]] == [50, 51] and saved["protocol"]["evaluation_episodes"] == 1
+
+
+def test_an_rl2_iteration_runs_from_the_preset_and_eval_reports_success(tmp_path, monkeypatch, capsys):
+    """RL² through the same family and protocol: one trial per goal, the scored episodes after its adaptation ones."""
+    small = [
+        "train.iterations=1",
+        "train.meta_batch_size=2",
+        "rl.horizon=20",
+        "rl.workers=1",
+        "algorithm.hidden_size=8",
+        "algorithm.episodes_per_trial=2",
+        "algorithm.epochs=1",
+        "train.progress=false",
+        "train.val_tasks=2",
+        "rl.eval_episodes=2",
+        "eval.tasks=3",
+        "rl.success_episodes=1",
+    ]
+    code, out, err = cli(monkeypatch, capsys, "train", "--config", "rl2-ml1-reach", "--out", tmp_path, *small)
+    assert code == 0, err
+    train, val = (json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()[:2])
+    assert 0.0 <= train["success_after"] <= 1.0 and train["env_steps"] == 2 * 1 * 2 * 20
+    assert val["split"] == "val" and 0.0 <= val["success_1"] <= 1.0 and "return_1" in val
+    assert "Meta-World protocol, 3 test goals" in out and (tmp_path / "success.png").exists()

@@ -97,7 +97,7 @@ def test_the_lists_of_names_before_the_registry_are_read_from_it(register):
     assert config_module.CHOICES["algorithm.update_rule"] == tuple(registry.update_rules())
     assert config_module.RULE_USERS[:3] == ("maml", "fomaml", "anil") and "mamlpp" in config_module.RULE_USERS
     assert config_module.FORWARD_PASS_LEARNERS == ("cnp", "snail")
-    assert config_module.RL_ALGORITHMS == ("maml-trpo", "promp")
+    assert config_module.RL_ALGORITHMS[:3] == ("maml-trpo", "promp", "rl2")  # then pearl (issue 22)
     register(toy(forward_pass=True, preset="toy-preset"))
     assert config_module.CHOICES["algorithm.name"][-1] == "toy"
     assert config_module.FORWARD_PASS_LEARNERS == ("cnp", "snail", "toy")

@@ -88,6 +88,12 @@ def evaluate_checkpoint(
         raise ConfigError(f"--checkpoint {which!r}: choose latest or best")
     ckpt = load_checkpoint(best_checkpoint(checkpoint) if which == "best" else checkpoint)
     cfg = ckpt.config
+    if task_kind(cfg) == "optimizer":  # a learned optimizer: against tuned Adam and SGD-momentum (cli/lopt.py)
+        from .lopt import eval_optimizer
+
+        return eval_optimizer(
+            ckpt, run_dir_of(ckpt), tasks, steps, seed, output, bool(shots or episodes or lrs or shift)
+        )
     rl = task_kind(cfg) == "rl"
     episode_file = None  # --episodes FILE: a fixed list of test episodes; --episodes N: meta-RL episodes per step
     if episodes is not None and episodes.isdigit() and Path(episodes).is_file():
@@ -129,6 +135,13 @@ def evaluate_checkpoint(
         if per_step is not None:
             cfg.rl.eval_episodes = per_step
         if lrs:
+            from ..registry import algorithm
+
+            if algorithm(cfg.algorithm.name).episodic:
+                raise ConfigError(
+                    f"--lrs sets the step sizes of adaptation steps; {cfg.algorithm.name} adapts through the episodes "
+                    "it acts in, without steps: leave --lrs out"
+                )
             cfg.rl.eval_lrs = list(lrs)
     validate(cfg)
     learner = learner_from_checkpoint(ckpt)  # cfg is ckpt.config: only its evaluation protocol changed above

@@ -57,14 +57,17 @@ def write_result(output: Path, payload: dict) -> None:
 def report_rl(cfg, results, draws, output: Path, source: dict) -> None:
     """Print the returns table of the MAML protocol, write ``output`` (JSON) and the figures beside it."""
     from ..plots import navigation_figure, return_curve
-    from ..registry import task_family
+    from ..registry import algorithm, task_family
     from ..rl.evaluate import PAPER, format_returns
 
     e, r = cfg.eval, cfg.rl
-    typer.echo(
-        f"{cfg.algorithm.name} on {cfg.task.name}: return after adaptation steps, {e.tasks} test tasks, "
-        f"{r.eval_episodes} episodes per step, step sizes {list(r.eval_lrs)}; mean ± standard error over tasks"
+    protocol = (  # RL² and PEARL adapt through the episodes they act in: "step" k is episode k
+        f"return of each episode (steps = episodes), {e.tasks} test tasks, {r.eval_episodes} trials per task"
+        if algorithm(cfg.algorithm.name).episodic
+        else f"return after adaptation steps, {e.tasks} test tasks, "
+        f"{r.eval_episodes} episodes per step, step sizes {list(r.eval_lrs)}"
     )
+    typer.echo(f"{cfg.algorithm.name} on {cfg.task.name}: {protocol}; mean ± standard error over tasks")
     typer.echo(format_returns(results, cfg.task.name))
     payload = {
         "algorithm": cfg.algorithm.name,

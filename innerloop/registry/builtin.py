@@ -6,11 +6,11 @@ A built-in learner is one ``AlgorithmEntry`` in ``ALGORITHMS`` (and an options d
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import ConfigError
 from ..validate import positive_float, require_bounds
 from . import options as o
+from .builtin_lopt import LOPT_ALGORITHMS, LOPT_FAMILIES
+from .builtin_rl import RL_ALGORITHMS, rl_families
 from .entries import (
     AlgorithmEntry,
     BuildInputs,
@@ -93,7 +93,8 @@ def _check_snail(config) -> None:
 
 
 def _check_imaml(config) -> None:
-    """iMAML's implicit gradient needs a solved inner problem (>= 1 step), lambda > 0, >= 1 CG step, damping >= 0."""
+    """iMAML's implicit gradient needs a solved inner problem (>= 1 step of gd or hf), lambda > 0, >= 1 CG step,
+    damping >= 0."""
     a = config.algorithm
     require_bounds(
         "imaml",
@@ -102,6 +103,8 @@ def _check_imaml(config) -> None:
         ("lam", a.lam <= 0, "> 0"),
         ("cg_steps", a.cg_steps < 1, ">= 1"),
         ("cg_damping", a.cg_damping < 0, ">= 0"),
+        ("inner_solver", a.inner_solver not in ("gd", "hf"), "gd or hf"),
+        ("hf_cg_steps", a.hf_cg_steps < 1, ">= 1"),
         error=ConfigError,
     )
 
@@ -143,57 +146,6 @@ def _check_embedding_heads(config) -> None:
     for key in ("finetune_momentum", "finetune_dampening"):
         if hasattr(a, key) and not 0 <= getattr(a, key) <= 1:
             raise ConfigError(f"algorithm.{key} must lie in [0, 1], got {getattr(a, key)!r}")
-
-
-def _policy(inputs: BuildInputs):
-    """The caller's policy, or an MLP policy of widths model.hidden that fits the family."""
-    from ..rl.policies import make_policy
-
-    model, r = inputs.model, inputs.config.rl
-    if model is None:
-        return make_policy(inputs.family, hidden=tuple(inputs.config.model.hidden), init_std=r.init_std)
-    if getattr(model, "distribution", None) is None:
-        raise ConfigError(
-            f"meta-RL needs a policy (innerloop.rl.policies: a module with an action `distribution`), "
-            f"got a {type(model).__name__}; pass none to build the default policy"
-        )
-    return model
-
-
-def _policy_gradient(inputs: BuildInputs) -> dict[str, Any]:
-    a, r = inputs.options, inputs.config.rl
-    common: dict[str, Any] = dict(
-        inner_lr=list(r.inner_lrs) if r.inner_lrs else a.inner_lr,
-        inner_steps=a.inner_steps,
-        episodes=r.episodes,
-        eval_episodes=r.eval_episodes,
-        first_order=a.first_order,
-        gamma=r.gamma,
-        gae_lambda=r.gae_lambda,
-    )
-    if r.estimator:
-        common["estimator"] = r.estimator
-    return common
-
-
-def _build_maml_trpo(entry: AlgorithmEntry, inputs: BuildInputs):
-    r = inputs.config.rl
-    trpo = dict(
-        max_kl=r.max_kl,
-        cg_iterations=r.cg_iterations,
-        cg_damping=r.cg_damping,
-        backtrack_ratio=r.backtrack_ratio,
-        max_backtracks=r.max_backtracks,
-    )
-    return entry.learner_class()(_policy(inputs), inputs.family, **trpo, **_policy_gradient(inputs))
-
-
-def _build_promp(entry: AlgorithmEntry, inputs: BuildInputs):
-    r = inputs.config.rl
-    promp = dict(
-        clip=r.clip, outer_steps=r.outer_steps, inner_kl_target=r.inner_kl_target, inner_kl_coef=r.inner_kl_coef
-    )
-    return entry.learner_class()(_policy(inputs), inputs.family, **promp, **_policy_gradient(inputs))
 
 
 # --------------------------------------------------------------------------- algorithms: entries
@@ -281,25 +233,6 @@ ALGORITHMS = [
         preset="snail-omniglot-5w1s",
         check=_check_snail,
     ),
-    AlgorithmEntry(
-        "maml-trpo",
-        "innerloop.rl:MAMLTRPO",
-        o.PolicyGradientOptions,
-        _build_maml_trpo,
-        kinds=("rl",),
-        builds_model=True,
-        meta_optimizer=False,
-        preset="maml-trpo-nav2d",
-    ),
-    AlgorithmEntry(
-        "promp",
-        "innerloop.rl:ProMP",
-        o.PolicyGradientOptions,
-        _build_promp,
-        kinds=("rl",),
-        builds_model=True,
-        preset="promp-nav2d",
-    ),
 ]
 
 
@@ -315,7 +248,8 @@ def _mlp(config, out_features: int | None, input_shape: tuple[int, ...]):
 def _conv4(config, out_features: int | None, input_shape: tuple[int, ...]):
     from ..models import Conv4
 
-    return Conv4(input_shape[0], config.model.filters, out_features=out_features, image_size=input_shape[-1])
+    m = config.model
+    return Conv4(input_shape[0], m.filters, out_features=out_features, image_size=input_shape[-1], pool=m.pool)
 
 
 def _resnet12(config, out_features: int | None, input_shape: tuple[int, ...]):
@@ -325,7 +259,7 @@ def _resnet12(config, out_features: int | None, input_shape: tuple[int, ...]):
 
 
 MODELS = [
-    ModelEntry("mlp", _mlp, kinds=("regression", "rl")),
+    ModelEntry("mlp", _mlp, kinds=("regression", "rl", "optimizer")),  # optimizer families: the widths model.hidden
     ModelEntry("conv4", _conv4),
     ModelEntry("resnet12", _resnet12),
 ]
@@ -368,27 +302,20 @@ TASK_FAMILIES = [
     TaskFamilyEntry("fc100", "classification", load=_cifar("fc100"), image_size=32),
     TaskFamilyEntry("image_folder", "classification", folder=True),
 ]
-_RL_HARMLESS = ("workers", "eval_episodes", "eval_lrs", "success_episodes")  # rl.* keys that may change on --resume
-RL_FAMILY_HARMLESS = ("task.root", "task.download", *(f"rl.{key}" for key in _RL_HARMLESS))
-TRAJECTORIES = ("nav2d",)  # meta-RL families whose observations are positions in the plane
 
 
 def _load() -> None:
     """Register the built-in entries; meta-RL families and update rules are read from their own tables."""
     from ..core.rules import RULES
-    from ..rl.envs import FAMILIES
 
-    for entry in ALGORITHMS:
+    for entry in (*ALGORITHMS, *RL_ALGORITHMS, *LOPT_ALGORITHMS):
         register_algorithm(entry)
     for model in MODELS:
         register_model(model)
     for family in TASK_FAMILIES:
         register_task_family(family)
-    for name, (module, cls) in FAMILIES.items():
-        target = f"innerloop.rl.envs{module}:{cls}"
-        register_task_family(
-            TaskFamilyEntry(name, "rl", family=target, harmless=RL_FAMILY_HARMLESS, trajectories=name in TRAJECTORIES)
-        )
+    for family in (*rl_families(), *LOPT_FAMILIES):
+        register_task_family(family)
     for name, rule in RULES.items():
         register_update_rule(UpdateRuleEntry(name, rule))
 

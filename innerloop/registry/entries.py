@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import ConfigError
 from .options import LEGACY_DEFAULTS, AlgorithmOptions
 
-KINDS = ("regression", "classification", "rl")  # what a task family is, and what an algorithm runs on
+# what a task family is, and what an algorithm runs on (optimizer: problems a learned optimizer trains, innerloop.unroll)
+KINDS = ("regression", "classification", "rl", "optimizer")
 
 
 def resolve(target: Any) -> Any:
@@ -72,6 +73,9 @@ class AlgorithmEntry:
     fixed_ways: bool = True  # evaluated only at the trained task.ways
     builds_model: bool = False  # its builder makes its own network or policy: build_model is not called
     forward_pass: bool = False  # adapts in one forward pass: no inner steps
+    episodic: bool = (
+        False  # meta-RL: adapts through the episodes it acts in (RL², PEARL): no step sizes, "step" k = episode k
+    )
     compile: bool = False  # accepts algorithm.compile=true
     checkpoint_steps: bool = False  # accepts algorithm.checkpoint_steps=true (second order)
     meta_optimizer: bool = True  # False: the learner takes its own outer step (build_optimizer gives None)
@@ -135,7 +139,7 @@ class TaskFamilyEntry:
     """
 
     name: str
-    kind: str  # regression | classification | rl
+    kind: str  # regression | classification | rl | optimizer
     tasks: Any = None  # callable or "module:attr": (config, split, shots, queries, seed) -> task source
     load: Any = None  # image datasets: (root, split, image_size, download, resample) -> ImageDataset
     image_size: int | None = None  # image datasets: default side of the inputs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 # Each field's meaning is its trailing comment (read by training/reference.py): one line a field, unformatted.
@@ -77,6 +77,8 @@ class IMAMLOptions(InnerLoopOptions):
     cg_steps: int = 5  # conjugate-gradient steps (Hessian-vector products) per task for the implicit meta-gradient
     cg_damping: float = 0.0  # added to the CG system ((1 + cg_damping) I + H / lambda) g = grad L_query
     adapt: str = "all"  # all | head | a regular expression over parameter names (the others: shared)
+    inner_solver: str = "gd"  # gd (gradient descent of rate inner_lr) | hf (Hessian-free Newton-CG steps with a line search: iMAML-HF)
+    hf_cg_steps: int = 5  # inner_solver=hf: CG steps (Hessian-vector products) per Newton step
 
 
 @dataclass
@@ -148,6 +150,62 @@ class PolicyGradientOptions(AlgorithmOptions):
     inner_lr: float = 0.01  # inner policy-gradient step size (rl.inner_lrs: one per step)
     inner_steps: int = 1  # policy-gradient steps per task at meta-training
     first_order: bool = False  # drop the second-order term of the inner steps
+
+
+@dataclass
+class RL2Options(AlgorithmOptions):
+    """RL² (rl2): a GRU policy over trials, PPO outer loop (learning rate train.meta_lr; rl.gamma, rl.gae_lambda)."""
+
+    hidden_size: int = 256  # units of the GRU policy (Duan et al. 2016: 256)
+    episodes_per_trial: int = 2  # K, episodes of one task played in sequence with the hidden state kept (reset between trials)
+    trials: int = 4  # trials per task per meta-batch, played in parallel
+    clip: float = 0.2  # PPO's clipped objective epsilon
+    epochs: int = 10  # PPO passes over each meta-batch of trials
+    minibatches: int = 4  # PPO minibatches per epoch, each a share of every task's trials (at most trials)
+    value_coef: float = 0.5  # weight of the value head's squared error in the PPO loss
+    entropy_coef: float = 0.0  # weight of the policy's entropy bonus in the PPO loss
+    eval_trials: int | None = None  # trials per task at validation (null: rl.eval_episodes, which `innerloop eval` uses)
+
+
+@dataclass
+class PEARLOptions(AlgorithmOptions):
+    """PEARL (pearl): a context encoder and SAC on fixed training tasks with replay buffers; one iteration = collect + gradient_steps (learning rate train.meta_lr, meta-batch train.meta_batch_size, policy and critics model.hidden, rl.gamma)."""
+
+    train_tasks: int = 100  # fixed training tasks, each with its own replay buffers (Rakelly et al. 2019: 100 on HalfCheetah-velocity)
+    latent_dim: int = 5  # size of the latent task variable z
+    encoder_hidden: list[int] = field(default_factory=lambda: [200, 200, 200])  # hidden widths of the context encoder
+    tasks_per_iteration: int = 5  # training tasks collected on per iteration
+    initial_episodes: int = 10  # episodes with z from the prior on every training task before the first gradient step
+    prior_episodes: int = 2  # per collected task and iteration: episodes with z from the prior (RL and encoder buffers)
+    posterior_episodes: int = 3  # per collected task and iteration: episodes with z from the posterior of encoder-buffer context (RL buffer only)
+    gradient_steps: int = 2000  # gradient steps per iteration
+    batch_size: int = 256  # SAC transitions per task per gradient step
+    context_batch_size: int = 100  # context transitions per task per gradient step (and per posterior of a collection)
+    buffer_size: int = 100000  # transitions kept in each task's RL replay buffer (checkpointed: mind the size)
+    kl_weight: float = 0.1  # beta, weight of KL(q(z|c) || N(0, I)) summed over the meta-batch's tasks
+    reward_scale: float = 5.0  # multiplies rewards in the critics' target
+    temperature: float = 1.0  # SAC's entropy weight alpha (the initial value when learned)
+    learn_temperature: bool = False  # learn alpha towards the target entropy -action_dim (the paper: fixed)
+    tau: float = 0.005  # Polyak rate of the target critics
+    policy_reg: float = 0.001  # weight of the policy's squared mean and log-std penalty
+    next_obs_in_context: bool = False  # context transitions also hold the next observation
+    deterministic_eval: bool = True  # evaluation acts with tanh(mean) (z is always sampled: posterior sampling)
+
+
+@dataclass
+class LoptOptions(AlgorithmOptions):
+    """Meta-training a learned optimizer over long inner runs (lopt); train.meta_batch_size is the tasks per estimate."""
+
+    rule: str = "lopt-mlp"  # the learned optimizer: lopt-mlp | lopt-adafactor | adam-correction (registry update rules with meta-parameters)
+    inner_lr: float = 0.001  # the rule's nominal step (adam-correction: the Adam rate it starts as)
+    estimator: str = "pes"  # meta-gradient estimator: full (backprop through whole runs) | tbptt | es (antithetic) | pes (Persistent ES)
+    horizon: int = 200  # inner steps of one run before it restarts on a new task
+    truncation: int = 10  # inner steps per meta-gradient estimate (full: the horizon)
+    objective: str = "mean"  # meta-objective: mean (training loss over the run) | final (loss after the run) | validation (held-out batches)
+    sigma: float = 0.01  # es, pes: standard deviation of the antithetic perturbations of the meta-parameters
+    batch_size: int = 32  # examples per inner minibatch
+    tune_tasks: int = 8  # evaluation: meta-training tasks the baselines' learning rates are tuned on
+    tune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])  # evaluation: the log grid of Adam's and SGD-momentum's learning rates
 
 
 # fmt: on

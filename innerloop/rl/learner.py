@@ -34,7 +34,7 @@ from ..tasks.seeding import derive_seed
 from .estimators import ESTIMATORS
 from .policies import Policy
 from .returns import gae, linear_baseline, normalize_per_task
-from .sampler import Episodes, rollout
+from .sampler import Draw, Episodes, rollout, scores
 
 StepData = dict[str, torch.Tensor]  # observations, actions, advantages, mask: leading task dimension
 
@@ -45,25 +45,13 @@ def _task(tree, i: int):
 
 
 @dataclass
-class Adaptation:
+class Adaptation(Draw):
     """What one meta-training (or evaluation) draw produced for a batch of tasks."""
 
     inner: list[StepData]  # per inner step, the episodes it adapted on (processed)
     episodes: list[Episodes]  # every rollout: one per inner step, then the adapted policy's
     adapted: Params  # the adapted parameters, leading task dimension, no graph
     tasks: torch.Tensor  # the tasks' parameters
-
-    @property
-    def valid(self) -> Episodes:
-        return self.episodes[-1]
-
-    @property
-    def env_steps(self) -> int:
-        return sum(e.steps for e in self.episodes)
-
-    @property
-    def seconds(self) -> float:
-        return sum(e.seconds for e in self.episodes)
 
 
 class MetaPolicyLearner(nn.Module):
@@ -288,11 +276,7 @@ class MetaPolicyLearner(nn.Module):
     def returns_after(self, tasks, steps: Sequence[int], episodes: int, rule, seed: int, task_ids: Sequence[int]):
         """``({step: per-task mean return}, the draw)`` after each number of policy-gradient ``steps`` on ``tasks``."""
         draw = self.sample(tasks, seed, steps=max(steps), episodes=episodes, rule=rule, task_ids=task_ids)
-        results = {s: {"return": draw.episodes[s].returns().mean(-1)} for s in steps}
-        for s in steps:  # families that report success (Meta-World): the fraction of episodes that succeeded
-            if (success := draw.episodes[s].success) is not None:
-                results[s]["success"] = success.double().mean(-1)
-        return results, draw
+        return scores(draw.episodes, steps), draw
 
     def progress_fields(self, record: dict) -> dict[str, str]:
         """What a progress bar shows of a logged training record."""

@@ -44,6 +44,37 @@ class Episodes:
         return (self.rewards * self.mask).sum(-1)
 
 
+class Draw:
+    """What a draw of several rollouts (``episodes``: one per inner step, or per episode of a trial) reports."""
+
+    episodes: list[Episodes]
+
+    @property
+    def valid(self) -> Episodes:
+        """The last rollout: the adapted policy's, or a trial's last episode."""
+        return self.episodes[-1]
+
+    @property
+    def env_steps(self) -> int:
+        """Environment steps of every rollout."""
+        return sum(e.steps for e in self.episodes)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of every rollout."""
+        return sum(e.seconds for e in self.episodes)
+
+
+def scores(episodes: Sequence[Episodes], steps: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
+    """``{k: {"return": [T]}}``: each task's mean return of rollout ``k`` of ``episodes`` for ``k`` in ``steps``, with
+    ``"success"`` (the fraction of its episodes that succeeded) where the family reports it (Meta-World)."""
+    results = {s: {"return": episodes[s].returns().mean(-1)} for s in steps}
+    for s in steps:
+        if (success := episodes[s].success) is not None:
+            results[s]["success"] = success.double().mean(-1)
+    return results
+
+
 @torch.no_grad()
 def rollout(
     family,

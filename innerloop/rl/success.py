@@ -16,6 +16,7 @@ finish, which favours early successes); 95% intervals over goals are added.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,8 +95,8 @@ def metaworld_evaluation(
     try:
         for start in range(0, len(tasks), batch_size):
             ids = range(start, min(start + batch_size, len(tasks)))
-            scored = adapt_and_score(
-                learner,
+            own = getattr(learner, "adapt_and_score", None)  # a learner that adapts its own way (PEARL: inference)
+            scored = (own or functools.partial(adapt_and_score, learner))(
                 tasks[ids.start : ids.stop],
                 adaptation_steps,
                 adaptation_episodes,

@@ -61,6 +61,7 @@ class ModelConfig:
     name: str = "mlp"  # mlp | conv4 | resnet12
     hidden: list[int] = field(default_factory=lambda: [40, 40])  # mlp (and meta-RL policy): hidden layer widths
     filters: int = 64  # conv4: filters of each of the 4 convolution blocks
+    pool: str = "max"  # conv4: max (2x2 max-pools) | stride (stride-2 convolutions, MAML's Omniglot network)
     widths: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # resnet12: channels of the 4 residual stages
 
 

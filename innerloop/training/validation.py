@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import registry
 from ..errors import ConfigError
+from ..models.conv import POOLS
 from ..rl.estimators import ESTIMATORS as RL_ESTIMATORS
 from ..validate import positive_int
 
@@ -164,6 +165,8 @@ def _check_train_and_eval(config: Any) -> None:
     m = config.model
     if any(h < 1 for h in [*m.hidden, *m.widths, m.filters]):
         raise ConfigError("model.hidden, model.widths and model.filters must be positive")
+    if m.pool not in POOLS:
+        raise ConfigError(f"model.pool must be one of {', '.join(POOLS)}, got {m.pool!r}")
 
 
 def _check_kinds(config: Any, entry: registry.AlgorithmEntry, family: registry.TaskFamilyEntry) -> None:
@@ -267,7 +270,7 @@ def _check_rl(config: Any, entry: registry.AlgorithmEntry, family: registry.Task
         raise ConfigError(
             f"meta-RL policies are MLPs (model.name=mlp, widths model.hidden); got model.name={config.model.name!r}"
         )
-    if a.inner_steps < 1:
+    if getattr(a, "inner_steps", 1) < 1:  # rl2 has no inner steps: it adapts through its hidden state
         raise ConfigError(
             f"meta-RL adapts with at least one policy-gradient step; set algorithm.inner_steps >= 1 (got {a.inner_steps})"
         )
