@@ -36,6 +36,7 @@ from .core import (
 from .core.rules import Adam, AdamCorrection, FactoredMLPOptimizer, MLPOptimizer  # learned optimizers (issue 21)
 from .tasks import SinusoidTasks, TaskBatch
 from .tasks.checks import set_checks  # the boundary checks of every learner entry point, on by default
+from .unroll.learner import LearnedOptimizerLearner  # meta-trains a learned optimizer (innerloop train: lopt)
 
 __all__ = [
     "ANIL",
@@ -54,6 +55,7 @@ __all__ = [
     "GradientLearner",
     "LearnedOptimizer",
     "LearnedOptimizerLSTM",
+    "LearnedOptimizerLearner",
     "MAMLPlusPlus",
     "MLPOptimizer",
     "MatchingNets",

@@ -399,3 +399,14 @@ def test_a_validation_where_only_some_tasks_diverge_keeps_training(tmp_path, mon
         -1
     ]
     assert 0 < val["loss_nonfinite"] < 40
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "config.yaml", "../outside.bin"])
+def test_a_learner_s_own_checkpoint_files_never_replace_the_checkpoint_s(tmp_path, name):
+    """``learner.checkpoint_files()`` (the learned optimizer's meta.safetensors) may add files, never overwrite the
+    weights, state or config, nor write outside the checkpoint folder; nothing is left behind."""
+    learner = torch.nn.Linear(2, 1)
+    learner.checkpoint_files = lambda: {name: b"x"}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="may not name"):
+        ckpt_module.save_checkpoint(tmp_path, 1, learner, None, load_config("maml-sine"))
+    assert not (tmp_path / "outside.bin").exists() and not list((tmp_path / "checkpoints").glob("step-*"))

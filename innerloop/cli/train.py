@@ -79,7 +79,15 @@ def train(
         )
     cfg = load_config(config, overrides or [], out_dir=out)
     check_run_dir(Path(cfg.out_dir))
-    kind = task_kind(cfg)  # regression | classification | rl, as the task family's registry entry says
+    kind = task_kind(cfg)  # regression | classification | rl | optimizer, as the task family's registry entry says
+    if kind == "optimizer":  # a learned optimizer: at the end, the comparison of `innerloop eval` (cli/lopt.py)
+        from .lopt import optimizer_output, report_optimizer
+
+        trainer, _ = fit(cfg, resume, None, overwrite)
+        if evaluate and trainer.is_main:
+            where = optimizer_output(cfg, cfg.train.iterations, Path(cfg.out_dir), None)
+            report_optimizer(trainer.learner, cfg, where, source_of(trainer.last_checkpoint))
+        return
     if kind == "rl":
         from ..training.evaluate import evaluate_rl
         from .success import evaluate_success, is_metaworld, report_success

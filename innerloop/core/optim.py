@@ -5,6 +5,8 @@ function the functional inner loop calls, so a rule meta-trained in innerloop tr
 Rules whose state is kept per tensor (``{name: ...}``) store it in ``self.state[p]``; others (the LSTM optimizers,
 one state over all coordinates) in ``self.shared_state``; ``self.steps`` counts the calls of ``step``. The state dict
 holds all of them and the meta-parameters, so a checkpoint resumes the same run.
+Rules with a ``step_inplace`` method (the per-parameter MLPs, Adam) take the same step in place under no_grad
+(accumulators and reused work buffers overwritten, no autograd graph): the torch.optim form's fast path.
 Meta-parameters travel as safetensors files (:func:`save_meta`, :func:`load_meta`, :func:`load_rule`).
 """
 
@@ -28,6 +30,13 @@ from .rules import MetaLearnerLSTM, UpdateRule
 
 def _reads_loss(rule: UpdateRule) -> bool:
     return any(getattr(m, "uses_loss", False) or isinstance(m, MetaLearnerLSTM) for m in rule.modules())
+
+
+def _copied(tree: Any) -> Any:
+    """Nested dicts of tensors with every tensor cloned."""
+    if isinstance(tree, dict):
+        return {k: _copied(v) for k, v in tree.items()}
+    return tree.clone() if isinstance(tree, torch.Tensor) else tree
 
 
 def hparams(rule: UpdateRule) -> dict[str, Any]:
@@ -103,6 +112,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.steps = 0
         self.per_tensor: bool | None = None  # known at the first step
         self.shared_state: Any = None
+        self._scratch: dict[str, Any] = {}  # reused work buffers of in-place steps (not state)
 
     def _names(self) -> list[str]:
         if all("param_names" in group for group in self.param_groups):
@@ -122,7 +132,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict with the step count, a shared rule state and the meta-parameters."""
         extra = {"step": self.steps, "per_tensor": self.per_tensor, "shared_state": self.shared_state}
-        return {**super().state_dict(), **extra, "meta": {k: v.clone() for k, v in self.meta.items()}}
+        own = super().state_dict()
+        own["state"] = _copied(own["state"])  # a snapshot: in-place steps update the live accumulators
+        return {**own, **extra, "meta": {k: v.clone() for k, v in self.meta.items()}}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """torch.optim's, restoring the step count, a shared rule state and the meta-parameters."""
@@ -134,6 +146,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.per_tensor = state_dict.pop("per_tensor", None)
         self.shared_state = state_dict.pop("shared_state", None)
         super().load_state_dict(state_dict)
+        for p, entry in list(self.state.items()):
+            self.state[p] = _copied(entry)  # in-place steps never write into the caller's dict
 
     def _checked_meta(self, meta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         expected = {k: tuple(v.shape) for k, v in self.rule.meta().items()}
@@ -170,6 +184,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return self.shared_state, False
         return {name: self.state[p] for name, p in params.items()}, True
 
+    def _in_place(self, tensors: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+        """Whether the rule's in-place step (``step_inplace``) serves these tensors (dense, contiguous, one dtype)."""
+        ready = getattr(self.rule, "in_place_ready", None)
+        if not callable(getattr(self.rule, "step_inplace", None)) or not (callable(ready) and ready()):
+            return False
+        like = tensors[0]
+        return all(
+            t.is_contiguous() and t.layout == torch.strided and t.dtype == like.dtype and t.device == like.device
+            for t in [*tensors, *grads]
+        )
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[[], torch.Tensor] | None = None, loss: torch.Tensor | None = None
@@ -198,6 +223,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
         grads = {n: g for n in names if (g := params[n].grad) is not None}
         current = {n: params[n].detach() for n in names}
         step = self.steps
+        if per_tensor and self._in_place([params[n] for n in names], [grads[n] for n in names]):
+            tensors, in_place = [params[n] for n in names], getattr(self.rule, "step_inplace")  # noqa: B009 (mypy)
+            in_place(
+                tensors, [grads[n] for n in names], [self.state[p] for p in tensors], step, self.meta, self._scratch
+            )
+            self.steps = step + 1
+            return loss
         rule_state = {n: state[n] for n in names} if per_tensor else state
         updates, new_state = self.rule.run(grads, rule_state, current, step, value, self.meta)
         for name in names:

@@ -188,6 +188,11 @@ def save_checkpoint(
         _write_bytes(tmp / STATE, buffer.getvalue())
         writing = final / CONFIG
         _write_bytes(tmp / CONFIG, to_yaml(config).encode())
+        for file, data in getattr(learner, "checkpoint_files", dict)().items():  # e.g. lopt's meta.safetensors
+            if file in (WEIGHTS, STATE, CONFIG) or Path(file).name != file:
+                raise ValueError(f"learner.checkpoint_files() may not name {file!r}: the checkpoint's own or a path")
+            writing = final / file
+            _write_bytes(tmp / file, data)
         writing = final
         if final.exists():  # not intact (a resume skipped it) or written before: set aside, never deleted
             _move_aside(final)

@@ -12,6 +12,7 @@ from .families import (
     TaskFamily,
 )
 from .inner import OBJECTIVES, InnerStates, Unroll
+from .learner import LearnedOptimizerLearner, OptimizerTasks
 from .meta_train import MetaTraining, load_meta
 from .split import meta_split
 from .text import CharLMTasks
@@ -26,8 +27,10 @@ __all__ = [
     "ImageConvTasks",
     "ImageMLPTasks",
     "InnerStates",
+    "LearnedOptimizerLearner",
     "LinearRegressionTasks",
     "MetaTraining",
+    "OptimizerTasks",
     "PersistentES",
     "QuadraticTasks",
     "SinusoidMLPTasks",

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .base import UpdateRule
-from .lopt import PerParameterMLP
+from .lopt import PerParameterMLP, in_place_matches
 
 
 def _betas(betas: Sequence[float], eps: float) -> tuple[float, float]:
@@ -71,6 +71,25 @@ class Adam(UpdateRule):
             new_state[name] = {"m": m, "v": v}
             updates[name] = -self.lr * adam_direction(m, v, step, self.betas, self.eps)
         return updates, new_state
+
+    def in_place_ready(self) -> bool:
+        """Whether :meth:`step_inplace` computes this class's :meth:`forward`."""
+        return in_place_matches(self, [("forward", "step_inplace"), ("init_state", "step_inplace")])
+
+    @torch.no_grad()
+    def step_inplace(self, params, grads, states, step: int, meta, scratch: dict) -> None:
+        """:meth:`forward` in place for the ``torch.optim`` form, in ``torch._foreach`` kernels as torch.optim.Adam."""
+        (b1, b2), t = self.betas, step + 1
+        ms, vs = [s["m"] for s in states], [s["v"] for s in states]
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        denom = torch._foreach_add(vs, torch.finfo(grads[0].dtype).tiny)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_div_(denom, math.sqrt(1 - b2**t))
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, ms, denom, value=-self.lr / (1 - b1**t))
 
     def describe(self) -> str:
         """``Adam(lr=...)``."""
@@ -136,6 +155,21 @@ class AdamCorrection(PerParameterMLP):
         lr = torch.exp(self.log_lr) if self.learn_lr else self.adam_lr
         adam = -lr * adam_direction(m[0], v[0], step, self.betas, self.eps)
         return adam + super().step_from(out, g, m, v, step)
+
+    def fill_(self, x, g, p, entry, b, c, step, lo, hi):
+        """As the MLP optimizer's, with Adam's direction (:func:`adam_direction`, its operations) in the last row."""
+        super().fill_(x, g, p, entry, b, c, step, lo, hi)
+        (b1, b2), t, v = self.betas, step + 1, entry["v"][0, lo:hi]
+        denom = torch.add(v, torch.finfo(v.dtype).tiny, out=x[-1]).sqrt_().div_(math.sqrt(1 - b2**t)).add_(self.eps)
+        torch.div(entry["m"][0, lo:hi], denom, out=x[-1]).div_(1 - b1**t)
+
+    def apply_(self, p, out, x, meta):
+        """The correction, then Adam's step ``-lr`` times the direction in the last feature row."""
+        super().apply_(p, out, x, meta)
+        if not self.learn_lr:
+            p.add_(x[-1], alpha=-self.adam_lr)
+        else:
+            p.addcmul_(x[-1], torch.exp(meta["log_lr"] if meta else self.log_lr), value=-1)
 
     def describe(self) -> str:
         """``AdamCorrection(lr=..., correction=...)``."""

@@ -15,6 +15,8 @@ Decays are meta-learned as offsets of log(1 - b) / 10 (zero: the initial decays)
 Adafactor's row/column second moments (Shazeer & Stern 2018) for large matrices instead of full ones.
 Departs from the reference code: the factored variant replaces the full second moments (memory) where
 ``AdafacMLPLOpt`` adds row/column features beside them; the normalisation is folded into the first layer (same values).
+The ``torch.optim`` form (:class:`innerloop.core.LearnedOptimizer`) runs :meth:`PerParameterMLP.step_inplace`: the
+same values computed in place, block by block, the biases carried by rows of ones through the matrix products.
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 def tanh_embedding(step: int, like: torch.Tensor, timescales: Sequence[float] = TIMESCALES) -> torch.Tensor:
     """The training-progress feature ``tanh(step / tau - 1)`` at every timescale ``tau``."""
     return torch.tensor([math.tanh(step / tau - 1.0) for tau in timescales], dtype=like.dtype, device=like.device)
+
+
+def in_place_matches(rule: object, pairs: Sequence[tuple[str, str]]) -> bool:
+    """Whether each in-place method of ``pairs`` (functional, in place) is defined in the class that defines its
+    functional counterpart or below it: a subclass that changes only the functional form keeps the functional path."""
+    mro = type(rule).__mro__
+
+    def owner(name: str) -> type:
+        return next(c for c in mro if name in c.__dict__)
+
+    return all(issubclass(owner(fast), owner(slow)) for slow, fast in pairs)
 
 
 def _decays(values: Sequence[float], what: str) -> tuple[float, ...]:
@@ -112,11 +125,15 @@ class PerParameterMLP(UpdateRule):
 
     def decays(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The momentum and second-moment decays, ``1 - (1 - b0) exp(10 offset)`` when learned."""
+        return self.meta_decays({}, like)
+
+    def meta_decays(self, meta: Mapping[str, torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decays` at the offsets in ``meta`` (default: the rule's own)."""
         b = torch.tensor(self.initial_momentum, dtype=like.dtype, device=like.device)
         c = torch.tensor(self.initial_rms, dtype=like.dtype, device=like.device)
         if self.learn_decays:
-            b = 1 - (1 - b) * torch.exp(10 * self.momentum_offsets)
-            c = 1 - (1 - c) * torch.exp(10 * self.rms_offsets)
+            b = 1 - (1 - b) * torch.exp(10 * meta.get("momentum_offsets", self.momentum_offsets))
+            c = 1 - (1 - c) * torch.exp(10 * meta.get("rms_offsets", self.rms_offsets))
         return b, c
 
     def init_state(self, params: Params) -> dict[str, dict[str, torch.Tensor]]:
@@ -175,6 +192,91 @@ class PerParameterMLP(UpdateRule):
             updates[name] = self.step_from(out, g, m, v, step).reshape(grad.shape)
         return updates, new_state
 
+    def meta_layers(self, meta: Mapping[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``(weight, bias)`` of every linear layer, read from ``meta`` (default: the rule's own)."""
+        own = dict(self.named_parameters())
+        pick = {**own, **meta}
+        return [
+            (pick[f"net.{i}.weight"], pick[f"net.{i}.bias"]) for i, m in enumerate(self.net) if isinstance(m, nn.Linear)
+        ]
+
+    def in_place_ready(self) -> bool:
+        """Whether :meth:`step_inplace` computes this class's :meth:`forward` (its hooks are overridden in pairs)."""
+        pairs = [("forward", "step_inplace"), ("mlp", "step_inplace"), ("features", "fill_"),
+                 ("second_moments", "second_moments_"), ("step_from", "apply_"), ("init_entry", "prepare_")]  # fmt: skip
+        return in_place_matches(self, pairs + ([("decays", "meta_decays")] if self.learn_decays else []))
+
+    block = 1 << 16  # coordinates per MLP block in ``step_inplace`` (a block's activations stay in cache)
+
+    @torch.no_grad()
+    def step_inplace(self, params, grads, states, step: int, meta: Mapping[str, torch.Tensor], scratch: dict) -> None:
+        """:meth:`forward` in place, for the ``torch.optim`` form: ``p += u`` and the accumulators updated in place.
+
+        Each tensor's features are written to one reused ``(F, n)`` buffer (``scratch``), the MLP runs on blocks of
+        :attr:`block` coordinates into reused activations; the values are :meth:`forward`'s (its order of operations).
+        ``params``, ``grads``: lists of contiguous tensors; ``states``: their entries of :meth:`init_state`.
+        """
+        like = grads[0]
+        b, c = self.meta_decays(meta, like) if self.learn_decays else self.decays(like)
+        layers = self.meta_layers(meta)
+        f, n_max = self.num_features(), max(p.numel() for p in params)
+        cpu = like.device.type == "cpu"  # blocks keep activations in a CPU cache; a GPU takes each tensor whole
+        widths = [min(self.block_width(entry) if cpu else p.numel(), p.numel()) for p, entry in zip(params, states)]
+        bias = layers[0][0][:, f:] @ tanh_embedding(step, like) + layers[0][1]
+        # a row of ones under the features and under each hidden layer carries the biases through the products
+        later = [torch.cat([w, w_bias[:, None]], 1) for w, w_bias in layers[1:]]
+        if scratch.get("x") is None or scratch["x"].shape != (f + 1, n_max) or scratch["x"].dtype != like.dtype:
+            scratch["x"] = like.new_ones(f + 1, n_max)
+        if scratch.get("out") is None or scratch["out"].shape[1] < max(widths) or scratch["out"].dtype != like.dtype:
+            scratch["h"] = [like.new_ones(w.shape[0] + 1, max(widths)) for w, _ in layers[:-1]]
+            scratch["out"] = like.new_empty(layers[-1][0].shape[0], max(widths))
+        outs = [*scratch["h"], scratch["out"]]
+        for p, g, entry, width in zip(params, grads, states, widths):
+            n, flat, g = p.numel(), p.view(-1), g.view(-1)
+            x, blocks = scratch["x"][:, :n], [(lo, min(lo + width, n)) for lo in range(0, n, width)]
+            self.prepare_(g, entry, c, x[0])
+            total = like.new_zeros(f)  # sum of squares of each feature over the tensor
+            for lo, hi in blocks:
+                self.fill_(x[:f, lo:hi], g[lo:hi], flat[lo:hi], entry, b, c, step, lo, hi)
+                total.add_(torch.linalg.vector_norm(x[:f, lo:hi], dim=1).square_())
+            weights = [torch.cat([layers[0][0][:, :f] * torch.rsqrt(1e-5 + total / n), bias[:, None]], 1), *later]
+            for lo, hi in blocks:
+                h = x[:, lo:hi]
+                for i, (weight, out) in enumerate(zip(weights, outs)):
+                    if i > 0:
+                        h[:-1].relu_()
+                    torch.mm(weight, h, out=out[: weight.shape[0], : hi - lo])
+                    h = out[:, : hi - lo]
+                self.apply_(flat[lo:hi], h, x[:f, lo:hi], meta)
+
+    def block_width(self, entry: Mapping[str, torch.Tensor]) -> int:
+        """Coordinates per block of ``step_inplace`` for a tensor with this state entry."""
+        return self.block
+
+    def prepare_(self, g, entry, c, spare) -> None:
+        """Work on the whole tensor before its blocks (none here; row and column moments in the factored variant)."""
+
+    def fill_(self, x, g, p, entry, b, c, step: int, lo: int, hi: int) -> None:
+        """Updates coordinates ``lo:hi`` of ``entry`` in place and writes their raw features (:meth:`features`) to ``x``."""
+        k, j = len(b), len(c)
+        m = torch.lerp(g[None], entry["m"][:, lo:hi], b[:, None], out=entry["m"][:, lo:hi])  # b m + (1 - b) g
+        v = x[2 + k : 2 + k + j]
+        self.second_moments_(g, entry, c, v, x[:1], lo, hi)
+        x[0].copy_(g)
+        x[1].copy_(p)
+        x[2 : 2 + k].copy_(m)
+        rsqrt = torch.add(v, 1e-6, out=x[2 + 2 * k + j : 2 + 2 * k + 2 * j]).rsqrt_()
+        torch.mul(m, rsqrt[:1], out=x[2 + k + j : 2 + 2 * k + j])
+
+    def second_moments_(self, g, entry, c, v, spare, lo: int, hi: int) -> None:
+        """:meth:`second_moments` in place on coordinates ``lo:hi``: the entry updated, the moments written to ``v``."""
+        g2 = torch.mul(g[None], g[None], out=spare)
+        v.copy_(torch.lerp(g2, entry["v"][:, lo:hi], c[:, None], out=entry["v"][:, lo:hi]))
+
+    def apply_(self, p, out, x, meta) -> None:
+        """``p += u`` on a block of coordinates from the MLP's output ``out`` (2, w) (:meth:`step_from`)."""
+        p.addcmul_(out[0], out[1].mul_(self.exp_mult).exp_(), value=-self.lr)
+
     def describe(self) -> str:
         """``Name(lr=..., hidden=...)``."""
         return f"{type(self).__name__}(lr={self.lr}, hidden={self.hidden}, layers={self.layers})"
@@ -231,6 +333,30 @@ class FactoredMLPOptimizer(PerParameterMLP):
         col = torch.lerp(g2.mean(0), entry["col"], c)
         v = row[:, :, None] * col[:, None, :] / (row.mean(1) + 1e-30)[:, None, None]
         return v.reshape(c.shape[0], -1), {"row": row, "col": col}
+
+    def block_width(self, entry):
+        """Whole rows of the 2-D view for a factored tensor."""
+        if "row" not in entry:
+            return self.block
+        cols = entry["col"].shape[1]
+        return cols * max(1, self.block // cols)
+
+    def prepare_(self, g, entry, c, spare) -> None:
+        """The row and column means of g^2 of a factored tensor, updated in place."""
+        if "row" in entry:
+            dims, c = (entry["row"].shape[1], entry["col"].shape[1]), c[:, None]
+            g2 = torch.mul(g, g, out=spare).add_(1e-30).view(dims)
+            torch.lerp(g2.mean(1), entry["row"], c, out=entry["row"])
+            torch.lerp(g2.mean(0), entry["col"], c, out=entry["col"])
+
+    def second_moments_(self, g, entry, c, v, spare, lo, hi) -> None:
+        """Full accumulators, or the rank-one second moment ``row col^T / mean(row)`` of whole rows ``lo:hi``."""
+        if "row" not in entry:
+            return super().second_moments_(g, entry, c, v, spare, lo, hi)
+        row, col = entry["row"], entry["col"]
+        r0, r1 = lo // col.shape[1], hi // col.shape[1]
+        full = torch.mul(row[:, r0:r1, None], col[:, None, :], out=v.view(len(c), r1 - r0, col.shape[1]))
+        full.div_((row.mean(1) + 1e-30)[:, None, None])
 
     def describe(self) -> str:
         """``FactoredMLPOptimizer(lr=..., factor_min=...)``."""

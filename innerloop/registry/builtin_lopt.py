@@ -1,0 +1,134 @@
+"""Learned optimizers as registry entries: the ``lopt`` algorithm and the optimizer task families (kind
+``optimizer``: the inner training problems of ``innerloop.unroll``), built from a run's config.
+
+A family's network widths are ``model.hidden`` (omniglot-conv: the channels of its blocks; quadratic, linear:
+``[dim]``); image families classify ``task.ways`` classes of ``task.image_size`` Omniglot images of
+``task.train_split`` (``task.test_split``: the held-out alphabets of ``innerloop eval``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from . import options as o
+from .entries import AlgorithmEntry, BuildInputs, TaskFamilyEntry, task_family, update_rule
+
+LOPT_RULES = ("lopt-mlp", "lopt-adafactor", "adam-correction")  # their meta-parameters fit any model
+IMAGE_FAMILIES = ("omniglot-mlp", "omniglot-conv")
+OPTIMIZER_FAMILIES = ("omniglot-mlp", "omniglot-conv", "sine-mlp", "char-lm", "quadratic", "linear")
+
+
+def optimizer_family(config, split: str = "train", hidden: list[int] | None = None, name: str | None = None):
+    """The ``innerloop.unroll`` family of ``config`` (``split``'s images; ``hidden``, ``name``: a variant of it)."""
+    import torch
+
+    from .. import unroll
+
+    name = name or config.task.name
+    widths = tuple(config.model.hidden if hidden is None else hidden)
+    batch = config.algorithm.batch_size
+    dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[config.train.dtype]
+    family: Any
+    if name in IMAGE_FAMILIES:
+        t = config.task
+        size = t.image_size or task_family(name).image_size
+        images = task_family("omniglot").load(t.root, getattr(t, f"{split}_split"), size, t.download, t.resample)
+        if name == "omniglot-mlp":
+            family = unroll.ImageMLPTasks(images, widths, classes=t.ways, batch_size=batch, dtype=dtype)
+        else:
+            family = unroll.ImageConvTasks(images, widths, classes=t.ways, batch_size=batch, dtype=dtype)
+    elif name == "sine-mlp":
+        family = unroll.SinusoidMLPTasks(widths, batch_size=batch, dtype=dtype)
+    elif name == "char-lm":
+        family = unroll.CharLMTasks(hidden=widths, batch_size=batch, dtype=dtype)
+    elif name == "quadratic":
+        family = unroll.QuadraticTasks(widths[0], dtype=dtype)
+    else:
+        family = unroll.LinearRegressionTasks(widths[0], batch_size=batch, dtype=dtype)
+    return family.to(config.train.device)
+
+
+def build_rule(config):
+    """The update rule ``algorithm.rule`` at the nominal step ``algorithm.inner_lr``."""
+    a = config.algorithm
+    return update_rule(a.rule).make(a.inner_lr)
+
+
+def _build_lopt(entry: AlgorithmEntry, inputs: BuildInputs):
+    c, a = inputs.config, inputs.options
+    return entry.learner_class()(
+        optimizer_family(c),
+        build_rule(c),
+        estimator=a.estimator,
+        horizon=a.horizon,
+        truncation=a.truncation,
+        tasks=c.train.meta_batch_size,
+        objective=a.objective,
+        sigma=a.sigma,
+        strategy=a.strategy,
+        seed=c.train.seed,
+    )
+
+
+def _check_lopt(config) -> None:
+    """Each estimator, objective and rule spelled out; truncation within the horizon, full = the horizon."""
+    from ..unroll import ESTIMATORS, OBJECTIVES
+
+    a, fix = config.algorithm, "(the lopt-mlp-omniglot preset shows a working set)"
+    if task_family(config.task.name).kind != "optimizer":
+        raise ConfigError(
+            f"algorithm.name=lopt meta-trains an optimizer on optimizer task families ({', '.join(OPTIMIZER_FAMILIES)}); "
+            f"got task.name={config.task.name!r} {fix}"
+        )
+    for key, allowed in (("estimator", tuple(ESTIMATORS)), ("objective", OBJECTIVES), ("rule", LOPT_RULES)):
+        if getattr(a, key) not in allowed:
+            raise ConfigError(
+                f"algorithm.{key}={getattr(a, key)!r} is not supported; choose one of: {', '.join(allowed)}"
+            )
+    for key in ("horizon", "truncation", "batch_size", "tune_tasks"):
+        if not isinstance(getattr(a, key), int) or getattr(a, key) < 1:
+            raise ConfigError(f"algorithm.{key} must be a positive integer, got {getattr(a, key)!r}")
+    if a.truncation > a.horizon:
+        raise ConfigError(
+            f"algorithm.truncation={a.truncation} exceeds algorithm.horizon={a.horizon}: a truncation is part of a run; "
+            "lower the truncation or raise the horizon"
+        )
+    if a.estimator == "full" and a.truncation != a.horizon:
+        raise ConfigError(
+            f"algorithm.estimator=full backpropagates through whole runs, so algorithm.truncation must equal "
+            f"algorithm.horizon={a.horizon} (got {a.truncation}); or choose tbptt, es or pes for truncated runs"
+        )
+    if a.estimator in ("es", "pes") and not a.sigma > 0:
+        raise ConfigError(f"algorithm.sigma must be positive for algorithm.estimator={a.estimator}, got {a.sigma}")
+    if not a.tune_lrs or any(lr <= 0 for lr in a.tune_lrs):
+        raise ConfigError(f"algorithm.tune_lrs must be a non-empty list of positive rates, got {list(a.tune_lrs)}")
+    if config.task.name in ("quadratic", "linear") and len(config.model.hidden) != 1:
+        raise ConfigError(
+            f"task.name={config.task.name} takes its dimension from model.hidden=[dim]; got {list(config.model.hidden)}"
+        )
+
+
+def _optimizer_tasks(config, split: str, shots, queries, seed: int):
+    from ..unroll.learner import OptimizerTasks
+
+    return OptimizerTasks(seed)
+
+
+LOPT_ALGORITHMS = [
+    AlgorithmEntry(
+        "lopt",
+        "innerloop.unroll.learner:LearnedOptimizerLearner",
+        o.LoptOptions,
+        _build_lopt,
+        kinds=("optimizer",),
+        head=False,
+        builds_model=True,
+        preset="lopt-mlp-omniglot",
+        check=_check_lopt,
+    )
+]
+LOPT_FAMILIES = [
+    TaskFamilyEntry(name, "optimizer", tasks=_optimizer_tasks, image_size=14 if name in IMAGE_FAMILIES else None)
+    for name in OPTIMIZER_FAMILIES
+]

@@ -1,0 +1,154 @@
+"""Learned optimizers through the registry, the one trainer and the CLI (issue 21 items 3-4): every estimator
+trains from a config, a resumed run repeats the uninterrupted one, the tuned baselines pick the best rate,
+``innerloop eval`` writes its table beside earlier ones, and a bad config is one line."""
+
+import json
+
+import pytest
+import torch
+from cli_runner import cli  # tests/cli_runner.py
+
+from innerloop.core import LearnedOptimizer
+from innerloop.training.config import load_config
+from innerloop.training.launch import make_trainer
+from innerloop.unroll import QuadraticTasks
+from innerloop.unroll.compare import optim_curves, tune
+
+TINY = [
+    "algorithm.name=lopt",
+    "task.name=quadratic",
+    "model.hidden=[4]",
+    "algorithm.horizon=6",
+    "algorithm.truncation=2",
+    "algorithm.rule=lopt-mlp",
+    "algorithm.inner_lr=0.01",
+    "train.meta_batch_size=2",
+    "train.meta_lr=0.01",
+    "train.val_every=2",
+    "train.val_tasks=2",
+    "train.val_train_tasks=2",
+    "train.checkpoint_every=1",
+    "train.log_every=1",
+    "train.progress=false",
+    "eval.tasks=3",
+    "eval.steps=[0,4]",
+    "algorithm.tune_tasks=2",
+    "algorithm.tune_lrs=[0.01,0.1]",
+]
+
+
+def config(tmp_path, *extra, name="run"):
+    return load_config(None, [*TINY, *extra], out_dir=str(tmp_path / name))
+
+
+def train_cli(monkeypatch, capsys, out, *extra):
+    """``innerloop train --config lopt-mlp-sine --out OUT`` with the tiny settings and ``extra`` overrides."""
+    tiny = [o for o in TINY if not o.startswith("algorithm.name")]
+    return cli(monkeypatch, capsys, "train", "--config", "lopt-mlp-sine", "--out", out, *tiny, *extra)
+
+
+@pytest.mark.parametrize("estimator", ["full", "tbptt", "es", "pes"])
+def test_each_estimator_meta_trains_from_a_config_and_saves_a_loadable_optimizer(tmp_path, estimator):
+    extra = ["algorithm.truncation=6"] if estimator == "full" else []
+    cfg = config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=3", *extra)
+    trainer = make_trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.learner.meta().items()}
+    summary = trainer.fit()
+    after = trainer.learner.meta()
+    assert (
+        type(trainer.learner.estimator).__name__
+        == {
+            "full": "FullBPTT",
+            "tbptt": "TruncatedBPTT",
+            "es": "AntitheticES",
+            "pes": "PersistentES",
+        }[estimator]
+    )
+    assert summary["train"]["iteration"] == 3 and torch.isfinite(torch.tensor(summary["train"]["meta_loss"]))
+    assert any(not torch.equal(before[k], after[k]) for k in after), "the meta-parameters never moved"
+    assert "loss_6" in summary["val"] and "loss_6" in summary["meta_train"]
+    path = trainer.last_checkpoint / "meta.safetensors"
+    model = torch.nn.Linear(3, 2)
+    opt = LearnedOptimizer.from_file(model.parameters(), path)  # the README's one line
+    assert all(torch.equal(opt.meta[k], after[k]) for k in after)
+    model(torch.randn(5, 3)).pow(2).sum().backward()
+    w = model.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(w, model.weight)
+
+
+@pytest.mark.parametrize("estimator", ["pes"])
+def test_resume_mid_run_repeats_the_uninterrupted_run(tmp_path, estimator):
+    """4 iterations straight == 2, then a new process resumed from the checkpoint for 2 more (mid-run: step 4 of 6,
+    PES's accumulated perturbations non-zero), bit for bit: meta-parameters, optimizer and inner runs."""
+    straight = make_trainer(config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=4", name="a"))
+    straight.fit()
+    first = make_trainer(config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=2", name="b"))
+    first.fit()
+    assert first.learner.states.step == 4
+    if estimator == "pes":
+        assert first.learner.states.extra["xi"]
+    resumed = make_trainer(
+        config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=4", name="b"), resume=True
+    )
+    assert resumed.start_iteration == 2 and resumed.learner.states.step == 4
+    resumed.fit()
+    a, b = straight.learner.state_dict(), resumed.learner.state_dict()
+    assert a.keys() == b.keys() and any(k.startswith("inner.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert straight.learner.states.tasks == resumed.learner.states.tasks
+
+
+def test_the_tuned_baseline_picks_the_rate_that_is_known_best():
+    """Unit curvatures: gradient descent at rate 1 lands on the minimum in one step (loss 0); 0.3 converges
+    slowly, 3 diverges (|1 - 3| > 1) and must score inf, not win by a NaN comparison."""
+    family = QuadraticTasks(5, condition=1.0)
+    sgd = lambda params, lr: torch.optim.SGD(params, lr=lr)  # noqa: E731
+    best, scores = tune(family, [1, 2, 3], 8, sgd, [0.3, 1.0, 3.0, 1e6])
+    assert best == 1.0 and scores[1] < 1e-10 < scores[0] and scores[3] == float("inf")
+    curves = optim_curves(family, [1, 2], 3, sgd, 1.0)
+    assert curves.shape == (2, 4) and curves[:, 1:].abs().max() < 1e-10 < curves[:, 0].min()
+
+
+def test_eval_writes_its_table_and_figures_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    code, _, err = train_cli(monkeypatch, capsys, run, "--no-evaluate", "train.iterations=2")
+    assert code == 0, err
+    code, out, err = cli(monkeypatch, capsys, "eval", run)
+    assert code == 0, err
+    assert "| in-distribution: quadratic [4] | 4 |" in out and "width x4: quadratic [16]" in out
+    evals = run / "evals"
+    first = sorted(evals.iterdir())
+    assert {p.suffix for p in first} == {".json", ".md", ".png"} and len(first) == 4  # json, md, curves, response
+    payload = json.loads(next(p for p in first if p.suffix == ".json").read_text())
+    c = payload["conditions"][0]
+    assert c["steps"] == 4 and c["optimizers"]["adam"]["final"]["n"] == 3 and set(c["lrs"]) == {"adam", "sgd-momentum"}
+    stamps = {p: p.read_bytes() for p in first}
+    code, _, err = cli(monkeypatch, capsys, "eval", run, "--tasks", "2", "--steps", "2")
+    assert code == 0, err
+    assert len(list(evals.iterdir())) == 8 and all(p.read_bytes() == b for p, b in stamps.items())
+    code, _, err = cli(monkeypatch, capsys, "eval", run, "--output", next(p for p in first if p.suffix == ".json"))
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("algorithm.estimator=full", "algorithm.estimator=full backpropagates through whole runs"),
+        ("algorithm.estimator=reinforce", "algorithm.estimator='reinforce' is not supported"),
+        ("algorithm.truncation=20", "algorithm.truncation=20 exceeds algorithm.horizon=6"),
+        ("algorithm.rule=sgd", "algorithm.rule='sgd' is not supported"),
+        ("task.name=sinusoid", "algorithm.name=lopt meta-trains an optimizer on optimizer task families"),
+    ],
+)
+def test_a_bad_config_is_one_line(tmp_path, monkeypatch, capsys, override, words):
+    code, _, err = train_cli(monkeypatch, capsys, tmp_path / "r", override)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_other_algorithms_refuse_optimizer_families(tmp_path, monkeypatch, capsys):
+    code, _, err = cli(
+        monkeypatch, capsys, "train", "--config", "maml-sine", "--out", tmp_path / "r", "task.name=quadratic"
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "task.name" in err, err

@@ -1,0 +1,142 @@
+"""The in-place ``torch.optim`` step of the learned optimizers (issue 21, speed): same values as the functional rule
+the inner loop differentiates, block by block, with the accumulators and work buffers updated in place."""
+
+import pytest
+import torch
+from test_learned_optimizers import perturbed
+from torch.func import functional_call, grad_and_value
+
+from innerloop.core import LearnedOptimizer
+from innerloop.core.rules import Adam, AdamCorrection, FactoredMLPOptimizer, MLPOptimizer
+
+FORMS = {
+    "mlp": lambda: MLPOptimizer(lr=0.01),
+    "adafactor": lambda: FactoredMLPOptimizer(lr=0.01, factor_min=3),
+    "adam-correction": lambda: AdamCorrection(lr=0.01, correction=0.01),
+    "adam-correction-fixed-lr": lambda: AdamCorrection(lr=0.01, correction=0.01, learn_lr=False),
+    "adam": lambda: Adam(0.02),
+}
+
+
+def model(dtype):
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(4, 7), torch.nn.Tanh(), torch.nn.Linear(7, 9), torch.nn.Tanh(), torch.nn.Linear(9, 2)]
+    return torch.nn.Sequential(*layers).to(dtype)
+
+
+def functional_run(net, rule, meta, x, y, steps, skip=None):
+    """The parameters after each step of ``rule.run`` at ``meta`` (the functional form), as one vector."""
+    params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    state, out = rule.init_state(params), []
+    for step in range(steps):
+        grads, loss = grad_and_value(lambda p: (functional_call(net, p, (x,)) - y).square().mean())(params)
+        names = [n for n in params if n != skip]
+        updates, new = rule.run({n: grads[n] for n in names}, {n: state[n] for n in names}, params, step, loss, meta)
+        state = {**state, **new}
+        params = {n: p + updates[n] if n in updates else p for n, p in params.items()}
+        out.append(torch.cat([p.reshape(-1) for p in params.values()]))
+    return out
+
+
+def optim_run(net, opt, x, y, steps, skip=None):
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        if skip is not None:
+            dict(net.named_parameters())[skip].grad = None
+        opt.step()
+        out.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
+    return out
+
+
+@pytest.mark.parametrize("block", [5, 9, 1 << 16])
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_the_in_place_step_equals_the_functional_rule_block_by_block(name, block):
+    net, dtype = model(torch.float64), torch.float64
+    x, y = torch.randn(16, 4, dtype=dtype), torch.randn(16, 2, dtype=dtype)
+    rule = FORMS[name]()
+    rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
+    meta = {k: v.detach().clone() for k, v in perturbed(FORMS[name]().to(dtype), seed=4).meta().items()}
+    opt = LearnedOptimizer(net.named_parameters(), rule=rule, meta=meta)  # meta: not the rule's own weights
+    opt.rule.block = block
+    expected = functional_run(net, opt.rule, meta, x, y, 6)
+    entries = None
+    for step, want in enumerate(expected):
+        got = optim_run(net, opt, x, y, 1)[0]
+        assert torch.allclose(got, want, rtol=0, atol=1e-13), (name, block, step, (got - want).abs().max().item())
+        now = [t for entry in opt.state.values() for t in entry.values()]  # held: an id is never reused meanwhile
+        assert entries is None or all(a is b for a, b in zip(now, entries)), "accumulators re-allocated, not updated"
+        entries = now
+    assert not torch.equal(expected[0], expected[-1])
+
+
+@pytest.mark.parametrize("name", ["mlp", "adafactor", "adam-correction"])
+def test_the_in_place_step_in_float32_equals_the_functional_rule_to_rounding(name):
+    net = model(torch.float32)
+    x, y = torch.randn(32, 4), torch.randn(32, 2)
+    rule = perturbed(FORMS[name](), seed=2)
+    rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
+    expected = functional_run(net, rule, None, x, y, 5)
+    opt = LearnedOptimizer(net.parameters(), rule=rule)
+    opt.rule.block = 8
+    for got, want in zip(optim_run(net, opt, x, y, 5), expected):
+        assert (got - want).abs().max() < 1e-6 * want.abs().max(), (got - want).abs().max().item()
+
+
+def test_a_parameter_without_gradient_is_left_alone_and_its_accumulators_too():
+    net = model(torch.float64)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    rule = perturbed(MLPOptimizer(lr=0.01))
+    rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
+    expected = functional_run(net, rule, None, x, y, 4, skip="2.weight")
+    opt = LearnedOptimizer(net.named_parameters(), rule=rule)
+    got = optim_run(net, opt, x, y, 4, skip="2.weight")
+    assert torch.allclose(got[-1], expected[-1], rtol=0, atol=1e-13)
+    frozen = dict(net.named_parameters())["2.weight"]
+    assert torch.equal(opt.state[frozen]["m"], torch.zeros_like(opt.state[frozen]["m"]))
+
+
+def test_the_work_buffers_are_reused_between_steps():
+    net = model(torch.float32)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    opt = LearnedOptimizer(net.parameters(), rule=MLPOptimizer())
+    optim_run(net, opt, x, y, 1)
+    buffers = [opt._scratch["x"], *opt._scratch["h"], opt._scratch["out"]]
+    optim_run(net, opt, x, y, 2)
+    assert all(a is b for a, b in zip(buffers, [opt._scratch["x"], *opt._scratch["h"], opt._scratch["out"]]))
+
+
+def test_state_dicts_are_snapshots_that_in_place_steps_never_write_into():
+    net = model(torch.float64)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    opt = LearnedOptimizer(net.parameters(), rule=MLPOptimizer(lr=0.01))
+    optim_run(net, opt, x, y, 2)
+    saved = opt.state_dict()
+    before = {k: {n: t.clone() for n, t in entry.items()} for k, entry in saved["state"].items()}
+    optim_run(net, opt, x, y, 2)
+    twins = [LearnedOptimizer(model(torch.float64).parameters(), rule=MLPOptimizer(lr=0.01)) for _ in range(2)]
+    for twin in twins:
+        twin.load_state_dict(saved)
+    optim_run(net, twins[0], x, y, 1)
+    for k, entry in saved["state"].items():
+        for n, t in entry.items():
+            assert torch.equal(t, before[k][n]), (k, n)
+
+
+class HalfSteps(MLPOptimizer):
+    """A variant that changes only the functional form (its in-place hooks are the parent's)."""
+
+    def step_from(self, out, g, m, v, step):
+        return 0.5 * super().step_from(out, g, m, v, step)
+
+
+def test_a_subclass_that_changes_only_the_functional_form_keeps_it_in_the_torch_optim_form():
+    net = model(torch.float64)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    rule = perturbed(HalfSteps(lr=0.01))
+    rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
+    expected = functional_run(net, rule, None, x, y, 3)
+    got = optim_run(net, LearnedOptimizer(net.parameters(), rule=rule), x, y, 3)
+    assert torch.allclose(got[-1], expected[-1], rtol=0, atol=1e-13)
+    assert MLPOptimizer().in_place_ready() and not rule.in_place_ready()
