@@ -4,7 +4,9 @@
 
 Every learner is built from its preset with the same task settings (5-way 1-shot, 15 queries, Conv-4-64,
 28x28; MAML one second-order inner step of 0.4) and meets the same seeded Omniglot training episodes and test
-episodes. Each runs in its own process (peak RSS is that child's alone, ``os.wait4``); per learner: the median
+episodes. The network is the preset's: MAML's and iMAML's strided Conv-4 (``model.pool=stride``; also MAML on
+the max-pool one), the max-pool Conv-4 for the others; MAML++ five second-order steps (its preset's first-order
+epochs off) and in its first-order phase. Each runs in its own process (peak RSS is that child's alone, ``os.wait4``); per learner: the median
 wall time of one meta-step (``learner.meta_step``: meta-gradient and Adam step) over ``--steps`` steps after one
 warm-up, and the median time per test episode of ``learner.evaluate`` (the baselines' 100-epoch test-time fit
 included). Baseline/Baseline++ train on base-class batches (their preset's ``BaseClassTasks``): the same images,
@@ -32,6 +34,14 @@ LEARNERS = {  # name -> (preset, extra overrides)
     "baseline++": ("baseline++-omniglot-5w1s", []),
     "r2d2": ("r2d2-omniglot-5w1s", []),
     "metaoptnet-svm": ("metaoptnet-svm-omniglot-5w1s", []),
+    "maml max-pool (2nd order, 1 step)": (
+        "maml-omniglot-5w1s",
+        ["algorithm.inner_steps=1", "algorithm.eval_steps=1", "model.pool=max"],
+    ),
+    "imaml (16 steps, CG 5)": ("imaml-omniglot-5w1s", []),
+    "imaml-hf (16 Newton-CG steps)": ("imaml-omniglot-5w1s", ["algorithm.inner_solver=hf"]),
+    "mamlpp (5 steps, 2nd order)": ("mamlpp-omniglot-5w1s", ["algorithm.first_order_epochs=0"]),
+    "mamlpp (5 steps, 1st-order phase)": ("mamlpp-omniglot-5w1s", []),
 }
 SAME = ["task.ways=5", "task.shots=1", "task.queries=15", "model.filters=64", "eval.queries=15", "train.seed=0"]
 

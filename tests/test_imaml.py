@@ -157,6 +157,9 @@ def test_memory_does_not_grow_with_the_inner_steps():
     assert peaks[100][0] <= 1.05 * peaks[5][0]  # iMAML keeps no inner step: the same peak for 5 and 100 steps
 
 
+SINE4 = SinusoidTasks(shots=10, queries=10, seed=0).sample(0, range(4)).to(dtype=torch.float64)
+
+
 def image_tasks(tasks=3, ways=5, shots=1, queries=2):
     g = torch.Generator().manual_seed(0)
     labels = [torch.arange(ways).repeat(n).expand(tasks, -1).contiguous() for n in (shots, queries)]
@@ -181,6 +184,63 @@ def test_vmap_and_loop_give_the_same_meta_gradient(task):
         results[strategy] = loss.detach(), metrics["inner_residual"], grads_of(learner)
     for vmapped, looped in zip(*results.values()):
         torch.testing.assert_close(vmapped, looped, rtol=0, atol=1e-10)
+
+
+def test_hessian_free_solver_reaches_the_closed_form_in_one_newton_step():
+    """iMAML-HF on linear regression: G is quadratic, so one Newton step with CG run to the dimension (5) lands on
+    phi* = (A + lam I)^-1 (b + lam theta) (the line search keeps t = 1), and the meta-gradient is the closed form's."""
+    batch, lam = regression_tasks(), 0.7
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1).double()
+    learner = IMAML(model, 0.25, 1, lam, cg_steps=10, inner_solver="hf", hf_cg_steps=5, strategy="vmap")
+    theta, eye = flatten([model.weight, model.bias]).detach(), torch.eye(5, dtype=torch.float64)
+    expected_phi, expected_grads = [], []
+    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        xs, xq = with_ones(sx), with_ones(qx)
+        a, b = 2 * xs.T @ xs / len(xs), 2 * xs.T @ sy[:, 0] / len(xs)
+        phi = torch.linalg.solve(a + lam * eye, b + lam * theta)
+        expected_phi.append(phi)
+        expected_grads.append(torch.linalg.solve(eye + a / lam, 2 * xq.T @ (xq @ phi - qy[:, 0]) / len(xq)))
+    torch.testing.assert_close(flatten(learner.adapt(batch.support_x[1], batch.support_y[1])), expected_phi[1])
+    loss, metrics = learner.meta_loss(batch)
+    loss.backward()
+    assert metrics["inner_residual"].max() < 1e-9
+    torch.testing.assert_close(grads_of(learner), torch.stack(expected_grads).mean(0), rtol=0, atol=1e-6)
+
+
+def test_hessian_free_steps_lower_the_proximal_objective_under_vmap_and_the_loop_alike():
+    """On a batch-norm Conv-4 (non-convex G): each Newton-CG step with its line search never raises G and two of them
+    lower it below two gradient-descent steps; on an MLP vmap = loop, and memory stays flat in the number of steps."""
+    lam, g = 2.0, torch.Generator().manual_seed(0)
+    sx, sy = torch.randn(5, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(5)
+    torch.manual_seed(0)
+    learner = IMAML(Conv4(1, 4, out_features=5, image_size=16).double(), 0.1, 2, lam, inner_solver="hf")
+    gd = IMAML(learner.model, 0.1, 2, lam, strategy="loop")
+    theta = learner.model_params()
+
+    def objective(params):
+        proximal = sum(((params[n] - theta[n]) ** 2).sum() for n in theta)
+        return learner.support_loss(params, {}, sx, sy) + lam / 2 * proximal
+
+    with torch.no_grad():
+        hf_values = torch.stack([objective(p) for p in learner.solve(theta, sx, sy, 2, trajectory=True)])
+        gd_value = objective(gd.solve(theta, sx, sy, 2))
+    assert (hf_values.diff() <= 1e-12).all() and hf_values[-1] < gd_value < hf_values[0], (hf_values, gd_value)
+    sine = SINE4[:2]
+    results = {}
+    for strategy in ("vmap", "loop"):
+        torch.manual_seed(0)
+        mlp = IMAML(MLP(1, [40, 40], 1).double(), 0.1, 2, lam, inner_solver="hf", strategy=strategy)
+        loss, metrics = mlp.meta_loss(sine)
+        loss.backward()
+        results[strategy] = loss.detach(), metrics["inner_residual"], grads_of(mlp)
+    for vmapped, looped in zip(*results.values()):
+        torch.testing.assert_close(vmapped, looped, rtol=0, atol=1e-10)
+    peaks = [  # from the second step on, each step frees what the one before took
+        peak_bytes_of_a_meta_step(IMAML(MLP(1, [40, 40], 1).double(), 0.1, k, lam, inner_solver="hf"), sine[:1])
+        for k in (2, 4)
+    ]
+    assert peaks[1] <= 1.05 * peaks[0], peaks
 
 
 def test_per_task_surrogates_carry_each_tasks_meta_gradient():
@@ -212,7 +272,16 @@ def test_meta_training_on_sinusoids_lowers_the_adapted_loss():
 
 
 @pytest.mark.parametrize(
-    "option, value", [("inner_lr", 0.0), ("lam", -1.0), ("cg_damping", -0.1), ("cg_steps", 0), ("inner_steps", 0)]
+    "option, value",
+    [
+        ("inner_lr", 0.0),
+        ("lam", -1.0),
+        ("cg_damping", -0.1),
+        ("cg_steps", 0),
+        ("inner_steps", 0),
+        ("inner_solver", "newton"),
+        ("hf_cg_steps", 0),
+    ],
 )
 def test_bad_options_are_refused_naming_them(option, value):
     with pytest.raises(ValueError, match=option):
@@ -267,7 +336,15 @@ def test_config_lists_imaml_and_its_options(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
-    "override", ["algorithm.lam=0", "algorithm.cg_steps=0", "algorithm.inner_steps=0", "algorithm.cg_damping=-1"]
+    "override",
+    [
+        "algorithm.lam=0",
+        "algorithm.cg_steps=0",
+        "algorithm.inner_steps=0",
+        "algorithm.cg_damping=-1",
+        "algorithm.inner_solver=newton",
+        "algorithm.hf_cg_steps=0",
+    ],
 )
 def test_bad_imaml_settings_are_one_line_naming_the_key(tmp_path, monkeypatch, capsys, override):
     code, _, err = cli(monkeypatch, capsys, "train", "--config", "imaml-sine", "--out", tmp_path / "x", override)

@@ -111,6 +111,23 @@ def test_runs_under_vmap_with_tol_none():
 
 
 # -- flatten / copy back by offset (core.params): distributed all-reduce, ProMP, TRPO, learned optimizers ---------------
+def test_negative_curvature_stops_a_system_on_a_descent_direction():
+    """Truncated CG (iMAML-HF's Newton systems): an indefinite A stops at the first p with p'Ap <= 0, keeping a
+    descent direction (x'b > 0); without the flag CG steps along it and x'b turns negative. Batched and under vmap."""
+    a = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    plain = conjugate_gradient(lambda v: a @ v, b, 2, tol=None)
+    assert plain @ b < 0  # a saddle: plain CG solves A x = b, an ascent direction for -b's objective
+    x = conjugate_gradient(lambda v: a @ v, b, 2, tol=None, negative_curvature=True)
+    torch.testing.assert_close(x, b)  # the first direction p = b has p'Ap = -3 < 0: x = b (steepest descent)
+    spd = torch.eye(2, dtype=torch.float64) * 2
+    both = torch.stack([a, spd])
+    batched = conjugate_gradient(lambda v: torch.einsum("kij,kj->ki", both, v), b.expand(2, 2), 2, None, 0.0, True)
+    torch.testing.assert_close(batched, torch.stack([b, b / 2]))  # the positive definite system is solved
+    mapped = vmap(lambda m: conjugate_gradient(lambda v: m @ v, b, 2, tol=None, negative_curvature=True))(both)
+    torch.testing.assert_close(mapped, batched)
+
+
 def test_flatten_and_unflatten_round_trip_lists_and_dicts_in_order():
     from innerloop.core.params import flatten, unflatten
 

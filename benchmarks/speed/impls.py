@@ -6,6 +6,10 @@ backward into ``.grad``; Reptile: the pseudo-gradient ``theta - mean_i theta_i``
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +24,49 @@ except ImportError:  # the higher column is skipped with a note
     HIGHER_MISSING = "higher is not installed (pip install higher; it is in innerloop's dev extra)"
 else:
     HIGHER_MISSING = None
+
+
+def _learn2learn_maml():
+    """learn2learn's ``MAML`` class: from the installed package, or from the source tree in ``$LEARN2LEARN_SRC``.
+
+    learn2learn 0.2.0 does not build on Python >= 3.11 (its shipped Cython output includes ``longintrepr.h``) and
+    ``import learn2learn`` needs torchvision and gym; its MAML is pure Python (``algorithms/maml.py``, which imports
+    only ``algorithms/base_learner.py`` and ``utils``), so it is loaded from an unpacked sdist without the package's
+    ``__init__``.
+    """
+    try:
+        import learn2learn
+
+        return learn2learn.algorithms.MAML
+    except ImportError:
+        root = os.environ.get("LEARN2LEARN_SRC")
+        if not root:
+            raise
+    import importlib.util
+    import types
+
+    package = Path(root) / "learn2learn"
+    for name, folder in (("learn2learn", package), ("learn2learn.algorithms", package / "algorithms")):
+        stub = types.ModuleType(name)
+        stub.__path__ = [str(folder)]
+        sys.modules.setdefault(name, stub)
+    for name in ("learn2learn.utils", "learn2learn.algorithms.base_learner", "learn2learn.algorithms.maml"):
+        path = package / (name.split(".", 1)[1].replace(".", "/") + ".py")
+        path = path if path.exists() else path.with_suffix("") / "__init__.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["learn2learn.algorithms.maml"].MAML
+
+
+try:
+    L2L_MAML = _learn2learn_maml()
+except ImportError:  # the learn2learn column is skipped with a note
+    L2L_MAML = None
+    L2L_MISSING = "learn2learn is not installed (pip install learn2learn, or LEARN2LEARN_SRC=an unpacked sdist)"
+else:
+    L2L_MISSING = None
 
 REFERENCE = "plain loop"
 AUTO = "innerloop auto"
@@ -123,6 +170,23 @@ class HigherMAML(Impl):
                     fast = list(fmodel.parameters())
                     for p, g in zip(params, torch.autograd.grad(query_loss, fast, allow_unused=True)):
                         _accumulate(p, g)
+
+
+class Learn2LearnMAML(Impl):
+    """learn2learn's pattern: ``l2l.algorithms.MAML(model, lr, first_order)``, one ``clone()`` per task,
+    ``adapt(loss)`` per inner step, query loss backward per task (its Omniglot example)."""
+
+    def __init__(self, model, lr: float, steps: int, first_order: bool) -> None:
+        super().__init__(model)
+        self.steps = steps
+        self.maml = L2L_MAML(model, lr=lr, first_order=first_order)
+
+    def step(self, batch):
+        for sx, sy, qx, qy in _tasks(batch):
+            learner = self.maml.clone()
+            for _ in range(self.steps):
+                learner.adapt(default_loss(learner(sx), sy))
+            (default_loss(learner(qx), qy) / batch.num_tasks).backward()
 
 
 class _Split:

@@ -24,6 +24,7 @@ from .impls import (
     HigherReptile,
     Impl,
     InnerloopImpl,
+    Learn2LearnMAML,
     NaiveANIL,
     PlainANIL,
     PlainMAML,
@@ -84,6 +85,13 @@ def _with_higher(impls: dict[str, Factory], skipped: dict[str, str], factory: Fa
         impls["higher"] = factory
 
 
+def _with_learn2learn(impls: dict[str, Factory], skipped: dict[str, str], factory: Factory) -> None:
+    if peers.L2L_MAML is None:
+        skipped["learn2learn"] = peers.L2L_MISSING
+    else:
+        impls["learn2learn"] = factory
+
+
 def sine_batch(tasks: int, shots: int = 10, queries: int = 10) -> TaskBatch:
     return SinusoidTasks(shots=shots, queries=queries, seed=0).sample(0, range(tasks))
 
@@ -108,7 +116,9 @@ def build_maml(
     tasks: int | None = None,
     quick: bool = False,
     queries: int | None = None,
+    pool: str = "max",
 ) -> Workload:
+    """MAML / FOMAML; ``pool="stride"``: MAML's own Omniglot network (stride-2 convolutions, no pooling)."""
     if domain == "sine":
         torch.manual_seed(0)
         model, lr, tasks, queries = MLP(1, (40, 40), 1), 0.01, tasks or 25, queries or 10
@@ -117,13 +127,14 @@ def build_maml(
     else:
         torch.manual_seed(0)
         model, lr, tasks, queries = (
-            Conv4(1, 64, out_features=5),
+            Conv4(1, 64, out_features=5, pool=pool),
             0.4,
             tasks or (2 if quick else 32),
             queries or (5 if quick else 15),
         )
         batch, peak = omniglot_batch(tasks, queries=queries), "conv"
-        what = f"Conv-4-64, 5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)"
+        net = "Conv-4-64 stride-2 (MAML's Omniglot network)" if pool == "stride" else "Conv-4-64"
+        what = f"{net}, 5-way 1-shot {queries} queries, {tasks} tasks (random 28x28)"
     order = "first" if first_order else "second"
     Learner = FOMAML if first_order else MAML
     impls = _innerloop_strategies(
@@ -144,8 +155,10 @@ def build_maml(
         )
     skipped: dict[str, str] = {}
     _with_higher(impls, skipped, lambda m: HigherMAML(m, lr, steps, first_order))
+    if domain != "sine":
+        _with_learn2learn(impls, skipped, lambda m: Learn2LearnMAML(m, lr, steps, first_order))
     impls[REFERENCE] = lambda m: PlainMAML(m, lr, steps, first_order)
-    name = f"{domain}-maml-{steps}step-{'1st' if first_order else '2nd'}"
+    name = f"{domain}{'-stride' * (pool == 'stride')}-maml-{steps}step-{'1st' if first_order else '2nd'}"
     return Workload(
         name,
         f"{'FOMAML' if first_order else 'MAML'} {order} order, {steps} inner step{'s' * (steps > 1)} of SGD {lr}; {what}",
@@ -262,6 +275,10 @@ WORKLOADS: dict[str, Callable[..., Workload]] = {
         f"omniglot-maml-{k}step-{o}": (lambda k=k, o=o, **kw: build_maml("omniglot", k, o == "1st", **kw))
         for k in (1, 5)
         for o in ("2nd", "1st")
+    },
+    **{
+        f"omniglot-stride-maml-{k}step-2nd": (lambda k=k, **kw: build_maml("omniglot", k, False, pool="stride", **kw))
+        for k in (1, 5)
     },
     "omniglot-anil-5step-2nd": lambda **kw: build_anil(5, **kw),
     "sine-reptile-5step": lambda **kw: build_reptile("sine", 5, **kw),

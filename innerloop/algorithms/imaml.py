@@ -14,9 +14,12 @@ and the meta-gradient of ``L_query_i(phi*_i)`` follows from the stationarity of 
 
 solved with ``cg_steps`` conjugate-gradient steps from 0 on Hessian-vector products (Algorithm 2, a fixed
 number of steps so that it runs under ``vmap``; ``cg_damping`` adds ``cg_damping * I`` to the system).
-Departs from the paper: the inner problem is solved by ``inner_steps`` steps of plain gradient descent on
-``G_i`` only (not its Hessian-free / Nesterov solvers), with no autograd graph, so memory does not grow with
-``inner_steps``; parameters outside ``adapt=`` (shared, not in the proximal term) get the exact total derivative
+The inner problem is solved with no autograd graph (memory does not grow with ``inner_steps``) by
+``inner_steps`` steps of gradient descent on ``G_i`` (iMAML-GD), or with ``inner_solver="hf"`` by Hessian-free
+Newton steps (iMAML-HF): ``d ~ -(H_i + lambda I)^-1 grad G_i`` by ``hf_cg_steps`` CG steps (truncated at negative
+curvature), then ``phi <- phi + t d`` with ``t`` the best of 1, 1/2, ..., 1/32 and 0 by ``G_i`` (the paper's line
+search as a fixed grid, so that it runs under ``vmap``). Departs from the paper: parameters outside ``adapt=``
+(shared, not in the proximal term) get the exact total derivative
 ``dL_q/dtheta_s - (d grad_phi L_s / d theta_s)^T (H_i + lambda I)^-1 grad_phi L_q`` (the paper adapts all).
 """
 
@@ -52,8 +55,12 @@ def _positive(name: str, value: object, allow_zero: bool = False) -> float:
     return float(value)
 
 
+SOLVERS = ("gd", "hf")  # the inner solvers: gradient descent, Hessian-free Newton-CG
+LINE_SEARCH = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0)  # the step sizes t of a Newton step; 0 keeps phi
+
+
 class IMAML(MetaLearner):
-    """Implicit MAML: a proximal inner problem solved by gradient descent, an implicit meta-gradient by CG.
+    """Implicit MAML: a proximal inner problem solved by gradient descent or Newton-CG, an implicit meta-gradient by CG.
 
     :meth:`episode_metrics` computes each task's implicit meta-gradient ``g_i`` eagerly (no inner graph) into a
     surrogate whose value is the query loss at ``phi*_i`` and whose gradient is ``g_i``, so ``meta_loss(batch)``
@@ -68,10 +75,13 @@ class IMAML(MetaLearner):
         cg_damping: added to the CG system, ``((1 + cg_damping) I + H / lambda) g = grad L_query``.
         adapt: the adapted parameters (in the proximal problem): ``"all"``, ``"head"``, a regular expression, a
             list of names or a predicate; the others are shared and get their exact total derivative.
-        eval_steps: default gradient-descent steps of :meth:`adapt` and evaluation (default: inner_steps).
+        eval_steps: default inner-solver steps of :meth:`adapt` and evaluation (default: inner_steps).
         loss_fn: ``(output, target)`` or ``(output, target, params) -> scalar`` task loss (support and query);
             default cross-entropy for integer labels, else MSE.
         strategy: ``"vmap"``, ``"loop"`` or ``"auto"``: how the tasks of a batch are mapped (same numbers).
+        inner_solver: ``"gd"`` (gradient descent of rate ``inner_lr``) or ``"hf"`` (Hessian-free Newton-CG steps
+            with a line search; ``inner_lr`` unused), the solver of the proximal inner problem.
+        hf_cg_steps: CG steps (Hessian-vector products) per Newton step of ``inner_solver="hf"`` (5 in the paper).
     """
 
     #: What a diverging run proposes: CG needs ``I + H / lambda`` positive definite, which a larger lambda restores.
@@ -89,8 +99,14 @@ class IMAML(MetaLearner):
         eval_steps: int | None = None,
         loss_fn=None,
         strategy: str = "auto",
+        inner_solver: str = "gd",
+        hf_cg_steps: int = 5,
     ) -> None:
         super().__init__(model, loss_fn, strategy)
+        if inner_solver not in SOLVERS:
+            raise ValueError(f"inner_solver must be one of {', '.join(SOLVERS)}, got {inner_solver!r}")
+        self.inner_solver = inner_solver
+        self.hf_cg_steps = positive_int("hf_cg_steps", hf_cg_steps)
         self.inner_lr = _positive("inner_lr", inner_lr)
         self.inner_steps = positive_int("inner_steps", inner_steps)  # 0 steps: phi* = theta is no stationary point
         self.eval_steps = positive_int("eval_steps", inner_steps if eval_steps is None else eval_steps, allow_zero=True)
@@ -107,18 +123,42 @@ class IMAML(MetaLearner):
         return self.task_loss(self.functional(params, x), y, params)
 
     def solve(self, theta: Params, x, y, steps: int, trajectory: bool = False) -> Any:
-        """``phi*``: ``steps`` gradient-descent steps (the engine's ``adapt_params`` with ``SGD(inner_lr)``) on
-        ``G(phi) = L_support(phi) + lambda/2 ||phi - theta||^2`` from ``phi = theta``, detached, no graph kept;
-        with ``trajectory``, the list of parameters after 0, 1, ..., ``steps`` steps."""
+        """``phi*``: ``steps`` steps of the inner solver on ``G(phi) = L_support(phi) + lambda/2 ||phi - theta||^2``
+        from ``phi = theta`` (gradient descent: the engine's ``adapt_params`` with ``SGD(inner_lr)``; or Newton-CG),
+        detached, no graph kept; with ``trajectory``, the list of parameters after 0, 1, ..., ``steps`` steps."""
         anchor, shared = split({n: p.detach() for n, p in theta.items()}, self.adapted_names)
 
         def objective(params: Params, data) -> torch.Tensor:
             proximal = sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
             return self.support_loss({n: params[n] for n in anchor}, shared, *data) + self.lam / 2 * proximal
 
+        if self.inner_solver == "hf":
+            return self._newton_cg(lambda fast: objective(fast, (x, y)), anchor, shared, steps, trajectory)
         return adapt_params(
             objective, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory
         )
+
+    def _newton_cg(self, objective, anchor: Params, shared: Params, steps: int, trajectory: bool) -> Any:
+        """iMAML-HF: ``phi <- phi + t d``, ``d`` from ``hf_cg_steps`` CG steps on ``(H + lambda I) d = -grad G``
+        (Hessian-vector products of ``G``; stopped at negative curvature), ``t`` the step of :data:`LINE_SEARCH`
+        with the lowest ``G``."""
+        phi, path = dict(anchor), [{**shared, **anchor}]
+        sizes = torch.tensor(LINE_SEARCH, dtype=next(iter(anchor.values())).dtype)
+        for _ in range(steps):
+            linearized = vjp(grad(objective), phi)  # v -> (H + lambda I) v (symmetric: vjp is the product)
+            g, hvp = linearized[0], linearized[1]
+
+            def matvec(v: torch.Tensor, hvp=hvp, phi=phi) -> torch.Tensor:
+                return flatten(hvp(unflatten(v, phi))[0])
+
+            direction = conjugate_gradient(matvec, -flatten(g), self.hf_cg_steps, tol=None, negative_curvature=True)
+            d = unflatten(direction, phi)
+            values = torch.stack([objective({n: p + t * d[n] for n, p in phi.items()}) for t in LINE_SEARCH])
+            t = sizes.to(values.device)[values.argmin()]
+            phi = {n: p + t * d[n] for n, p in phi.items()}
+            if trajectory:  # else only the current phi is kept: memory does not grow with the steps
+                path.append({**shared, **phi})
+        return path if trajectory else {**shared, **phi}
 
     def implicit_grad(self, theta: Params, sx, sy, qx, qy) -> tuple[Params, dict[str, torch.Tensor]]:
         """One task's meta-gradient ``name -> tensor`` (for every parameter of ``theta``) and its query metrics."""

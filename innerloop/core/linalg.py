@@ -24,6 +24,7 @@ def conjugate_gradient(
     iterations: int = 10,
     tol: float | None = 1e-10,
     damping: float = 0.0,
+    negative_curvature: bool = False,
 ) -> torch.Tensor:
     """Approximately solve ``(A + damping I) x = b`` from ``x = 0``, for ``A`` symmetric positive definite.
 
@@ -38,6 +39,9 @@ def conjugate_gradient(
             a system whose squared residual falls below ``eps^2`` times its initial one stops moving.
         damping: Tikhonov term added to ``A`` (``A v + damping v``), e.g. iMAML's ``lambda`` with ``A = H``
             and ``b = lambda g`` for ``(I + H / lambda) x = g``.
+        negative_curvature: for an ``A`` that may be indefinite (a Newton system): a system stops at the first
+            direction ``p`` with ``p' A p <= 0`` and keeps its current ``x``, or ``b`` if that is the first
+            direction (truncated CG, Steihaug 1983), so ``x' b > 0``: a descent direction for ``b = -gradient``.
 
     >>> x = conjugate_gradient(lambda v: a @ v, b, iterations=20)
     """
@@ -45,13 +49,18 @@ def conjugate_gradient(
     r, p = b.clone(), b.clone()
     rr = _dot(r, r)
     floor = rr * torch.finfo(b.dtype).eps ** 2  # tol=None: solved to rounding (further steps would divide 0 by 0)
-    for _ in range(iterations):
-        done = rr < tol if tol is not None else rr <= floor
+    stopped = torch.zeros_like(rr, dtype=torch.bool)  # negative_curvature: the systems that met one
+    for i in range(iterations):
+        done = (rr < tol if tol is not None else rr <= floor) | stopped
         if tol is not None and bool(done.all()):
             break
         ap = matvec(p)
         if damping:
             ap = ap + damping * p
+        if negative_curvature:
+            bent = (_dot(p, ap) <= 0) & ~done
+            x = torch.where(bent.unsqueeze(-1), b, x) if i == 0 else x
+            stopped, done = stopped | bent, done | bent
         alpha = torch.where(done, 0.0, rr / _dot(p, ap))  # a finished system takes no more steps (and no 0/0)
         x = x + alpha.unsqueeze(-1) * p
         r = r - alpha.unsqueeze(-1) * ap
