@@ -5,14 +5,17 @@ import json
 
 import pytest
 import torch
+from shared_data import needs_omniglot  # tests/shared_data.py
 from torch import nn
 
 from innerloop.algorithms.step import Shard
+from innerloop.errors import ConfigError
 from innerloop.tasks import SinusoidTasks
 from innerloop.tasks.fixed import EVAL_DRAW
 from innerloop.training.checkpoint import load_checkpoint
 from innerloop.training.config import load_config
-from innerloop.training.overfitting import BestCheckpoint, SeenTasks, best_checkpoint
+from innerloop.training.overfitting import BestCheckpoint, SeenTasks, best_checkpoint, meta_train_tasks
+from innerloop.training.task_sources import build_tasks
 from innerloop.training.trainer import Trainer
 
 OVERRIDES = [
@@ -125,3 +128,32 @@ def test_the_best_metric_follows_its_direction_and_refuses_an_unknown_name(tmp_p
     with pytest.raises(Exception, match=r"train\.best_metric='nope'.*loss"):
         BestCheckpoint(tmp_path, "nope").improved({"loss": 1.0})
     assert not BestCheckpoint(tmp_path, "none").improved({"loss": 1.0})
+
+
+@needs_omniglot
+def test_meta_training_classes_are_scored_with_the_validation_protocol_where_training_differs():
+    """ProtoNets trains on 60-way episodes and validates 5-way: its meta-train records use 5-way 1-shot 15-query
+    episodes of the training classes, or the gap would measure the protocol (60 ways are harder than 5)."""
+    config = load_config("protonet-omniglot-5w1s")
+    seen = meta_train_tasks(config)
+    batch = seen.sample(EVAL_DRAW, range(2))
+    assert batch.support_y.shape == (2, 5) and batch.query_y.shape == (2, 75)
+    assert seen.source.class_names == build_tasks(config, "train").class_names  # the training classes
+    same = load_config("protonet-omniglot-5w1s", ["task.ways=5", "task.queries=2"])  # ways and shots agree:
+    assert seen_queries(same) == 2  # the very episodes of training (its queries)
+
+
+def seen_queries(config) -> int:
+    return meta_train_tasks(config).sample(EVAL_DRAW, [0]).query_y.shape[1] // config.task.ways
+
+
+def test_no_best_checkpoint_says_why_when_every_validation_diverged(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    val = {"split": "val", "iteration": 2, "loss": float("nan"), "loss_median": 0.5, "loss_nonfinite": 3}
+    (run / "metrics.jsonl").write_text(json.dumps(val) + "\n" + json.dumps({**val, "iteration": 4}) + "\n")
+    with pytest.raises(ConfigError, match="every one of its 2 validations had diverged tasks"):
+        best_checkpoint(run)
+    (run / "metrics.jsonl").write_text(json.dumps({**val, "loss": 0.4, "loss_nonfinite": 0}) + "\n")
+    with pytest.raises(ConfigError, match="it is kept at each validation"):
+        best_checkpoint(run)

@@ -198,3 +198,20 @@ def test_a_meta_rl_shift_evaluates_beside_the_plain_protocol_it_equals_without_s
     far = table["goal=1:2"]
     assert far["results"]["rl"][0]["return"]["mean"] < table["in-distribution"]["results"]["rl"][0]["return"]["mean"]
     assert set(far["change"]["rl"]) == {0, 1}
+
+
+def test_the_shift_table_counts_diverged_tasks_and_gives_their_median():
+    from innerloop.stats import summarize
+    from innerloop.training.shift_eval import format_shift_table
+
+    ok, diverged = summarize(torch.tensor([1.0, 2.0, 3.0])), summarize(torch.tensor([1.0, float("nan"), 5.0, 7.0]))
+    table = {
+        "in-distribution": {"results": {5: {10: {"loss": ok}}}},
+        "x_range=10:15": {
+            "results": {5: {10: {"loss": diverged}}},
+            "change": changes({5: {10: {"loss": ok}}}, {5: {10: {"loss": diverged}}}),
+        },
+    }
+    lines = format_shift_table(table).splitlines()
+    assert "non-finite" not in lines[1]
+    assert lines[2].startswith("x_range=10:15") and "[1/4 non-finite, median 5.000]" in lines[2]

@@ -14,6 +14,7 @@ from .adaptation import (
     representation_similarity,
 )
 from .blackbox import attention_weights, cnp_probe, linear_probe, snail_attention
+from .embedding import embedding_finetune, embedding_similarity
 from .report import analyze, write_report
 from .rules import has_state, response_curves, rule_readout
 from .similarity import canonical_correlations, linear_cka, pwcca, similarity, svcca
@@ -26,6 +27,8 @@ __all__ = [
     "canonical_correlations",
     "cnp_probe",
     "default_layers",
+    "embedding_finetune",
+    "embedding_similarity",
     "finetune",
     "has_state",
     "held_out_tasks",

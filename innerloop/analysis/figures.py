@@ -28,8 +28,9 @@ def parameter_change_figure(result: dict, path: str | Path) -> Path:
 def similarity_figure(result: dict, path: str | Path) -> Path:
     """Per layer, each measure between theta's activations and those after adaptation and after a plain fine-tune."""
     layers = result["layers"]
-    measures = list(next(iter(result["adapted"].values())).keys()) if layers else []
-    series = [(k, m) for m in measures for k in ("adapted", "finetune")]
+    kinds = [k for k in ("adapted", "finetune") if k in result]  # an embedding learner: the fine-tune only
+    measures = list(next(iter(result[kinds[0]].values())).keys()) if layers else []
+    series = [(k, m) for m in measures for k in kinds]
     width = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(layers) + 2), 4))
     x = np.arange(len(layers))
@@ -44,7 +45,8 @@ def similarity_figure(result: dict, path: str | Path) -> Path:
     ax.set_xticks(x + width * (len(series) - 1) / 2, layers, rotation=30, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("similarity to theta's activations")
-    ax.set_title(f"before vs after {result['steps']} inner steps (query inputs, {result['tasks']} tasks)")
+    what = "inner" if "adapted" in result else "fine-tune"
+    ax.set_title(f"before vs after {result['steps']} {what} steps (query inputs, {result['tasks']} tasks)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import figures
 from .adaptation import adaptation_path, held_out_tasks, parameter_change, representation_similarity
 from .blackbox import cnp_probe, snail_attention
+from .embedding import embedding_similarity
 from .rules import has_state, response_curves, rule_readout
 
 _log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ def _kind(learner) -> str:
         return "snail"
     if hasattr(getattr(learner, "model", None), "encode"):
         return "cnp"
+    if hasattr(learner, "head") and hasattr(learner, "embed") and hasattr(learner, "logits"):
+        return "embedding"
     return "other"
 
 
@@ -45,6 +48,7 @@ def analyze(
     steps: int | None = None,
     num_tasks: int = 100,
     similarity_tasks: int = 20,
+    finetune_lr: float | None = None,
 ) -> dict:
     """Run what applies to ``learner`` on the fixed evaluation tasks of ``source``; with ``out_dir``, write
     ``report.json``, ``report.md`` and the figures there. Returns the report dict. The similarity pools the
@@ -52,7 +56,9 @@ def analyze(
 
     Gradient-based learners: parameter change, representation similarity (adapted and fine-tuned), the update
     rule's readout and response curves. Meta-RL learners: parameter change, rule readout. SNAIL: attention.
-    CNP: the linear probe of its representation (sources with ``task_parameters``).
+    CNP: the linear probe of its representation (sources with ``task_parameters``). Embedding + head learners
+    (ProtoNets, ...): the similarity after a fine-tune of the embedding (``embedding_similarity``; ``steps``
+    default 10). ``finetune_lr``: the plain fine-tune's rate (default: the rule's; embedding learners 0.01).
     """
     kind = _kind(learner)
     report: dict = {"learner": type(learner).__name__, "kind": kind, "tasks": num_tasks, "notes": []}
@@ -60,7 +66,9 @@ def analyze(
     if kind in ("gradient", "policy"):
         report["parameter_change"] = parameter_change(learner, source, steps, num_tasks)
     if kind == "gradient":
-        report["similarity"] = representation_similarity(learner, source, steps, min(num_tasks, similarity_tasks))
+        report["similarity"] = representation_similarity(
+            learner, source, steps, min(num_tasks, similarity_tasks), finetune_lr=finetune_lr
+        )
     if rule is not None:
         readout = rule_readout(rule)
         params = learner.model_params() if kind == "gradient" else learner.params()
@@ -77,6 +85,14 @@ def analyze(
             report["cnp_probe"] = cnp_probe(learner, source, num_tasks=max(num_tasks, 200))
         else:
             report["notes"].append(f"{type(source).__name__} has no task_parameters: no probe of CNP's r")
+    if kind == "embedding":
+        report["similarity"] = embedding_similarity(
+            learner,
+            source,
+            steps if steps is not None else 10,
+            0.01 if finetune_lr is None else finetune_lr,
+            min(num_tasks, similarity_tasks),
+        )
     if kind == "other":
         report["notes"].append(f"{type(learner).__name__} has no inner loop and no analysis of its own here")
     if out_dir is not None:
@@ -136,7 +152,9 @@ def markdown(report: dict, shown: list[tuple[str, str]]) -> str:
         if any(pc["nonfinite"]):
             lines.append(f"\nTasks left out as non-finite (diverged), per step: {pc['nonfinite']}")
         lines.append("")
-    if "similarity" in report:
+    if "similarity" in report and "adapted" not in report["similarity"]:
+        lines += _embedding_markdown(report["similarity"])
+    elif "similarity" in report:
         sim = report["similarity"]
         measures = list(next(iter(sim["adapted"].values())).keys()) if sim["layers"] else []
         lines += [
@@ -188,3 +206,29 @@ def markdown(report: dict, shown: list[tuple[str, str]]) -> str:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
     lines += [f"Note: {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _embedding_markdown(sim: dict) -> list[str]:
+    """The section of ``embedding_similarity``'s result: similarity and change per layer, scores before/after."""
+    measures = list(next(iter(sim["finetune"].values())).keys()) if sim["layers"] else []
+    lines = [
+        f"## Similarity to phi's activations after a fine-tune of the embedding ({sim['steps']} SGD steps of "
+        f"{sim['finetune_lr']:g} on the support loss; {sim['tasks']} tasks' queries)",
+        "",
+        "| layer | " + " | ".join(f"{m} fine-tune" for m in measures) + " | CKA per task | relative change |",
+        "| --- |" + " --- |" * len(measures) + " --- | --- |",
+    ]
+    for n in sim["layers"]:
+        pt, ch = sim["cka_per_task"][n], sim["change"][n]
+        cells = " | ".join(_fmt(sim["finetune"][n][m]) for m in measures)
+        lines.append(f"| {n} | {cells} | {pt['mean']:.4f} ± {pt['std']:.2g} | {ch['mean']:.4g} ± {ch['std']:.2g} |")
+    sc = sim["scores"]
+    lines += [
+        "",
+        f"Query accuracy {sc['accuracy']['mean']:.4f} ± {sc['accuracy']['std']:.2g} before, "
+        f"{sc['finetune_accuracy']['mean']:.4f} ± {sc['finetune_accuracy']['std']:.2g} after the fine-tune; "
+        f"support loss {sc['loss']['mean']:.4g} -> {sc['finetune_loss']['mean']:.4g} (mean ± std over tasks).",
+    ]
+    if sim["nonfinite"]:
+        lines.append(f"{sim['nonfinite']} tasks left out: non-finite activations (a diverged fine-tune).")
+    return [*lines, ""]

@@ -16,6 +16,11 @@ def analyze_checkpoint(
     similarity_tasks: int = typer.Option(
         20, min=1, help="Tasks whose query activations the similarity pools (held in memory at once)."
     ),
+    finetune_lr: float | None = typer.Option(
+        None,
+        help="Rate of the plain fine-tune the similarity compares with (default: the inner rule's rate; "
+        "embedding learners such as ProtoNets: 0.01, with --steps default 10).",
+    ),
     output: Path | None = typer.Option(
         None,
         help="New folder for the report (default: RUN/analysis/step-N-tasksT[-K]/, a new one each time; "
@@ -40,7 +45,13 @@ def analyze_checkpoint(
         else new_folder(run_dir_of(ckpt) / "analysis" / f"step-{ckpt.iteration}-tasks{tasks}")
     )
     report = analyze(
-        learner, build_tasks(ckpt.config, "test"), out, steps=steps, num_tasks=tasks, similarity_tasks=similarity_tasks
+        learner,
+        build_tasks(ckpt.config, "test"),
+        out,
+        steps=steps,
+        num_tasks=tasks,
+        similarity_tasks=similarity_tasks,
+        finetune_lr=finetune_lr,
     )
     typer.echo(
         f"analysis of {report['learner']} (checkpoint step {ckpt.iteration}, {tasks} test tasks): {out / 'report.md'}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import registry
 from ..errors import ConfigError
 from ..tasks.batch import TaskBatch
 from .checkpoint import write_text_atomic
@@ -51,11 +52,28 @@ def best_checkpoint(run_dir: str | Path) -> Path:
     """The best-validation checkpoint folder of a run (``RUN/checkpoints/best-step-N``), or a ConfigError."""
     record = read_best(Path(run_dir) / "checkpoints")
     if record is None or not (Path(run_dir) / "checkpoints" / record["checkpoint"]).is_dir():
+        diverged = _diverged_validations(Path(run_dir))
+        why = (
+            f"every one of its {diverged} validations had diverged tasks (a non-finite mean is never the best; "
+            "see the *_nonfinite fields of metrics.jsonl): validate with fewer eval steps or a smaller inner lr, or"
+            if diverged
+            else "it is kept at each validation of a run with validation tasks and train.best_metric other than none:"
+        )
         raise ConfigError(
-            f"{run_dir} has no best-validation checkpoint (checkpoints/{BEST}); it is kept at each validation of "
-            "a run with validation tasks and train.best_metric other than none: evaluate the latest one instead"
+            f"{run_dir} has no best-validation checkpoint (checkpoints/{BEST}); {why} evaluate the latest one instead"
         )
     return Path(run_dir) / "checkpoints" / record["checkpoint"]
+
+
+def _diverged_validations(run_dir: Path) -> int:
+    """How many validations of the run had diverged tasks, where all had (0 where none, any had not, or no log)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        val = [r for r in map(json.loads, lines) if r.get("split") == "val"]
+    except (OSError, ValueError):
+        return 0
+    diverged = [r for r in val if any(k.endswith("_nonfinite") and v for k, v in r.items())]
+    return len(val) if val and len(diverged) == len(val) else 0
 
 
 def read_best(root: Path) -> dict | None:
@@ -140,8 +158,25 @@ class BestCheckpoint:
         return final
 
 
+def validation_protocol(config) -> dict:
+    """The ways/shots/queries of validation where an image family trains with others (ProtoNets' 60-way
+    episodes, MAML's one query): the meta-training classes are then scored as the validation classes are, so
+    the gap measures the classes, not the protocol. The tasks are then of the training classes, drawn at the
+    draws meta-training made, not its very episodes. Empty where both protocols agree or the family has none."""
+    task, e = config.task, config.eval
+    if not hasattr(task, "ways") or registry.task_family(task.name).kind != "classification":
+        return {}
+    protocol = {"ways": e.ways or task.ways, "shots": e.shots[0], "queries": e.queries}
+    return {} if (task.ways, task.shots) == (protocol["ways"], protocol["shots"]) else protocol
+
+
 def meta_train_tasks(config) -> SeenTasks | None:
     """The meta-training tasks a run validates beside its validation tasks (``train.val_train_tasks``; 0: none)."""
     t = config.train
     n = t.val_tasks if t.val_train_tasks is None else t.val_train_tasks
-    return SeenTasks(build_tasks(config, "train", wrapped=False), t.meta_batch_size, n) if n else None
+    if not n:
+        return None
+    source = build_tasks(config, "train", wrapped=False, **validation_protocol(config))
+    if hasattr(source, "seen"):  # a learned optimizer's runs: the tasks they trained on (unroll.learner)
+        return source.seen(t.seed, t.meta_batch_size, n)
+    return SeenTasks(source, t.meta_batch_size, n)

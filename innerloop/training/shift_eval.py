@@ -160,6 +160,8 @@ def format_shift_table(table: dict) -> str:
                 c = entry.get("change", {}).get(k, {}).get(step, {}).get(metric)
                 if c is not None:
                     cell += f" ({c['mean'] * scale:+.3f} ± {c['ci95'] * scale:.3f})"
+                if s.get("nonfinite"):  # diverged adaptations: the mean is meaningless, the count and median are not
+                    cell += f" [{s['nonfinite']}/{s['n']} non-finite, median {s['median'] * scale:.3f}]"
                 cells.append(cell)
         lines.append(f"{label:<22}" + " | ".join(cells))
     return "\n".join(lines)

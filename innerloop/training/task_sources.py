@@ -24,12 +24,18 @@ DEFAULT_IMAGE_SIZE = 84  # the side of an image family that declares none
 
 
 def build_tasks(
-    config: Config, split: str = "train", shots: int | None = None, queries: int | None = None, wrapped: bool = True
+    config: Config,
+    split: str = "train",
+    shots: int | None = None,
+    queries: int | None = None,
+    wrapped: bool = True,
+    ways: int | None = None,
 ):
     """The task source of ``split``: train uses the task section, val/test the eval section's ways.
 
     Sinusoid splits differ by seed (the family is infinite); image splits by class. ``wrapped=False``: the
     train split's episodes without the algorithm's ``train_tasks`` wrapper (baseline's base-class labels).
+    ``ways``/``shots``/``queries`` override the split's own (image families).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
@@ -43,7 +49,7 @@ def build_tasks(
         return RLTasks(build_family(config), seed, split)
     from ..data import EpisodicTasks
 
-    ways = task.ways if split == "train" else (config.eval.ways or task.ways)
+    ways = ways or (task.ways if split == "train" else (config.eval.ways or task.ways))
     if split != "train":
         shots = shots or config.eval.shots[0]
         queries = queries or config.eval.queries
