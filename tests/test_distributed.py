@@ -91,6 +91,7 @@ def test_shards_partition_the_meta_batch():
 def test_p_processes_give_the_meta_gradient_of_one(tmp_path, preset, procs, batch):
     """P ranks with B/P tasks each (10 over 4 ranks: 3, 3, 2, 2) = one process with B tasks."""
     overrides = [*EXACT, *GRADIENT, f"train.meta_batch_size={batch}"]
+    overrides += SMALL_LEARNER.get(preset, [])
     out = tmp_path / f"p{procs}"
     result = run([*TORCHRUN, f"--nproc-per-node={procs}", "-m", "innerloop", *train_args(preset, out, overrides)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -345,6 +346,9 @@ def test_a_rank_that_cannot_reach_the_group_times_out_clearly(tmp_path):
     ), result.stderr[-2000:]
 
 
+SMALL_LEARNER = {"rl2-nav2d": ["algorithm.hidden_size=16", "algorithm.epochs=2"]}  # its GRU is not model.hidden
+
+
 @pytest.mark.parametrize("preset,procs", [("maml-trpo-bandit", 2), ("promp-nav2d", 2), ("rl2-nav2d", 2)])
 def test_meta_rl_rollouts_spread_over_ranks_match_one_process(tmp_path, preset, procs):
     """Each rank rolls out its shard of the tasks; TRPO's (ProMP's) sums are all-reduced: same step as one process."""
@@ -366,6 +370,7 @@ def test_meta_rl_rollouts_spread_over_ranks_match_one_process(tmp_path, preset, 
         # amplifies summation-order rounding to percents in 10 iterations; damping makes it well conditioned.
         "rl.cg_damping=0.1",
     ]
+    overrides += SMALL_LEARNER.get(preset, [])
     out = tmp_path / f"p{procs}"
     result = run([*TORCHRUN, f"--nproc-per-node={procs}", "-m", "innerloop", *train_args(preset, out, overrides)])
     assert result.returncode == 0, result.stderr[-3000:]

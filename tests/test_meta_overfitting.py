@@ -139,12 +139,11 @@ def test_meta_training_classes_are_scored_with_the_validation_protocol_where_tra
     batch = seen.sample(EVAL_DRAW, range(2))
     assert batch.support_y.shape == (2, 5) and batch.query_y.shape == (2, 75)
     assert seen.source.class_names == build_tasks(config, "train").class_names  # the training classes
-    same = load_config("protonet-omniglot-5w1s", ["task.ways=5", "task.queries=2"])  # ways and shots agree:
-    assert seen_queries(same) == 2  # the very episodes of training (its queries)
-
-
-def seen_queries(config) -> int:
-    return meta_train_tasks(config).sample(EVAL_DRAW, [0]).query_y.shape[1] // config.task.ways
+    assert load_config("maml-omniglot-5w1s").task.queries == 1  # one query per class at training: scored with 15
+    assert meta_train_tasks(load_config("maml-omniglot-5w1s")).sample(EVAL_DRAW, [0]).query_y.shape == (1, 75)
+    same = load_config("protonet-omniglot-5w1s", ["task.ways=5", "task.queries=15"])  # both protocols agree:
+    seen = meta_train_tasks(same).sample(EVAL_DRAW, [1])  # the very episodes of training (one per meta-batch)
+    assert torch.equal(seen.query_x, build_tasks(same, "train").sample(1, [0]).query_x)
 
 
 def test_no_best_checkpoint_says_why_when_every_validation_diverged(tmp_path):

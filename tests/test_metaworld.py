@@ -262,3 +262,20 @@ def test_an_rl2_iteration_runs_from_the_preset_and_eval_reports_success(tmp_path
     assert 0.0 <= train["success_after"] <= 1.0 and train["env_steps"] == 2 * 1 * 2 * 20
     assert val["split"] == "val" and 0.0 <= val["success_1"] <= 1.0 and "return_1" in val
     assert "Meta-World protocol, 3 test goals" in out and (tmp_path / "success.png").exists()
+
+
+def meta_world_presets() -> list[str]:
+    from innerloop.rl.envs.metaworld import FAMILIES as METAWORLD
+    from innerloop.training.config import load_config, preset_names
+
+    return [name for name in preset_names() if load_config(name).task.name in METAWORLD]
+
+
+@pytest.mark.parametrize("preset", meta_world_presets())
+def test_every_meta_world_preset_builds_its_learner(preset):
+    """The main suite's every-preset test skips these (no metaworld there): each loads, validates and builds here."""
+    from innerloop.training.builders import build_rl_learner
+    from innerloop.training.config import load_config
+
+    learner = build_rl_learner(load_config(preset))
+    assert sum(p.numel() for p in learner.parameters()) > 0

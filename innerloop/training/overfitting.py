@@ -160,14 +160,15 @@ class BestCheckpoint:
 
 def validation_protocol(config) -> dict:
     """The ways/shots/queries of validation where an image family trains with others (ProtoNets' 60-way
-    episodes, MAML's one query): the meta-training classes are then scored as the validation classes are, so
-    the gap measures the classes, not the protocol. The tasks are then of the training classes, drawn at the
+    episodes, MAML's one query per class, which also changes transductive batch-norm statistics): the
+    meta-training classes are then scored as the validation classes are, so the gap measures the classes, not
+    the protocol. The tasks are then of the training classes, drawn at the
     draws meta-training made, not its very episodes. Empty where both protocols agree or the family has none."""
     task, e = config.task, config.eval
     if not hasattr(task, "ways") or registry.task_family(task.name).kind != "classification":
         return {}
     protocol = {"ways": e.ways or task.ways, "shots": e.shots[0], "queries": e.queries}
-    return {} if (task.ways, task.shots) == (protocol["ways"], protocol["shots"]) else protocol
+    return {} if (task.ways, task.shots, task.queries) == tuple(protocol.values()) else protocol
 
 
 def meta_train_tasks(config) -> SeenTasks | None:
