@@ -6,7 +6,7 @@ in distribution and under amplitude, phase and input-range shifts (`innerloop.tr
         --figure benchmarks/shift_sinusoid.png
 
 prints a Markdown table (query MSE at each evaluated step of each learner, mean ± 95% CI over the test tasks, and
-the change), writes ``OUT/shift_sinusoid.json`` and, with ``--figure``, one PNG of MSE against shift size with
+the change), writes ``OUT/shift_sinusoid-seeds<S>.json`` (``-2``, ``-3``, ... beside an earlier one, never over it) and, with ``--figure``, one PNG of MSE against shift size with
 every learner. Run ``OUT/s<seed>/<preset>``; an existing run is reused (its best-validation checkpoint).
 Nothing here is a test; see benchmarks/RESULTS.md for runs that were made.
 """
@@ -113,6 +113,14 @@ def figure(results: dict, shifts: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
+def new_file(path: Path) -> Path:
+    """``path``, or ``path`` with ``-2``, ``-3``, ... where it exists: a rerun never replaces an earlier result."""
+    candidate, k = path, 2
+    while candidate.exists():
+        candidate, k = path.with_name(f"{path.stem}-{k}{path.suffix}"), k + 1
+    return candidate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=70000)
@@ -152,7 +160,10 @@ def main() -> None:
                     cells.append(cell)
                 print(f"| {preset} | {seed} | {step} | " + " | ".join(cells) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shift_sinusoid.json").write_text(json.dumps(results, indent=1))
+    seeds = "-".join(map(str, args.seeds))
+    written = new_file(args.out / f"shift_sinusoid-seeds{seeds}.json")
+    written.write_text(json.dumps(results, indent=1))
+    print(f"results: {written}", file=sys.stderr)
     if args.figure is not None:
         print(f"figure: {figure(results, args.shifts, args.figure)}", file=sys.stderr)
     print(f"command: {' '.join(sys.argv)}", file=sys.stderr)
