@@ -4,6 +4,10 @@ import sys
 
 from innerloop.cli.main import main
 
+# a two-iteration train + eval through the CLI (the learners' own CLI tests add their small-model keys)
+FAST_CLI_RUN = ["train.iterations=2", "train.val_every=2", "train.val_tasks=2", "train.checkpoint_every=2",
+                "train.progress=false", "eval.tasks=4", "eval.queries=2", "eval.batch_size=4"]  # fmt: skip
+
 
 def cli(monkeypatch, capsys, *args):
     """``innerloop ARGS``: (exit code, stdout, stderr)."""

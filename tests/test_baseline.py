@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runner import FAST_CLI_RUN as FAST
 from cli_runner import cli  # tests/cli_runner.py
 from shared_data import needs_omniglot  # tests/shared_data.py
 from torch import nn
@@ -180,10 +181,6 @@ def test_the_presets_build_their_learners_and_bad_settings_name_the_key():
     for override in ("algorithm.finetune_epochs=0", "algorithm.finetune_momentum=2", "algorithm.scale=0"):
         with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
             load_config("baseline++-omniglot-5w1s", [override])
-
-
-FAST = ["train.iterations=2", "train.val_every=2", "train.val_tasks=2", "train.checkpoint_every=2",
-        "train.progress=false", "eval.tasks=4", "eval.queries=2", "eval.batch_size=4"]  # fmt: skip
 
 
 @needs_omniglot

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runner import FAST_CLI_RUN as FAST
 from cli_runner import cli  # tests/cli_runner.py
 from shared_data import needs_omniglot  # tests/shared_data.py
 from torch import nn
@@ -236,10 +237,6 @@ def test_adapt_returns_the_class_weights_and_predict_their_logits():
 
 
 # --------------------------------------------------------------------------- registry, preset, command line
-FAST = ["train.iterations=2", "train.val_every=2", "train.val_tasks=2", "train.checkpoint_every=2",
-        "train.progress=false", "eval.tasks=4", "eval.queries=2", "eval.batch_size=4"]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "preset, cls, overrides, attrs",
     [("r2d2-omniglot-5w1s", R2D2, ["algorithm.lam=3.0", "algorithm.learn_lam=false"], {"lam": 3.0}),
