@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from innerloop.errors import ConfigError
-from innerloop.plots import _save, plt
+from innerloop.plots import plt, save_figure
 from innerloop.tasks.shift import parse_shift
 from innerloop.training.builders import learner_from_checkpoint
 from innerloop.training.checkpoint import load_checkpoint
@@ -110,7 +110,7 @@ def figure(results: dict, shifts: list[str], path: Path) -> Path:
     axes[0][0].set_ylabel("query MSE (mean ± 95% CI)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle("sinusoid regression under task-distribution shift (x: median where some tasks diverged)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def new_file(path: Path) -> Path:

@@ -14,7 +14,7 @@ import torch
 from .tasks.shift import RANGES
 
 
-def _save(fig, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Lay out, write and close ``fig``."""
     fig.tight_layout()
     path = Path(path)
@@ -53,7 +53,7 @@ def sinusoid_figure(learners: dict, tasks, path: str | Path, steps=(1, 10), draw
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("y")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 CURVES = (  # metrics.jsonl split, line style, legend
@@ -87,7 +87,7 @@ def training_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path or run_dir / "curves.png")
+    return save_figure(fig, path or run_dir / "curves.png")
 
 
 def _show(ax, image: torch.Tensor) -> None:
@@ -134,7 +134,7 @@ def episode_figure(learner, task, path: str | Path, max_query: int = 20) -> Path
     fig.suptitle(
         f"{sx.shape[0]} support images (top), query predictions (bottom): query accuracy {accuracy:.0%}", fontsize=9
     )
-    return _save(fig, path, dpi=100)
+    return save_figure(fig, path, dpi=100)
 
 
 def adaptation_curves(
@@ -163,7 +163,7 @@ def adaptation_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def return_curve(
@@ -186,7 +186,7 @@ def return_curve(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), episodes: int = 3) -> Path:
@@ -219,7 +219,7 @@ def navigation_figure(draw, path: str | Path, task: int = 0, steps=(0, 1, 2), ep
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)  # below: never over the goal
     ax.set_title("2D navigation: trajectories before and after adaptation")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def shift_figure(table: dict, path: str | Path, metric: str) -> Path:
@@ -249,4 +249,4 @@ def shift_figure(table: dict, path: str | Path, metric: str) -> Path:
         ax.set_ylabel(f"query {metric} after {step} step{'s' if step != 1 else ''}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

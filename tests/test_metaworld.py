@@ -8,6 +8,7 @@ package they fail, unless ``INNERLOOP_ALLOW_MISSING_METAWORLD=1`` (or ``INNERLOO
 
 import json
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -279,3 +280,49 @@ def test_every_meta_world_preset_builds_its_learner(preset):
 
     learner = build_rl_learner(load_config(preset))
     assert sum(p.numel() for p in learner.parameters()) > 0
+
+
+def _tiny_pearl(family, **kwargs):
+    from innerloop.rl.pearl import PEARL
+
+    tasks = family.sample_tasks(2, torch.Generator().manual_seed(0)).double()
+    sizes = dict(latent_dim=2, hidden=(8,), encoder_hidden=(8,), meta_batch=1, tasks_per_iteration=1, buffer_size=50)
+    return PEARL(family, tasks, initial_episodes=1, prior_episodes=1, posterior_episodes=0, **sizes, **kwargs)
+
+
+def test_pearl_agent_runs_in_metalearning_evaluation_and_folds_each_transition_into_its_posterior():
+    """The package's own harness drives PEARLAgent end to end; the agent's running posterior is the closed-form
+    product over the transitions it was shown, and a new round starts from the prior."""
+    import gymnasium as gym
+    from metaworld.evaluation import metalearning_evaluation
+
+    from innerloop.errors import ConfigError
+    from innerloop.rl.pearl_agent import PEARLAgent
+
+    family = make_family("ml1-reach", seed=5, horizon=20)
+    learner = _tiny_pearl(family).double()
+    envs = gym.make_vec("Meta-World/ML1-test", env_name="reach-v3", seed=5, meta_batch_size=1, max_episode_steps=20)
+    success, mean_return, _ = metalearning_evaluation(
+        PEARLAgent(learner, seed=3), envs, num_evals=1, adaptation_steps=1, adaptation_episodes=1, evaluation_episodes=1
+    )
+    envs.close()
+    assert 0.0 <= success <= 1.0 and np.isfinite(mean_return) and mean_return != 0.0
+
+    agent, gen = PEARLAgent(learner, seed=3), np.random.default_rng(0)
+    rows = []
+    for t in range(4):
+        obs = gen.normal(size=(2, learner.obs_dim))
+        agent.adapt_action(obs)
+        reward = gen.normal(size=2)
+        rows.append(torch.cat([torch.as_tensor(obs), agent.actions, torch.as_tensor(reward)[:, None]], -1))
+        done = np.array([t == 3, False])
+        agent.step(SimpleNamespace(observation=obs, reward=reward, terminated=done, truncated=np.zeros(2, bool)))
+    mean, variance = learner.encoder.posterior(torch.stack(rows, 1))
+    ours_mean, ours_variance = agent.factors.gaussian()
+    assert torch.allclose(ours_mean, mean, atol=1e-12) and torch.allclose(ours_variance, variance, atol=1e-12)
+    agent.init()
+    agent.adapt_action(gen.normal(size=(2, learner.obs_dim)))
+    assert torch.equal(agent.factors.precision, torch.zeros_like(agent.factors.precision))  # the prior again
+    family.close()
+    with pytest.raises(ConfigError, match="next observations"):
+        PEARLAgent(_tiny_pearl(make_family("ml1-reach", seed=5, horizon=20), next_obs_in_context=True))

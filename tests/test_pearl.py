@@ -162,3 +162,10 @@ def test_sac_constants_out_of_range_are_one_config_line(override, words):
     with pytest.raises(ConfigError) as err:
         load_config("pearl-nav2d", [override])
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("constant, value", [("temperature", 0.0), ("tau", 0.0), ("reward_scale", -1.0)])
+def test_the_python_constructor_refuses_the_same_constants(constant, value):
+    family = Navigation2D()
+    with pytest.raises(ConfigError, match=f"{constant} must be"):
+        PEARL(family, family.sample_tasks(4, torch.Generator().manual_seed(0)), **{constant: value})

@@ -305,3 +305,14 @@ def test_training_names_no_algorithm_task_family_or_network():
             if isinstance(node, ast.Constant) and node.value in names and id(node) not in defaults:
                 found.append(f"{path.name}:{node.lineno} {node.value!r}")
     assert found == []
+
+
+def test_metasgd_draws_its_rates_from_init_range_and_refuses_a_bad_range():
+    learner = build_learner(load_config("metasgd-sine", ["algorithm.init_range=[0.005,0.1]"]))
+    rates = torch.cat([r.flatten() for r in learner.update_rule.rates.values()])
+    assert 0.005 <= rates.min() < 0.02 and 0.085 < rates.max() <= 0.1  # drawn, not the constant inner_lr
+    constant = build_learner(load_config("metasgd-sine"))
+    assert all(bool((r == 0.01).all()) for r in constant.update_rule.rates.values())
+    for bad in ("[0.1,0.005]", "[0.01]"):
+        with pytest.raises(ConfigError, match=r"algorithm.init_range must be \[low, high\] with low < high"):
+            build_learner(load_config("metasgd-sine", [f"algorithm.init_range={bad}"]))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import _save, plt
+from ..plots import plt, save_figure
 
 
 def parameter_change_figure(result: dict, path: str | Path) -> Path:
@@ -22,7 +22,7 @@ def parameter_change_figure(result: dict, path: str | Path) -> Path:
     ax.set_title(f"parameter change per layer ({result['tasks']} tasks)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def similarity_figure(result: dict, path: str | Path) -> Path:
@@ -49,7 +49,7 @@ def similarity_figure(result: dict, path: str | Path) -> Path:
     ax.set_title(f"before vs after {result['steps']} {what} steps (query inputs, {result['tasks']} tasks)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def rates_figure(readout: dict, path: str | Path) -> Path:
@@ -80,7 +80,7 @@ def rates_figure(readout: dict, path: str | Path) -> Path:
         else:
             ax.set_xlabel("inner step")
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def spectra_figure(readout: dict, path: str | Path) -> Path:
@@ -95,7 +95,7 @@ def spectra_figure(readout: dict, path: str | Path) -> Path:
     ax.set_title("Meta-Curvature preconditioner spectra")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def response_figure(result: dict, path: str | Path) -> Path:
@@ -110,7 +110,7 @@ def response_figure(result: dict, path: str | Path) -> Path:
     ax.set_title(f"response curve (history: {result['history_steps']} steps of h * {result['scale']:.3g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def attention_figure(result: dict, path: str | Path, queries: int = 10) -> Path:
@@ -129,4 +129,4 @@ def attention_figure(result: dict, path: str | Path, queries: int = 10) -> Path:
             ax.set_yticks(range(len(ep["query_labels"])), list(map(str, ep["query_labels"])), fontsize=6)
             ax.set_ylabel("query (label)", fontsize=7)
             ax.set_title(f"attention block {b}", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..plots import _save, plt
+from ..plots import plt, save_figure
 from ..registry.builtin_lopt import IMAGE_FAMILIES, build_rule, optimizer_family
 from ..tasks.seeding import split_seed
 from ..unroll import TaskFamily
@@ -143,7 +143,7 @@ def curves_figure(payload: dict, path: Path) -> Path:
     for ax in list(axes.flat)[len(conds) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def response_figure(learner, path: Path, scale: float = 1.0) -> Path:
@@ -164,4 +164,4 @@ def response_figure(learner, path: Path, scale: float = 1.0) -> Path:
         ax.set_ylabel("update u")
         ax.axhline(0, color="0.7", lw=0.5)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

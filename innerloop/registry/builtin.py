@@ -92,6 +92,20 @@ def _check_snail(config) -> None:
         )
 
 
+def _build_metasgd(entry: AlgorithmEntry, inputs: BuildInputs):
+    kwargs = learner_kwargs(entry, inputs.options)
+    if kwargs["init_range"] is not None:
+        kwargs["init_range"] = tuple(kwargs["init_range"])
+    return entry.learner_class()(inputs.model, **kwargs)
+
+
+def _check_metasgd(config) -> None:
+    """``init_range`` is two numbers, low < high."""
+    r = config.algorithm.init_range
+    bad = r is not None and (len(r) != 2 or not r[0] < r[1])
+    require_bounds("metasgd", config.algorithm, ("init_range", bad, "[low, high] with low < high"), error=ConfigError)
+
+
 def _check_imaml(config) -> None:
     """iMAML's implicit gradient needs a solved inner problem (>= 1 step of gd or hf), lambda > 0, >= 1 CG step,
     damping >= 0."""
@@ -154,7 +168,15 @@ ALGORITHMS = [
         "maml", "innerloop.algorithms:MAML", o.MAMLOptions, build_with_rule, compile=True, checkpoint_steps=True
     ),
     AlgorithmEntry("fomaml", "innerloop.algorithms:FOMAML", o.FOMAMLOptions, build_with_rule, compile=True),
-    AlgorithmEntry("metasgd", "innerloop.algorithms:MetaSGD", o.MetaSGDOptions, compile=True, checkpoint_steps=True),
+    AlgorithmEntry(
+        "metasgd",
+        "innerloop.algorithms:MetaSGD",
+        o.MetaSGDRatesOptions,
+        _build_metasgd,
+        compile=True,
+        checkpoint_steps=True,
+        check=_check_metasgd,
+    ),
     AlgorithmEntry(
         "anil", "innerloop.algorithms:ANIL", o.ANILOptions, build_with_rule, compile=True, checkpoint_steps=True
     ),

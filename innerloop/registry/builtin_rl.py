@@ -141,18 +141,11 @@ def _check_rl2(config) -> None:
 
 
 def _check_pearl(config) -> None:
-    """SAC's constants in their ranges (a temperature <= 0 has no log; tau outside (0, 1] does not average)."""
+    """SAC's constants in their ranges, before the environments are built."""
+    from ..rl.pearl import check_sac_constants
+
     a = config.algorithm
-    require_bounds(
-        "pearl",
-        a,
-        ("temperature", not a.temperature > 0, "> 0"),
-        ("reward_scale", not a.reward_scale > 0, "> 0"),
-        ("tau", not 0 < a.tau <= 1, "in (0, 1]"),
-        ("kl_weight", not a.kl_weight >= 0, ">= 0"),
-        ("policy_reg", not a.policy_reg >= 0, ">= 0"),
-        error=ConfigError,
-    )
+    check_sac_constants(a.temperature, a.reward_scale, a.tau, a.kl_weight, a.policy_reg)
 
 
 # --------------------------------------------------------------------------- entries

@@ -34,6 +34,13 @@ class MetaSGDOptions(InnerLoopOptions):
 
 
 @dataclass
+class MetaSGDRatesOptions(MetaSGDOptions):
+    """Meta-SGD's learned rates (metasgd)."""
+
+    init_range: list[float] | None = None  # [low, high]: each rate drawn uniformly from it (the paper: [0.005, 0.1]); None: every rate inner_lr
+
+
+@dataclass
 class ANILOptions(MetaSGDOptions):
     """A differentiated inner loop with a swappable update rule (anil)."""
 

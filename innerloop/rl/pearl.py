@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -39,6 +40,7 @@ from torch import nn
 from ..algorithms.step import Shard
 from ..errors import ConfigError, TrainingDiverged
 from ..tasks.seeding import derive_seed, seeded_generator
+from ..validate import require_bounds
 from .context import ContextEncoder, GaussianFactors, kl_to_unit, sample_latent
 from .envs.base import task_streams
 from .learner import Adaptation
@@ -61,6 +63,21 @@ class Played:
         o, a = obs_dim, action_dim
         rows = self.rows
         return Episodes(rows[..., :o], rows[..., o : o + a], rows[..., o + a], self.mask, self.seconds, self.success)
+
+
+def check_sac_constants(temperature: float, reward_scale: float, tau: float, kl_weight: float, policy_reg: float):
+    """SAC's constants in their ranges (a temperature <= 0 has no log; tau outside (0, 1] does not average): one
+    ConfigError line naming the first that is not."""
+    require_bounds(
+        "pearl",
+        SimpleNamespace(**locals()),
+        ("temperature", not temperature > 0, "> 0"),
+        ("reward_scale", not reward_scale > 0, "> 0"),
+        ("tau", not 0 < tau <= 1, "in (0, 1]"),
+        ("kl_weight", not kl_weight >= 0, ">= 0"),
+        ("policy_reg", not policy_reg >= 0, ">= 0"),
+        error=ConfigError,
+    )
 
 
 class PEARL(nn.Module):
@@ -138,6 +155,7 @@ class PEARL(nn.Module):
                 f"PEARL: {', '.join(bad) or 'prior_episodes + posterior_episodes = 0'}: sizes must be positive integers "
                 "(prior_episodes, posterior_episodes, gradient_steps >= 0, with some episodes collected per iteration)"
             )
+        check_sac_constants(temperature, reward_scale, tau, kl_weight, policy_reg)
         self.family = family
         o, a = family.observation_dim, family.action_dim
         self.obs_dim, self.action_dim, self.latent_dim = o, a, latent_dim

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,6 +30,24 @@ from ..stats import summarize
 from ..tasks.seeding import derive_seed
 from .envs.base import task_streams
 from .sampler import Episodes, rollout
+
+
+@runtime_checkable
+class ScoresItsOwnAdaptation(Protocol):
+    """A learner that adapts its own way under the protocol (RL²: one trial with its hidden state kept; PEARL:
+    posterior inference), instead of :func:`adapt_and_score`'s gradient steps; same arguments and result."""
+
+    def adapt_and_score(
+        self,
+        tasks: torch.Tensor,
+        adaptation_steps: int,
+        adaptation_episodes: int,
+        evaluation_episodes: int,
+        seed: int,
+        rule=None,
+        task_ids: Sequence[int] | None = None,
+        deterministic: bool = False,
+    ) -> Episodes: ...
 
 
 def adapt_and_score(
@@ -95,8 +114,8 @@ def metaworld_evaluation(
     try:
         for start in range(0, len(tasks), batch_size):
             ids = range(start, min(start + batch_size, len(tasks)))
-            own = getattr(learner, "adapt_and_score", None)  # a learner that adapts its own way (PEARL: inference)
-            scored = (own or functools.partial(adapt_and_score, learner))(
+            own = isinstance(learner, ScoresItsOwnAdaptation)
+            scored = (learner.adapt_and_score if own else functools.partial(adapt_and_score, learner))(
                 tasks[ids.start : ids.stop],
                 adaptation_steps,
                 adaptation_episodes,

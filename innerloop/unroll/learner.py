@@ -56,9 +56,9 @@ class OptimizerTasks:
             return [derive_seed(self.seed, "task", i % self.slots, i // self.slots) for i in ids]
         return [derive_seed(self.seed, "task", int(i)) for i in ids]
 
-    def sample(self, draw: int, ids: Sequence[int] | None = None, dtype: Any = None) -> list[int]:
-        """The seeds of tasks ``ids`` (``draw`` is ignored: a learned optimizer's runs draw their own tasks)."""
-        return self.task_seeds(list(ids or [0]))
+    def sample(self, draw: int, tasks: Sequence[int], dtype: Any = None) -> list[int]:
+        """The seeds of tasks ``tasks`` (``draw`` is ignored: a learned optimizer's runs draw their own tasks)."""
+        return self.task_seeds(tasks)
 
     def seen(self, seed: int, slots: int, num_tasks: int) -> OptimizerTasks:
         """The first ``num_tasks`` meta-training tasks of a learner built with ``seed`` (``train.seed``) and ``slots``
