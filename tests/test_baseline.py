@@ -19,7 +19,7 @@ from torch.func import grad
 from innerloop.algorithms import BaseClassTasks, Baseline, BaselinePlusPlus
 from innerloop.algorithms.baseline import FineTunedHead, cosine_scores
 from innerloop.data import EpisodicTasks
-from innerloop.errors import ConfigError, InputError
+from innerloop.errors import ConfigError, DatasetError, InputError
 from innerloop.models import Conv4
 from innerloop.tasks import TaskBatch
 from innerloop.training.builders import build_learner, build_tasks
@@ -181,6 +181,21 @@ def test_the_presets_build_their_learners_and_bad_settings_name_the_key():
     for override in ("algorithm.finetune_epochs=0", "algorithm.finetune_momentum=2", "algorithm.scale=0"):
         with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
             load_config("baseline++-omniglot-5w1s", [override])
+
+
+@needs_omniglot
+def test_stated_base_classes_are_checked_against_the_data_and_build_without_it(tmp_path, monkeypatch):
+    found = build_learner(load_config("baseline-omniglot-5w1s", ["model.filters=4"])).num_classes
+    stated = build_learner(
+        load_config("baseline-omniglot-5w1s", ["model.filters=4", f"algorithm.base_classes={found}"])
+    )
+    assert stated.num_classes == found == 4 * 1028  # characters x rotations of the Vinyals train split
+    with pytest.raises(ConfigError, match=f"algorithm.base_classes=64 but the train split has {found} classes"):
+        build_learner(load_config("baseline-omniglot-5w1s", ["model.filters=4", "algorithm.base_classes=64"]))
+    monkeypatch.setenv("INNERLOOP_DATA", str(tmp_path))  # no mini-ImageNet here: the preset's 64 classes are used
+    assert build_learner(load_config("baseline++-miniimagenet-5w1s", ["model.filters=4"])).num_classes == 64
+    with pytest.raises(DatasetError, match="mini-ImageNet train not found"):
+        build_learner(load_config("baseline++-miniimagenet-5w1s", ["algorithm.base_classes=null"]))
 
 
 @needs_omniglot

@@ -6,7 +6,7 @@ A built-in learner is one ``AlgorithmEntry`` in ``ALGORITHMS`` (and an options d
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..validate import positive_float, require_bounds
 from . import options as o
 from .builtin_lopt import LOPT_ALGORITHMS, LOPT_FAMILIES
@@ -47,13 +47,28 @@ BASE_CLASSES = "innerloop.algorithms.baseline:BaseClassTasks"  # relabels the tr
 
 
 def _build_baseline(entry: AlgorithmEntry, inputs: BuildInputs):
-    """The base classifier spans the train split's classes (its class table, rotations included)."""
-    if inputs.tasks is None:
+    """The base classifier spans the train split's classes (its class table, rotations included), or the
+    ``base_classes`` a config states (a training batch with a label beyond them is refused in one line)."""
+    kwargs = learner_kwargs(entry, inputs.options)
+    classes = kwargs.pop("base_classes")
+    if classes is None and inputs.tasks is None:
         raise ConfigError(
             f"algorithm.name={entry.name} sizes its classifier by the train split: build it with build_learner"
         )
-    classes = inputs.tasks("train").num_classes
-    return entry.learner_class()(inputs.model, num_classes=classes, **learner_kwargs(entry, inputs.options))
+    if inputs.tasks is not None:
+        try:
+            found = inputs.tasks("train").num_classes
+        except DatasetError:
+            if classes is None:
+                raise
+        else:
+            if classes is not None and classes != found:
+                raise ConfigError(
+                    f"algorithm.base_classes={classes} but the train split has {found} classes: set "
+                    f"algorithm.base_classes={found} (or null to read it from the data)"
+                )
+            classes = found
+    return entry.learner_class()(inputs.model, num_classes=classes, **kwargs)
 
 
 def _build_cnp(entry: AlgorithmEntry, inputs: BuildInputs):

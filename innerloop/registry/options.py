@@ -140,6 +140,7 @@ class MatchingNetsOptions(AlgorithmOptions):
 class BaselineOptions(AlgorithmOptions):
     """Pre-training over all base classes, a new classifier fit on each test support set (baseline, baseline++)."""
 
+    base_classes: int | None = None  # classes of the pre-training classifier (null: the train split's, read from the data; a preset may state them so it builds without the data)
     scale: float | None = None  # baseline++: cosine scale of both classifiers (null: 2 up to 200 classes, 10 above)
     finetune_epochs: int = 100  # test time: passes of SGD over the support set (the paper: 100)
     finetune_batch_size: int = 4  # test time: support examples per SGD step (the paper: 4)
