@@ -37,6 +37,7 @@ RULE_FORMS = {
     "mlp": lambda: perturbed(MLPOptimizer(lr=0.01)),
     "adafactor": lambda: perturbed(FactoredMLPOptimizer(lr=0.01, factor_min=3)),
     "adam-correction": lambda: perturbed(AdamCorrection(lr=0.01, correction=0.01)),
+    "adam-correction-scaled": lambda: perturbed(AdamCorrection(lr=0.01, correction=0.01, scale_mult=0.5)),
     "adam": lambda: Adam(0.02),
     "lstm-optimizer": lambda: perturbed(LearnedOptimizerLSTM(0.05), scale=0.05),
     "meta-lstm": lambda: perturbed(MetaLearnerLSTM(0.05), scale=0.05),
@@ -88,13 +89,12 @@ def test_the_torch_optim_form_and_the_rule_form_give_the_same_updates(name):
     assert not torch.equal(via_torch[0], via_torch[-1])
 
 
-@pytest.mark.parametrize("learn_lr", [True, False])
-def test_adam_plus_an_untrained_correction_is_torch_adam_step_for_step(learn_lr):
+@pytest.mark.parametrize("learn_lr, scale_mult", [(True, 0.0), (False, 0.0), (True, 0.5)])
+def test_adam_plus_an_untrained_correction_is_torch_adam_step_for_step(learn_lr, scale_mult):
     model, x, y = regression(seed=2)
     twin = copy.deepcopy(model)
-    ours = torch_steps(
-        model, LearnedOptimizer(model.parameters(), rule=AdamCorrection(0.03, learn_lr=learn_lr)), x, y, 25
-    )
+    rule = AdamCorrection(0.03, learn_lr=learn_lr, scale_mult=scale_mult)
+    ours = torch_steps(model, LearnedOptimizer(model.parameters(), rule=rule), x, y, 25)
     theirs = torch_steps(twin, torch.optim.Adam(twin.parameters(), lr=0.03), x, y, 25)
     for step, (a, b) in enumerate(zip(ours, theirs)):
         assert torch.allclose(a, b, rtol=0, atol=1e-12), (step, (a - b).abs().max().item())
@@ -181,7 +181,7 @@ def test_the_mlp_rule_in_mamls_inner_loop_has_a_finite_difference_correct_meta_g
         assert torch.isclose(g @ v, fd, rtol=1e-5, atol=1e-9), ((g @ v).item(), fd.item())
 
 
-@pytest.mark.parametrize("name", ["mlp", "adafactor", "adam-correction", "meta-lstm"])
+@pytest.mark.parametrize("name", ["mlp", "adafactor", "adam-correction", "adam-correction-scaled", "meta-lstm"])
 def test_saved_meta_parameters_rebuild_the_same_optimizer_in_one_line(name, tmp_path):
     rule = RULE_FORMS[name]()
     model, x, y = regression(seed=4)

@@ -139,6 +139,8 @@ def test_eval_writes_its_table_and_figures_and_never_overwrites(tmp_path, monkey
         ("algorithm.truncation=20", "algorithm.truncation=20 exceeds algorithm.horizon=6"),
         ("algorithm.rule=sgd", "algorithm.rule='sgd' is not supported"),
         ("task.name=sinusoid", "algorithm.name=lopt meta-trains an optimizer on optimizer task families"),
+        ("algorithm.scale_mult=-1", "algorithm.scale_mult must be zero or positive, got -1"),
+        ("algorithm.scale_mult=1", "set it to 0 for algorithm.rule=lopt-mlp"),
     ],
 )
 def test_a_bad_config_is_one_line(tmp_path, monkeypatch, capsys, override, words):

@@ -14,6 +14,7 @@ FORMS = {
     "adafactor": lambda: FactoredMLPOptimizer(lr=0.01, factor_min=3),
     "adam-correction": lambda: AdamCorrection(lr=0.01, correction=0.01),
     "adam-correction-fixed-lr": lambda: AdamCorrection(lr=0.01, correction=0.01, learn_lr=False),
+    "adam-correction-scaled": lambda: AdamCorrection(lr=0.01, correction=0.01, scale_mult=0.5),
     "adam": lambda: Adam(0.02),
 }
 

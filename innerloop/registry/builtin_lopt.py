@@ -52,7 +52,7 @@ def optimizer_family(config, split: str = "train", hidden: list[int] | None = No
 def build_rule(config):
     """The update rule ``algorithm.rule`` at the nominal step ``algorithm.inner_lr``."""
     a = config.algorithm
-    return update_rule(a.rule).make(a.inner_lr)
+    return update_rule(a.rule).make(a.inner_lr, **({"scale_mult": a.scale_mult} if a.scale_mult else {}))
 
 
 def _build_lopt(entry: AlgorithmEntry, inputs: BuildInputs):
@@ -101,6 +101,13 @@ def _check_lopt(config) -> None:
         )
     if a.estimator in ("es", "pes") and not a.sigma > 0:
         raise ConfigError(f"algorithm.sigma must be positive for algorithm.estimator={a.estimator}, got {a.sigma}")
+    if not a.scale_mult >= 0:
+        raise ConfigError(f"algorithm.scale_mult must be zero or positive, got {a.scale_mult}")
+    if a.scale_mult and a.rule != "adam-correction":
+        raise ConfigError(
+            f"algorithm.scale_mult scales Adam's step in algorithm.rule=adam-correction; set it to 0 for "
+            f"algorithm.rule={a.rule}"
+        )
     if not a.tune_lrs or any(lr <= 0 for lr in a.tune_lrs):
         raise ConfigError(f"algorithm.tune_lrs must be a non-empty list of positive rates, got {list(a.tune_lrs)}")
     if config.task.name in ("quadratic", "linear") and len(config.model.hidden) != 1:

@@ -158,14 +158,14 @@ class TaskFamilyEntry:
 
 @dataclass(frozen=True)
 class UpdateRuleEntry:
-    """An inner-loop update rule (``algorithm.update_rule``): ``rule(lr)`` builds it."""
+    """An inner-loop update rule (``algorithm.update_rule``): ``rule(lr, **options)`` builds it."""
 
     name: str
     rule: Any  # class, callable or "module:attr"
 
-    def make(self, lr: float):
-        """The rule with initial rate ``lr``."""
-        return resolve(self.rule)(lr)
+    def make(self, lr: float, **options):
+        """The rule with initial rate ``lr`` (``options``: its other constructor arguments)."""
+        return resolve(self.rule)(lr, **options)
 
 
 _TABLES: dict[type, tuple[str, dict[str, Any]]] = {

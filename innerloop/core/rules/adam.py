@@ -5,9 +5,12 @@ Adam (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980), as ``torch.optim.Adam`
 
     m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,   u_adam = -(lr / (1 - b1^t)) m / (sqrt(v / (1 - b2^t)) + eps)
 
-``AdamCorrection``: u = u_adam - correction * d * exp(exp_mult * s), (d, s) from the per-parameter MLP of
-:mod:`.lopt` reading Adam's accumulators and direction; the MLP's last layer starts at zero, so the untrained rule
-is exactly Adam(lr) (a tuned Adam when ``lr`` is the tuned rate), and ``log_lr`` is meta-learned beside it.
+``AdamCorrection``: u = exp(scale_mult * s) u_adam - correction * d * exp(exp_mult * s), (d, s) from the
+per-parameter MLP of :mod:`.lopt` reading Adam's accumulators and direction; the MLP's last layer starts at zero, so
+the untrained rule is exactly Adam(lr) (a tuned Adam when ``lr`` is the tuned rate), and ``log_lr`` is meta-learned
+beside it. With ``scale_mult`` > 0 the log-magnitude output also scales Adam's own step per coordinate: the MLP
+reads the training-progress feature, so it can learn a step-size schedule and per-parameter step sizes, which a
+tuned constant-rate Adam does not have (the ``correction`` term alone stays small, 1e-3, as the nominal step).
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class AdamCorrection(PerParameterMLP):
         correction: the scale of the correction (its nominal step).
         exp_mult: scale of the correction's log-magnitude output.
         learn_lr: meta-learn Adam's step size as ``log_lr``.
+        scale_mult: scale of the log-magnitude output in the multiplier ``exp(scale_mult * s)`` of Adam's step
+            (0: Adam's step is not scaled).
     """
 
     def __init__(
@@ -120,12 +125,16 @@ class AdamCorrection(PerParameterMLP):
         correction: float = 1e-3,
         exp_mult: float = 1e-3,
         learn_lr: bool = True,
+        scale_mult: float = 0.0,
     ) -> None:
         b1, b2 = _betas(betas, eps)
         super().__init__(correction, hidden, layers, exp_mult, (b1,) if b1 > 0 else (0.5,), (b2,), learn_decays=False)
         self.adam_lr, self.betas, self.eps, self.learn_lr = float(lr), (b1, b2), float(eps), bool(learn_lr)
         if not lr > 0:
             raise ValueError(f"Adam's lr must be positive, got {lr}")
+        if not scale_mult >= 0:
+            raise ValueError(f"scale_mult must be zero or positive, got {scale_mult}")
+        self.scale_mult = float(scale_mult)
         if self.learn_lr:
             self.log_lr = nn.Parameter(torch.tensor(math.log(lr), dtype=torch.float64))  # cast by bind
         last = cast(nn.Linear, self.net[-1])
@@ -135,7 +144,8 @@ class AdamCorrection(PerParameterMLP):
     def hparams(self) -> dict:
         """The constructor's arguments."""
         return {"lr": self.adam_lr, "betas": list(self.betas), "eps": self.eps, "hidden": self.hidden,
-                "layers": self.layers, "correction": self.lr, "exp_mult": self.exp_mult, "learn_lr": self.learn_lr}  # fmt: skip
+                "layers": self.layers, "correction": self.lr, "exp_mult": self.exp_mult, "learn_lr": self.learn_lr,
+                "scale_mult": self.scale_mult}  # fmt: skip
 
     def num_features(self) -> int:
         """The MLP optimizer's features and Adam's direction."""
@@ -151,9 +161,11 @@ class AdamCorrection(PerParameterMLP):
         return [*super().features(g, p, m, v, step), adam_direction(m, v, step, self.betas, self.eps)]
 
     def step_from(self, out, g, m, v, step):
-        """Adam's update plus the correction ``-correction d exp(exp_mult s)``."""
+        """Adam's update, times ``exp(scale_mult s)``, plus the correction ``-correction d exp(exp_mult s)``."""
         lr = torch.exp(self.log_lr) if self.learn_lr else self.adam_lr
         adam = -lr * adam_direction(m[0], v[0], step, self.betas, self.eps)
+        if self.scale_mult:
+            adam = adam * torch.exp(self.scale_mult * out[1])
         return adam + super().step_from(out, g, m, v, step)
 
     def fill_(self, x, g, p, entry, b, c, step, lo, hi):
@@ -164,7 +176,9 @@ class AdamCorrection(PerParameterMLP):
         torch.div(entry["m"][0, lo:hi], denom, out=x[-1]).div_(1 - b1**t)
 
     def apply_(self, p, out, x, meta):
-        """The correction, then Adam's step ``-lr`` times the direction in the last feature row."""
+        """The correction, then Adam's step ``-lr`` times the direction in the last feature row (scaled first)."""
+        if self.scale_mult:  # before the correction's exp overwrites out[1]
+            x[-1].mul_(torch.exp(out[1] * self.scale_mult))
         super().apply_(p, out, x, meta)
         if not self.learn_lr:
             p.add_(x[-1], alpha=-self.adam_lr)
@@ -173,4 +187,5 @@ class AdamCorrection(PerParameterMLP):
 
     def describe(self) -> str:
         """``AdamCorrection(lr=..., correction=...)``."""
-        return f"AdamCorrection(lr={self.adam_lr}, correction={self.lr}, hidden={self.hidden})"
+        scaled = f", scale_mult={self.scale_mult}" if self.scale_mult else ""
+        return f"AdamCorrection(lr={self.adam_lr}, correction={self.lr}, hidden={self.hidden}{scaled})"
