@@ -23,6 +23,10 @@ from innerloop.training.launch import make_trainer
 
 GOLDEN = Path(__file__).parent / "golden"
 RTOL = 1e-5
+# Conv-4 in float32: oneDNN and MKL pick CPU-specific kernels (AVX2 or AVX-512), whose rounding differs by 2.5e-6
+# relative at the first iteration and grows to 5e-5 by the sixth (measured on an AVX-512 EPYC against the recording
+# on AVX2). A refactor that changes what a run computes (another task stream, order or seed) moves a loss by percent.
+RTOL_BY_PRESET = {"protonet-omniglot-5w1s": 1e-3}
 TIMINGS = ("tasks_per_s", "env_steps_per_s", "rollout_seconds", "seconds")
 
 RUNS = {
@@ -55,9 +59,9 @@ def records(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows if r.get("split") not in NEW_SPLITS]
 
 
-def same(a, b) -> bool:
+def same(a, b, rtol: float = RTOL) -> bool:
     if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=RTOL)
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=rtol)
     return a == b
 
 
@@ -75,5 +79,6 @@ def test_fixed_seed_run_matches_the_recorded_metrics(tmp_path, preset):
     assert len(got) == len(want), f"{len(got)} records, recorded {len(want)}"
     for mine, theirs in zip(got, want):
         assert mine.keys() == theirs.keys(), (mine, theirs)
-        bad = {k: (mine[k], theirs[k]) for k in mine if not same(mine[k], theirs[k])}
+        rtol = RTOL_BY_PRESET.get(preset, RTOL)
+        bad = {k: (mine[k], theirs[k]) for k in mine if not same(mine[k], theirs[k], rtol)}
         assert not bad, f"iteration {mine.get('iteration')}: {bad}"
