@@ -77,8 +77,8 @@ def test_fixed_seed_run_matches_the_recorded_metrics(tmp_path, preset):
         golden.write_text("".join(json.dumps(r) + "\n" for r in got))
     want = records(golden)
     assert len(got) == len(want), f"{len(got)} records, recorded {len(want)}"
+    rtol = RTOL_BY_PRESET.get(preset, RTOL)
     for mine, theirs in zip(got, want):
         assert mine.keys() == theirs.keys(), (mine, theirs)
-        rtol = RTOL_BY_PRESET.get(preset, RTOL)
         bad = {k: (mine[k], theirs[k]) for k in mine if not same(mine[k], theirs[k], rtol)}
         assert not bad, f"iteration {mine.get('iteration')}: {bad}"
