@@ -77,13 +77,15 @@ def training_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
     ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
+        values = []
         for split, style, label in CURVES:
             rows = [r for r in records if r.get("split", "train") == split and metric in r]
             if rows:
+                values += [r[metric] for r in rows]
                 ax.plot([r["iteration"] for r in rows], [r[metric] for r in rows], style, label=label, ms=3)
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
-        if metric == "loss":
+        if metric == "loss" and min(values) > 0:  # a log-loss meta-objective is negative: a linear axis then
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()

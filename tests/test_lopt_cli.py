@@ -154,3 +154,20 @@ def test_other_algorithms_refuse_optimizer_families(tmp_path, monkeypatch, capsy
         monkeypatch, capsys, "train", "--config", "maml-sine", "--out", tmp_path / "r", "task.name=quadratic"
     )
     assert code == 2 and len(err.strip().splitlines()) == 1 and "task.name" in err, err
+
+
+@pytest.mark.parametrize(("losses", "scale"), [([2.3, 0.5, 0.01], "log"), ([-0.25, -0.3, -0.41], "linear")])
+def test_training_curves_use_a_log_axis_only_for_positive_losses(tmp_path, monkeypatch, losses, scale):
+    """``objective=log`` makes the logged meta-loss negative: its curve is drawn on a linear axis, without a warning."""
+    import warnings
+
+    from innerloop import plots
+
+    records = [{"iteration": i, "loss": v} for i, v in enumerate(losses)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    seen = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: seen.append(fig.axes[0].get_yscale()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.training_curves(tmp_path)
+    assert seen == [scale]

@@ -55,7 +55,8 @@ def full_objective(unroll: Unroll, meta, seed: int, tasks: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("objective", "rule_name"), [("mean", "lstm"), ("final", "lstm"), ("validation", "lstm"), ("mean", "mlp")]
+    ("objective", "rule_name"),
+    [("mean", "lstm"), ("log", "lstm"), ("final", "lstm"), ("validation", "lstm"), ("mean", "mlp")],
 )
 def test_full_backprop_matches_finite_differences(objective, rule_name):
     torch.manual_seed(0)
@@ -72,6 +73,22 @@ def test_full_backprop_matches_finite_differences(objective, rule_name):
     analytic = sum((grad[k] * direction[k]).sum() for k in meta)
     assert abs(float(numeric)) > 1e-4
     assert torch.allclose(analytic, numeric, rtol=1e-6, atol=1e-9), (float(analytic), float(numeric))
+
+
+def test_log_objective_is_the_mean_log_loss_and_splits_over_truncations():
+    """``log``: F = 1/H sum_t log l_t, the same whether the run is one truncation or several."""
+    rule = LogRate(0.3)
+    whole = Unroll(QuadraticTasks(3, noise=0.3, dtype=F64), rule, horizon=6, truncation=6, objective="log")
+    objective, losses, _, _ = whole.run(rule.meta(), whole.start(4, 2))
+    assert torch.allclose(objective, losses.log().mean(1), rtol=1e-12)
+    mean = Unroll(QuadraticTasks(3, noise=0.3, dtype=F64), rule, horizon=6, truncation=6, objective="mean")
+    assert not torch.allclose(objective, mean.run(rule.meta(), mean.start(4, 2))[0])
+    parts = Unroll(QuadraticTasks(3, noise=0.3, dtype=F64), rule, horizon=6, truncation=4, objective="log")
+    states, total = parts.start(4, 2), torch.zeros(2, dtype=F64)
+    for _ in range(2):
+        piece, _, params, rule_state = parts.run(rule.meta(), states)
+        total, states = total + piece, parts.advance(states, params, rule_state)
+    assert torch.allclose(total, objective, rtol=1e-12)
 
 
 def test_pes_is_unbiased_over_truncations_and_truncated_backprop_is_not():

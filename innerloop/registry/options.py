@@ -210,7 +210,7 @@ class LoptOptions(AlgorithmOptions):
     estimator: str = "pes"  # meta-gradient estimator: full (backprop through whole runs) | tbptt | es (antithetic) | pes (Persistent ES)
     horizon: int = 200  # inner steps of one run before it restarts on a new task
     truncation: int = 10  # inner steps per meta-gradient estimate (full: the horizon)
-    objective: str = "mean"  # meta-objective: mean (training loss over the run) | final (loss after the run) | validation (held-out batches)
+    objective: str = "mean"  # meta-objective: mean (training loss over the run) | log (log training loss over the run) | final (loss after the run) | validation (held-out batches)
     sigma: float = 0.01  # es, pes: standard deviation of the antithetic perturbations of the meta-parameters
     batch_size: int = 32  # examples per inner minibatch
     tune_tasks: int = 8  # evaluation: meta-training tasks the baselines' learning rates are tuned on

@@ -6,8 +6,10 @@ An inner run trains a model of a task family with an update rule whose meta-para
 
 for t = 0 .. H-1 (the horizon), then restarts on a new task. The meta-objective is a sum of per-step terms,
 F = sum_t f_t, so that it splits exactly over truncations (what makes Persistent ES unbiased):
-``mean``: f_t = l(theta_t; b_t) / H; ``validation``: f_t = l(theta_{t+1}; v_t) / H on held-out batches v_t;
-``final``: f_{H-1} = l(theta_H; b_H), zero elsewhere. Runs are batched over particles with ``torch.func.vmap``
+``mean``: f_t = l(theta_t; b_t) / H; ``log``: f_t = log l(theta_t; b_t) / H (every step's relative progress
+weighs the same, so the end of a run, where the loss is small, counts as much as its start);
+``validation``: f_t = l(theta_{t+1}; v_t) / H on held-out batches v_t; ``final``: f_{H-1} = l(theta_H; b_H), zero
+elsewhere. Runs are batched over particles with ``torch.func.vmap``
 (``strategy="vmap"``) or a loop (``"loop"``, same numbers).
 """
 
@@ -28,7 +30,8 @@ from ..validate import positive_int
 from .families import TaskFamily
 from .trees import STRATEGIES, index_tree, map_particles
 
-OBJECTIVES = ("mean", "final", "validation")
+OBJECTIVES = ("mean", "log", "final", "validation")
+LOG_FLOOR = 1e-12  # ``log``: losses are clamped here, so a loss of exactly 0 does not give -inf
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Unroll:
         rule: an update rule, bound here to the family's parameter shapes (its meta-parameters: ``rule.meta()``).
         horizon: H, inner steps of one run before it restarts on a new task.
         truncation: T, inner steps per truncation (the last truncation of a run may be shorter).
-        objective: ``"mean"``, ``"final"`` or ``"validation"`` (module docstring).
+        objective: ``"mean"``, ``"log"``, ``"final"`` or ``"validation"`` (module docstring).
         strategy: ``"vmap"`` or ``"loop"`` over particles.
     """
 
@@ -136,6 +139,8 @@ class Unroll:
             losses.append(loss)
             if self.objective == "mean":
                 total = total + loss / H
+            elif self.objective == "log":
+                total = total + loss.clamp_min(LOG_FLOOR).log() / H
             elif self.objective == "validation":
                 total = total + loss_fn(params, index_tree(val, k)) / H
             elif t == H - 1:

@@ -83,7 +83,7 @@ class LearnedOptimizerLearner(nn.Module):
         horizon: inner steps of a run before it restarts on a new task.
         truncation: inner steps per estimate (``full``: the horizon).
         tasks: tasks per estimate (es, pes: antithetic pairs, one task each).
-        objective: ``mean``, ``final`` or ``validation``.
+        objective: ``mean``, ``log``, ``final`` or ``validation``.
         sigma: es, pes: the perturbations' standard deviation.
         strategy: ``vmap`` or ``loop`` over the runs (``auto``: vmap).
         seed: seeds the runs' tasks.
