@@ -171,3 +171,16 @@ def test_training_curves_use_a_log_axis_only_for_positive_losses(tmp_path, monke
         warnings.simplefilter("error")
         plots.training_curves(tmp_path)
     assert seen == [scale]
+
+
+def test_the_response_figures_adam_runs_at_the_learned_rules_own_rate():
+    """AdamCorrection's ``lr`` attribute is the correction's scale (1e-3): the Adam beside it must use Adam's rate."""
+    from innerloop.analysis.lopt import nominal_rate
+    from innerloop.core.rules import AdamCorrection, MLPOptimizer
+
+    rule = AdamCorrection(lr=0.03)
+    with torch.no_grad():
+        rule.log_lr.fill_(-3.0)  # as meta-training moves it
+    assert nominal_rate(rule) == pytest.approx(torch.e**-3.0) and rule.lr == pytest.approx(1e-3)
+    assert nominal_rate(AdamCorrection(lr=0.03, learn_lr=False)) == pytest.approx(0.03)
+    assert nominal_rate(MLPOptimizer(lr=0.05)) == pytest.approx(0.05)

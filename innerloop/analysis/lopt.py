@@ -146,15 +146,25 @@ def curves_figure(payload: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def nominal_rate(rule) -> float:
+    """The step size of the rule's plain-Adam counterpart: ``AdamCorrection``'s Adam rate (meta-learned when
+    ``learn_lr``), else the rule's nominal step ``lr`` (MLP rules), else 1e-3. (``AdamCorrection.lr`` is the
+    correction's scale, not a step size.)"""
+    if hasattr(rule, "adam_rate"):
+        return float(torch.as_tensor(rule.adam_rate()).detach())
+    return float(getattr(rule, "lr", 1e-3))
+
+
 def response_figure(learner, path: Path, scale: float = 1.0) -> Path:
     """The learned update u(g) of one tensor's coordinates for swept gradients g, after a few steps of a constant
     gradient (momentum history) h * scale (:func:`innerloop.analysis.rules.response_curves`), beside Adam's."""
     from ..core.rules import Adam
 
     params = {k: v[0] for k, v in learner.family.inits([0]).items()}
+    lr = nominal_rate(learner.rule)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, (title, rule) in zip(axes, (("learned", learner.rule), ("Adam (lr = learned's nominal)", None))):
-        rule = rule if rule is not None else Adam(lr=getattr(learner.rule, "lr", 1e-3))
+    for ax, (title, rule) in zip(axes, (("learned", learner.rule), (f"Adam, lr {lr:.3g} (the learned rule's)", None))):
+        rule = rule if rule is not None else Adam(lr=lr)
         rule.bind({n: p.shape for n, p in params.items()}, 1, next(iter(params.values())))
         r = response_curves(rule, params, scale=scale, history=(0.0, 0.5, -0.5, 1.0))
         for name, u in r["curves"].items():

@@ -160,10 +160,13 @@ class AdamCorrection(PerParameterMLP):
         """As the MLP optimizer's, with Adam's bias-corrected direction."""
         return [*super().features(g, p, m, v, step), adam_direction(m, v, step, self.betas, self.eps)]
 
+    def adam_rate(self):
+        """Adam's step size: ``exp(log_lr)`` when meta-learned (a tensor), else the fixed ``lr``."""
+        return torch.exp(self.log_lr) if self.learn_lr else self.adam_lr
+
     def step_from(self, out, g, m, v, step):
         """Adam's update, times ``exp(scale_mult s)``, plus the correction ``-correction d exp(exp_mult s)``."""
-        lr = torch.exp(self.log_lr) if self.learn_lr else self.adam_lr
-        adam = -lr * adam_direction(m[0], v[0], step, self.betas, self.eps)
+        adam = -self.adam_rate() * adam_direction(m[0], v[0], step, self.betas, self.eps)
         if self.scale_mult:
             adam = adam * torch.exp(self.scale_mult * out[1])
         return adam + super().step_from(out, g, m, v, step)
