@@ -9,8 +9,8 @@ F = sum_t f_t, so that it splits exactly over truncations (what makes Persistent
 ``mean``: f_t = l(theta_t; b_t) / H; ``log``: f_t = log l(theta_t; b_t) / H (every step's relative progress
 weighs the same, so the end of a run, where the loss is small, counts as much as its start);
 ``validation``: f_t = l(theta_{t+1}; v_t) / H on held-out batches v_t; ``final``: f_{H-1} = l(theta_H; b_H), zero
-elsewhere. Runs are batched over particles with ``torch.func.vmap``
-(``strategy="vmap"``) or a loop (``"loop"``, same numbers).
+elsewhere. Runs are batched over particles with ``torch.func.vmap`` (``strategy="vmap"``) or a loop (``"loop"``,
+same numbers).
 """
 
 from __future__ import annotations
