@@ -26,7 +26,12 @@ RTOL = 1e-5
 # Conv-4 in float32: oneDNN and MKL pick CPU-specific kernels (AVX2 or AVX-512), whose rounding differs by 2.5e-6
 # relative at the first iteration and grows to 5e-5 by the sixth (measured on an AVX-512 EPYC against the recording
 # on AVX2). A refactor that changes what a run computes (another task stream, order or seed) moves a loss by percent.
-RTOL_BY_PRESET = {"protonet-omniglot-5w1s": 1e-3}
+# MAML-TRPO on 2D navigation: the rollouts and the inner step reproduce to 4e-9 on an Intel AVX-512 Xeon, but the
+# TRPO step (float32 policy, conjugate gradient on the Fisher) rounds 0.4% (surrogate improvement) and 1.1% (kl) apart
+# at iteration 1, and that grows to 20-50% and other episode lengths by iteration 4 (measured). So only its first
+# iteration is compared, at 5%; a changed task, noise or seed stream moves its returns by far more.
+RTOL_BY_PRESET = {"protonet-omniglot-5w1s": 1e-3, "maml-trpo-nav2d": 0.05}
+FIRST_ITERATIONS = {"maml-trpo-nav2d": 1}  # compare the records of iterations <= this only
 TIMINGS = ("tasks_per_s", "env_steps_per_s", "rollout_seconds", "seconds")
 
 RUNS = {
@@ -77,8 +82,10 @@ def test_fixed_seed_run_matches_the_recorded_metrics(tmp_path, preset):
         golden.write_text("".join(json.dumps(r) + "\n" for r in got))
     want = records(golden)
     assert len(got) == len(want), f"{len(got)} records, recorded {len(want)}"
-    rtol = RTOL_BY_PRESET.get(preset, RTOL)
+    rtol, last = RTOL_BY_PRESET.get(preset, RTOL), FIRST_ITERATIONS.get(preset, math.inf)
     for mine, theirs in zip(got, want):
+        if mine.get("iteration", 0) > last:
+            break
         assert mine.keys() == theirs.keys(), (mine, theirs)
         bad = {k: (mine[k], theirs[k]) for k in mine if not same(mine[k], theirs[k], rtol)}
         assert not bad, f"iteration {mine.get('iteration')}: {bad}"

@@ -200,8 +200,9 @@ def test_each_rule_loads_its_old_state_dict_and_reproduces_the_recorded_numbers(
     assert old.keys() == learner.state_dict().keys()  # the checkpoint layout is unchanged
     learner.load_state_dict(old)
     b = batch(n=3)
-    exact = name in ("sgd", "metasgd", "lslr", "metacurvature")  # same operations; the LSTMs round differently
-    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-12, atol=1e-14)
+    # Same operations as when recorded: bit-equal on the recording CPU, but another CPU's kernels (an Intel AVX-512 Xeon)
+    # round 2e-16 apart (measured); the LSTMs round differently anyway. A changed computation moves them far more.
+    tol = dict(rtol=1e-12, atol=1e-14)
     for k, v in learner.adapt(b.support_x[0], b.support_y[0], 3).items():
         torch.testing.assert_close(v, recorded[f"{name}/adapt/{k}"], **tol)
     for order in ("second", "first"):
