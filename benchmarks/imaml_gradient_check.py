@@ -58,13 +58,12 @@ def main() -> None:
         f"lambda {learner.lam}, inner_lr {learner.inner_lr}"
     )
     for i in range(args.tasks):
-        task = sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
-
+        task = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
         with torch.no_grad():
             settings(learner, *own)
-            g_run, m_run = learner.implicit_grad(theta, sx, sy, qx, qy)
+            g_run, m_run = learner.implicit_grad(theta, *task)
             settings(learner, args.converged_steps, 50, 0.0)
-            g_conv, m_conv = learner.implicit_grad(theta, sx, sy, qx, qy)
+            g_conv, m_conv = learner.implicit_grad(theta, *task)
 
             gen = torch.Generator().manual_seed(i)
             direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in theta.items()}
@@ -87,7 +86,6 @@ def main() -> None:
             f"cosine(run's, converged) {cosine:.3f}; norms {float(flat_run.norm()):.3g} / {float(flat_conv.norm()):.3g}",
             flush=True,
         )
-    settings(learner, *own)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from innerloop.analysis.lopt import conditions
 from innerloop.stats import summarize
 from innerloop.tasks.seeding import split_seed
 from innerloop.training.config import load_config
-from innerloop.unroll.compare import BASELINES, optim_curves
+from innerloop.unroll.compare import BASELINES, optim_curves, tune
 from innerloop.unroll.learner import OptimizerTasks
 
 
@@ -50,18 +49,16 @@ def main() -> None:
         entry = payload["conditions"][index]
         assert entry["condition"] == label, (entry["condition"], label)
         learned = torch.tensor(entry["optimizers"]["learned"]["per_task"], dtype=torch.float64)
-        finals = [optim_curves(family, test, n, BASELINES["adam"], lr)[:, -1] for lr in grid]
-        means = [float(f.mean()) if bool(torch.isfinite(f).all()) else math.inf for f in finals]
-        best = min(range(len(grid)), key=means.__getitem__)
-        oracle = finals[best]
-        diff = summarize(learned - oracle)
+        best, _ = tune(family, test, n, BASELINES["adam"], grid)  # tuned on the test tasks themselves
+        oracle = optim_curves(family, test, n, BASELINES["adam"], best)[:, -1]
+        mine, theirs, diff = summarize(learned), summarize(oracle), summarize(learned - oracle)
         tuned = entry["optimizers"]["adam"]["final"]
         print(
-            f"| {label} | {n} | {summarize(learned)['mean']:.3g} ± {summarize(learned)['ci95']:.2g} | "
+            f"| {label} | {n} | {mine['mean']:.3g} ± {mine['ci95']:.2g} | "
             f"{tuned['mean']:.3g} ± {tuned['ci95']:.2g} ({entry['lrs']['adam']:.3g}) | "
-            f"{means[best]:.3g} ± {summarize(oracle)['ci95']:.2g} ({grid[best]:.3g}) | "
+            f"{theirs['mean']:.3g} ± {theirs['ci95']:.2g} ({best:.3g}) | "
             f"{diff['mean']:+.3g} ± {diff['ci95']:.2g} | {int((learned < oracle).sum())}/{len(test)} | "
-            f"{summarize(learned)['mean'] / means[best]:.3f} |",
+            f"{mine['mean'] / theirs['mean']:.3f} |",
             flush=True,
         )
 
