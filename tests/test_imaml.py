@@ -14,6 +14,7 @@ from torch.utils._pytree import tree_leaves
 
 from innerloop import IMAML, MAML, SinusoidTasks, TaskBatch
 from innerloop.core.params import flatten, head_names
+from innerloop.errors import ConfigError
 from innerloop.models import MLP, Conv4
 from innerloop.training.builders import build_learner
 from innerloop.training.config import load_config
@@ -70,6 +71,41 @@ def test_linear_regression_matches_the_closed_form(damping, decay):
     torch.testing.assert_close(grads_of(learner), torch.stack(expected_grads).mean(0), rtol=0, atol=1e-6)
     assert metrics["inner_residual"] < 1e-9  # Lemma 1's stationarity holds at the solved phi*
     torch.testing.assert_close(loss.detach(), torch.stack(expected_loss).mean(), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [1, 7])
+def test_the_released_codes_inner_loop_and_cg_matrix_match_their_closed_form(steps):
+    """proximal="final" (the authors' imaml_dev code): v_{t+1} = v_t - lr (A v_t - b) from theta for ``steps`` steps
+    on the support loss alone, then phi = v - lr lam (v - theta); with cg_lam_damping c the meta-gradient is
+    ((1 + damping) I + A / (lam + c))^-1 grad L_query(phi). Evaluation after 0 steps is theta itself."""
+    batch, lam, lr, damping, c = regression_tasks(), 2.0, 0.1, 1.0, 10.0
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1).double()
+    learner = IMAML(
+        model, lr, steps, lam, cg_steps=10, cg_damping=damping, proximal="final", cg_lam_damping=c, strategy="vmap"
+    )
+    theta = flatten([model.weight, model.bias]).detach()
+    eye = torch.eye(5, dtype=torch.float64)
+    expected_grads, expected_loss, theta_loss = [], [], []
+    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        xs, xq = with_ones(sx), with_ones(qx)
+        a, b = 2 * xs.T @ xs / len(xs), 2 * xs.T @ sy[:, 0] / len(xs)
+        v = theta
+        for _ in range(steps):
+            v = v - lr * (a @ v - b)
+        phi = v - lr * lam * (v - theta)
+        grad_query = 2 * xq.T @ (xq @ phi - qy[:, 0]) / len(xq)
+        expected_grads.append(torch.linalg.solve((1 + damping) * eye + a / (lam + c), grad_query))
+        expected_loss.append(((xq @ phi - qy[:, 0]) ** 2).mean())
+        theta_loss.append(((xq @ theta - qy[:, 0]) ** 2).mean())
+
+    loss, _ = learner.meta_loss(batch)
+    loss.backward()
+    torch.testing.assert_close(grads_of(learner), torch.stack(expected_grads).mean(0), rtol=0, atol=1e-9)
+    torch.testing.assert_close(loss.detach(), torch.stack(expected_loss).mean(), rtol=0, atol=1e-12)
+    evaluated = learner.evaluate(batch, [0, steps])
+    torch.testing.assert_close(evaluated[0]["loss"], torch.stack(theta_loss), rtol=0, atol=1e-12)
+    torch.testing.assert_close(evaluated[steps]["loss"], torch.stack(expected_loss), rtol=0, atol=1e-12)
 
 
 def tanh_mlp(seed=0):
@@ -281,11 +317,22 @@ def test_meta_training_on_sinusoids_lowers_the_adapted_loss():
         ("inner_steps", 0),
         ("inner_solver", "newton"),
         ("hf_cg_steps", 0),
+        ("proximal", "sometimes"),
+        ("cg_lam_damping", -1.0),
     ],
 )
 def test_bad_options_are_refused_naming_them(option, value):
     with pytest.raises(ValueError, match=option):
         IMAML(nn.Linear(2, 1), **{option: value})
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"inner_solver": "hf"}, "inner_solver='gd'"), ({"inner_lr": 0.6, "lam": 2.0}, "inner_lr \\* lam <= 1")],
+)
+def test_a_pull_back_needs_gradient_descent_and_a_rate_that_does_not_overshoot(options, message):
+    with pytest.raises(ValueError, match=message):
+        IMAML(nn.Linear(2, 1), proximal="final", **options)
 
 
 # -- through the registry: config, builder, CLI ---------------------------------------------------------------
@@ -303,6 +350,19 @@ def test_the_preset_builds_an_imaml_learner_with_its_options():
         7,
         0.25,
     )
+
+
+def test_the_omniglot_preset_is_the_released_code_and_bad_settings_name_the_key():
+    learner = build_learner(load_config("imaml-omniglot-5w1s", ["model.filters=4"]))
+    assert (learner.proximal, learner.cg_lam_damping, learner.cg_damping, learner.lam) == ("final", 10.0, 1.0, 2.0)
+    for overrides, key in (
+        (["algorithm.proximal=always"], "proximal"),
+        (["algorithm.inner_solver=hf"], "proximal"),
+        (["algorithm.inner_lr=0.6"], "inner_lr"),
+        (["algorithm.cg_lam_damping=-1"], "cg_lam_damping"),
+    ):
+        with pytest.raises(ConfigError, match=rf"algorithm\.{key} must be"):
+            load_config("imaml-omniglot-5w1s", overrides)
 
 
 def test_train_resume_and_eval_from_the_command_line(tmp_path, monkeypatch, capsys):

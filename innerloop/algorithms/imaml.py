@@ -18,8 +18,13 @@ The inner problem is solved with no autograd graph (memory does not grow with ``
 ``inner_steps`` steps of gradient descent on ``G_i`` (iMAML-GD), or with ``inner_solver="hf"`` by Hessian-free
 Newton steps (iMAML-HF): ``d ~ -(H_i + lambda I)^-1 grad G_i`` by ``hf_cg_steps`` CG steps (truncated at negative
 curvature), then ``phi <- phi + t d`` with ``t`` the best of 1, 1/2, ..., 1/32 and 0 by ``G_i`` (the paper's line
-search as a fixed grid, so that it runs under ``vmap``). Departs from the paper: parameters outside ``adapt=``
-(shared, not in the proximal term) get the exact total derivative
+search as a fixed grid, so that it runs under ``vmap``). ``proximal="final"`` solves the problem the way the
+authors' released code (aravindr93/imaml_dev, ``examples/omniglot_implicit_maml.py``) does: ``inner_steps`` steps of
+gradient descent on ``L_support`` alone, then one step on the proximal term,
+``phi <- phi - inner_lr * lambda * (phi - theta)``; its CG matrix is
+``(1 + cg_damping) I + H / (lambda + cg_lam_damping)`` with ``cg_lam_damping = 10`` there (docs/learners.md says
+where this departs from eq. 3 and why the Omniglot presets use it). Departs from the paper: parameters outside
+``adapt=`` (shared, not in the proximal term) get the exact total derivative
 ``dL_q/dtheta_s - (d grad_phi L_s / d theta_s)^T (H_i + lambda I)^-1 grad_phi L_q`` (the paper adapts all).
 """
 
@@ -56,6 +61,7 @@ def _positive(name: str, value: object, allow_zero: bool = False) -> float:
 
 
 SOLVERS = ("gd", "hf")  # the inner solvers: gradient descent, Hessian-free Newton-CG
+PROXIMAL = ("every", "final")  # the proximal term in every gradient step (eq. 3), or one pull-back step at the end
 LINE_SEARCH = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0)  # the step sizes t of a Newton step; 0 keeps phi
 
 
@@ -82,6 +88,10 @@ class IMAML(MetaLearner):
         inner_solver: ``"gd"`` (gradient descent of rate ``inner_lr``) or ``"hf"`` (Hessian-free Newton-CG steps
             with a line search; ``inner_lr`` unused), the solver of the proximal inner problem.
         hf_cg_steps: CG steps (Hessian-vector products) per Newton step of ``inner_solver="hf"`` (5 in the paper).
+        proximal: ``"every"`` (gradient descent on ``G_i``, eq. 3) or ``"final"`` (gradient descent on ``L_support``,
+            then one pull-back step towards theta of rate ``inner_lr * lam``: the authors' released code; gd only).
+        cg_lam_damping: added to lambda in the CG system's Hessian term, ``H / (lambda + cg_lam_damping)`` (the
+            authors' code: 10; 0 is Lemma 1's system).
     """
 
     #: What a diverging run proposes: CG needs ``I + H / lambda`` positive definite, which a larger lambda restores.
@@ -101,11 +111,22 @@ class IMAML(MetaLearner):
         strategy: str = "auto",
         inner_solver: str = "gd",
         hf_cg_steps: int = 5,
+        proximal: str = "every",
+        cg_lam_damping: float = 0.0,
     ) -> None:
         super().__init__(model, loss_fn, strategy)
         if inner_solver not in SOLVERS:
             raise ValueError(f"inner_solver must be one of {', '.join(SOLVERS)}, got {inner_solver!r}")
-        self.inner_solver = inner_solver
+        if proximal not in PROXIMAL:
+            raise ValueError(f"proximal must be one of {', '.join(PROXIMAL)}, got {proximal!r}")
+        if proximal == "final" and inner_solver != "gd":
+            raise ValueError("proximal='final' (a pull-back step after gradient descent) needs inner_solver='gd'")
+        if proximal == "final" and inner_lr * lam > 1:
+            raise ValueError(
+                f"proximal='final' needs inner_lr * lam <= 1 (a pull-back past theta), got {inner_lr * lam:g}"
+            )
+        self.inner_solver, self.proximal = inner_solver, proximal
+        self.cg_lam_damping = _positive("cg_lam_damping", cg_lam_damping, allow_zero=True)
         self.hf_cg_steps = positive_int("hf_cg_steps", hf_cg_steps)
         self.inner_lr = _positive("inner_lr", inner_lr)
         self.inner_steps = positive_int("inner_steps", inner_steps)  # 0 steps: phi* = theta is no stationary point
@@ -134,9 +155,20 @@ class IMAML(MetaLearner):
 
         if self.inner_solver == "hf":
             return self._newton_cg(lambda fast: objective(fast, (x, y)), anchor, shared, steps, trajectory)
-        return adapt_params(
-            objective, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory
-        )
+        if self.proximal == "every":
+            return adapt_params(
+                objective, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory
+            )
+
+        def support(params: Params, data) -> torch.Tensor:
+            return self.support_loss({n: params[n] for n in anchor}, shared, *data)
+
+        def pull_back(params: Params) -> Params:  # one gradient step on lambda/2 ||phi - theta||^2
+            rate = self.inner_lr * self.lam
+            return {n: p - rate * (p - anchor[n]) if n in anchor else p for n, p in params.items()}
+
+        path = adapt_params(support, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory)
+        return [pull_back(p) for p in path] if trajectory else pull_back(path)
 
     def _newton_cg(self, objective, anchor: Params, shared: Params, steps: int, trajectory: bool) -> Any:
         """iMAML-HF: ``phi <- phi + t d``, ``d`` from ``hf_cg_steps`` CG steps on ``(H + lambda I) d = -grad G``
@@ -174,8 +206,8 @@ class IMAML(MetaLearner):
         linearized = vjp(lambda f, s: grad(self.support_loss)(f, s, sx, sy), phi, shared)
         support_grad, vjp_fn = linearized[0], linearized[1]
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:  # (I + H / lambda) v
-            return v + flatten(vjp_fn(unflatten(v, phi))[0]) / self.lam
+        def matvec(v: torch.Tensor) -> torch.Tensor:  # (I + H / (lambda + cg_lam_damping)) v
+            return v + flatten(vjp_fn(unflatten(v, phi))[0]) / (self.lam + self.cg_lam_damping)
 
         solution = conjugate_gradient(matvec, flatten(g_phi), self.cg_steps, tol=None, damping=self.cg_damping)
         grads = unflatten(solution, phi)  # d phi*/d theta = (I + H / lambda)^-1 (H symmetric)

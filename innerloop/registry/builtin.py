@@ -134,6 +134,14 @@ def _check_imaml(config) -> None:
         ("cg_damping", a.cg_damping < 0, ">= 0"),
         ("inner_solver", a.inner_solver not in ("gd", "hf"), "gd or hf"),
         ("hf_cg_steps", a.hf_cg_steps < 1, ">= 1"),
+        ("proximal", a.proximal not in ("every", "final"), "every or final"),
+        ("proximal", a.proximal == "final" and a.inner_solver != "gd", "every when inner_solver is hf"),
+        (
+            "inner_lr",
+            a.proximal == "final" and a.inner_lr * a.lam > 1,
+            "<= 1 / lam with proximal=final (a pull-back past theta)",
+        ),
+        ("cg_lam_damping", a.cg_lam_damping < 0, ">= 0"),
         error=ConfigError,
     )
 

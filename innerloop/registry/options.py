@@ -86,6 +86,8 @@ class IMAMLOptions(InnerLoopOptions):
     adapt: str = "all"  # all | head | a regular expression over parameter names (the others: shared)
     inner_solver: str = "gd"  # gd (gradient descent of rate inner_lr) | hf (Hessian-free Newton-CG steps with a line search: iMAML-HF)
     hf_cg_steps: int = 5  # inner_solver=hf: CG steps (Hessian-vector products) per Newton step
+    proximal: str = "every"  # every (the proximal term in each gd step, eq. 3) | final (gd on the support loss, then one pull-back step of inner_lr * lam: the authors' code)
+    cg_lam_damping: float = 0.0  # added to lambda in the CG system's Hessian term H / (lambda + cg_lam_damping) (the authors' code: 10)
 
 
 @dataclass
