@@ -180,12 +180,14 @@ def peak_bytes_of_a_meta_step(learner, batch):
     return mode.peak
 
 
-def test_memory_does_not_grow_with_the_inner_steps():
+@pytest.mark.parametrize("proximal", ["every", "final"])
+def test_memory_does_not_grow_with_the_inner_steps(proximal):
     batch = SinusoidTasks(shots=10, queries=10, seed=0).sample(0, range(4)).to(dtype=torch.float64)
     peaks = {}
     for steps in (5, 100):
         torch.manual_seed(0)
-        imaml = IMAML(MLP(1, [40, 40], 1).double(), inner_lr=0.01, inner_steps=steps, strategy="loop")
+        model = MLP(1, [40, 40], 1).double()
+        imaml = IMAML(model, inner_lr=0.01, inner_steps=steps, proximal=proximal, strategy="loop")
         torch.manual_seed(0)
         maml = MAML(MLP(1, [40, 40], 1).double(), inner_lr=0.01, inner_steps=steps // 5, strategy="loop")
         peaks[steps] = peak_bytes_of_a_meta_step(imaml, batch), peak_bytes_of_a_meta_step(maml, batch)

@@ -131,6 +131,38 @@ def test_eval_writes_its_table_and_figures_and_never_overwrites(tmp_path, monkey
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_chosen_condition_gives_the_numbers_of_the_full_comparison(tmp_path, monkeypatch, capsys):
+    """compare_run(which=[i]) (benchmarks/lopt_seeds.py) runs condition i alone, with the full run's numbers."""
+    from innerloop.analysis.lopt import compare_run
+    from innerloop.training.builders import learner_from_checkpoint
+    from innerloop.training.checkpoint import find_checkpoint, load_checkpoint
+
+    run = tmp_path / "run"
+    code, _, err = train_cli(monkeypatch, capsys, run, "--no-evaluate", "train.iterations=2")
+    assert code == 0, err
+    ckpt = load_checkpoint(find_checkpoint(run))
+    learner = learner_from_checkpoint(ckpt)
+    full = compare_run(learner, ckpt.config, echo=lambda _: None)["conditions"]
+    for i in (0, 1):
+        (alone,) = compare_run(learner, ckpt.config, echo=lambda _: None, which=[i])["conditions"]
+        assert alone["condition"] == full[i]["condition"] and alone["optimizers"] == full[i]["optimizers"]
+    assert full[0]["condition"].startswith("in-distribution") and full[1]["condition"].startswith("width x4")
+
+
+def test_the_untrained_column_is_the_rule_the_run_started_from(tmp_path):
+    from innerloop.analysis.lopt import initial_rule
+
+    cfg = config(tmp_path, "train.seed=3")
+    started = make_trainer(cfg).learner.rule.meta()  # before any meta-step
+    torch.manual_seed(12345)  # the global random state does not matter
+    untrained = initial_rule(cfg).meta()
+    assert started.keys() == untrained.keys() and any(v.numel() for v in started.values())
+    for name, value in started.items():
+        assert torch.equal(value, untrained[name]), name
+    other = initial_rule(config(tmp_path, "train.seed=4", name="other")).meta()
+    assert any(not torch.equal(v, other[n]) for n, v in started.items())  # a random init: another seed differs
+
+
 @pytest.mark.parametrize(
     "override, words",
     [

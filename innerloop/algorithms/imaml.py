@@ -168,7 +168,9 @@ class IMAML(MetaLearner):
             return {n: p - rate * (p - anchor[n]) if n in anchor else p for n, p in params.items()}
 
         path = adapt_params(support, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory)
-        return [pull_back(p) for p in path] if trajectory else pull_back(path)
+        if isinstance(path, list):
+            return [pull_back(p) for p in path]
+        return pull_back(path)
 
     def _newton_cg(self, objective, anchor: Params, shared: Params, steps: int, trajectory: bool) -> Any:
         """iMAML-HF: ``phi <- phi + t d``, ``d`` from ``hf_cg_steps`` CG steps on ``(H + lambda I) d = -grad G``

@@ -7,6 +7,7 @@ data, architecture), against ``torch.optim.Adam`` and ``SGD(momentum=0.9)`` tune
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,15 +45,25 @@ def conditions(cfg) -> list[tuple[str, TaskFamily, int]]:
     return out
 
 
-def compare_run(learner, cfg, echo=print) -> dict:
-    """Every condition's curves and summaries (``learner``: a ``LearnedOptimizerLearner``, meta-trained)."""
+def initial_rule(cfg):
+    """The rule a run of ``cfg`` started meta-training from (the trainer seeds ``train.seed`` before building it), drawn
+    without touching the global random state: the "untrained" column."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_rule(cfg)
+
+
+def compare_run(learner, cfg, echo=print, which: Sequence[int] | None = None) -> dict:
+    """Every condition's curves and summaries (``learner``: a ``LearnedOptimizerLearner``, meta-trained); ``which``:
+    the indices of :func:`conditions` to run (default all; 0 is in-distribution)."""
     a, e = cfg.algorithm, cfg.eval
     test = OptimizerTasks(split_seed(cfg.train.seed, e.seed, "test")).task_seeds(range(e.tasks))
     seen = OptimizerTasks(learner.run_seed, cfg.train.meta_batch_size).task_seeds(range(a.tune_tasks))
     tuned: dict[tuple[str, int], tuple[float, list[float]]] = {}
-    untrained = build_rule(cfg)
+    untrained = initial_rule(cfg)
     results = []
-    for label, family, n in conditions(cfg):
+    chosen = conditions(cfg)
+    for label, family, n in chosen if which is None else [chosen[i] for i in which]:
         echo(f"evaluating {label} ({e.tasks} tasks, {n} steps)")
         curves = {
             "learned": learned_curves(family, learner.rule, learner.meta(), test, n),

@@ -1,0 +1,58 @@
+"""Is a learned optimizer's win over tuned Adam robust across meta-training seeds? One row per run, in-distribution.
+
+    .venv/bin/python benchmarks/lopt_seeds.py RUN [RUN ...] [--tasks 100] [--seed 2025] [--checkpoint best]
+
+For each run (the same preset meta-trained with different ``train.seed``), the comparison of ``innerloop eval RUN``
+on its first condition only (held-out tasks of the meta-training family; Adam and SGD-momentum tuned on the run's
+grid ``algorithm.tune_lrs`` over meta-training tasks): the learned rule's loss after N steps, tuned Adam's, their
+ratio, the paired difference with its 95% CI and the tasks won; then the median ratio over the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from innerloop.analysis.lopt import compare_run
+from innerloop.training.builders import learner_from_checkpoint
+from innerloop.training.checkpoint import find_checkpoint, load_checkpoint
+from innerloop.training.overfitting import best_checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=2025, help="seed of the test tasks (innerloop eval --seed)")
+    parser.add_argument("--checkpoint", choices=("latest", "best"), default="best")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(
+        "| run | train.seed | checkpoint | N | learned | Adam (tuned lr) | learned / Adam | learned - Adam, paired | wins |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    ratios = []
+    for run in args.runs:
+        path = best_checkpoint(run) if args.checkpoint == "best" else find_checkpoint(run)
+        ckpt = load_checkpoint(path)
+        cfg = ckpt.config
+        cfg.eval.tasks, cfg.eval.seed = args.tasks, args.seed
+        entry = compare_run(learner_from_checkpoint(ckpt), cfg, echo=lambda _: None, which=[0])["conditions"][0]
+        learned, adam = (entry["optimizers"][k]["final"] for k in ("learned", "adam"))
+        d = entry["learned_vs_adam"]
+        ratios.append(learned["mean"] / adam["mean"])
+        print(
+            f"| {run.name} | {cfg.train.seed} | {path.name} | {entry['steps']} | {learned['mean']:.3g} ± {learned['ci95']:.2g} "
+            f"| {adam['mean']:.3g} ± {adam['ci95']:.2g} ({entry['lrs']['adam']:.3g}) | {ratios[-1]:.3f} "
+            f"| {d['mean']:+.3g} ± {d['ci95']:.2g} | {d['wins']}/{d['tasks']} |",
+            flush=True,
+        )
+    wins = sum(r < 1 for r in ratios)
+    print(f"\nmedian learned / Adam over {len(ratios)} runs: {statistics.median(ratios):.3f}; below 1 in {wins}")
+
+
+if __name__ == "__main__":
+    main()
