@@ -330,7 +330,11 @@ def test_bad_options_are_refused_naming_them(option, value):
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"inner_solver": "hf"}, "inner_solver='gd'"), ({"inner_lr": 0.6, "lam": 2.0}, "inner_lr \\* lam <= 1")],
+    [
+        ({"inner_solver": "hf"}, "inner_solver='gd'"),
+        ({"inner_lr": 0.6, "lam": 2.0}, "inner_lr \\* lam <= 1"),
+        ({"inner_lr": "fast"}, "inner_lr must be a positive number"),  # checked before the product is formed
+    ],
 )
 def test_a_pull_back_needs_gradient_descent_and_a_rate_that_does_not_overshoot(options, message):
     with pytest.raises(ValueError, match=message):

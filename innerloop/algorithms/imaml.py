@@ -121,10 +121,6 @@ class IMAML(MetaLearner):
             raise ValueError(f"proximal must be one of {', '.join(PROXIMAL)}, got {proximal!r}")
         if proximal == "final" and inner_solver != "gd":
             raise ValueError("proximal='final' (a pull-back step after gradient descent) needs inner_solver='gd'")
-        if proximal == "final" and inner_lr * lam > 1:
-            raise ValueError(
-                f"proximal='final' needs inner_lr * lam <= 1 (a pull-back past theta), got {inner_lr * lam:g}"
-            )
         self.inner_solver, self.proximal = inner_solver, proximal
         self.cg_lam_damping = _positive("cg_lam_damping", cg_lam_damping, allow_zero=True)
         self.hf_cg_steps = positive_int("hf_cg_steps", hf_cg_steps)
@@ -132,6 +128,10 @@ class IMAML(MetaLearner):
         self.inner_steps = positive_int("inner_steps", inner_steps)  # 0 steps: phi* = theta is no stationary point
         self.eval_steps = positive_int("eval_steps", inner_steps if eval_steps is None else eval_steps, allow_zero=True)
         self.lam = _positive("lam", lam)
+        if proximal == "final" and self.inner_lr * self.lam > 1:
+            raise ValueError(
+                f"proximal='final' needs inner_lr * lam <= 1 (a pull-back past theta), got {self.inner_lr * self.lam:g}"
+            )
         self.cg_steps = positive_int("cg_steps", cg_steps)
         self.cg_damping = _positive("cg_damping", cg_damping, allow_zero=True)
         self.adapted_names = select_adapted(model, adapt)
