@@ -148,6 +148,31 @@ def test_resume_truncates_tensorboard_too(run, monkeypatch, capsys):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]  # the old 3 and 4 purged
 
 
+@needs(find_spec("tensorboard") is not None, "tensorboard (part of the dev extra)")
+def test_a_resumed_event_file_sorts_after_an_older_one_of_the_same_second_and_process(tmp_path):
+    """A file of this second, host and process with a larger unpadded counter (99999 > the next one's) sorts after a
+    new writer's file unless truncate_after waits for the next second (then TensorBoard would not purge it)."""
+    import os
+    import socket
+    import time
+
+    from innerloop.training.metrics_log import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    log.write({"iteration": 1, "loss": 1.0})
+    older = (
+        tmp_path
+        / "tensorboard"
+        / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.99999"
+    )
+    older.write_bytes(b"")
+    log.truncate_after(0)
+    log.write({"iteration": 1, "loss": 2.0})
+    log.writer.flush()
+    names = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
+    assert names[-1] != older.name and len(names) == 3, names
+
+
 def test_no_intact_checkpoint_refuses_and_changes_nothing(run, monkeypatch, capsys):
     _delete_newest(run / "checkpoints" / "step-00000004")
     _truncate_weights(run / "checkpoints" / "step-00000002")

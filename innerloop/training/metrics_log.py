@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from .checkpoint import write_text_atomic
+
+
+def wait_past_event_files(log_dir: str | Path) -> None:
+    """Sleep until the clock's second is past every event file's in ``log_dir`` (at most about 1 s).
+
+    TensorBoard reads a run's event files in name order, and a name is ``events.out.tfevents.SECOND.HOST.PID.N``
+    with N unpadded. A writer created in the same second and process as an older one may sort before it (N = 10
+    against 9), and then the older events come after its ``purge_step`` and are not hidden."""
+    seconds = [p.name.split(".")[3] for p in Path(log_dir).glob("events.out.tfevents.*")]
+    newest = max((int(s) for s in seconds if s.isdigit()), default=None)
+    if newest is not None and (wait := newest + 1 - time.time()) > 0:
+        time.sleep(wait)
 
 
 class MetricsLog:
@@ -43,6 +56,7 @@ class MetricsLog:
 
             log_dir = self.writer.log_dir
             self.writer.close()
+            wait_past_event_files(log_dir)  # the new file must sort after the ones whose events it purges
             self.writer = SummaryWriter(log_dir=log_dir, purge_step=iteration + 1)
 
     def write(self, record: dict) -> None:
