@@ -149,28 +149,27 @@ class IMAML(MetaLearner):
         detached, no graph kept; with ``trajectory``, the list of parameters after 0, 1, ..., ``steps`` steps."""
         anchor, shared = split({n: p.detach() for n, p in theta.items()}, self.adapted_names)
 
-        def objective(params: Params, data) -> torch.Tensor:
-            proximal = sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
-            return self.support_loss({n: params[n] for n in anchor}, shared, *data) + self.lam / 2 * proximal
-
-        if self.inner_solver == "hf":
-            return self._newton_cg(lambda fast: objective(fast, (x, y)), anchor, shared, steps, trajectory)
-        if self.proximal == "every":
-            return adapt_params(
-                objective, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory
-            )
-
         def support(params: Params, data) -> torch.Tensor:
             return self.support_loss({n: params[n] for n in anchor}, shared, *data)
 
-        def pull_back(params: Params) -> Params:  # one gradient step on lambda/2 ||phi - theta||^2
-            rate = self.inner_lr * self.lam
+        def objective(params: Params, data) -> torch.Tensor:
+            proximal = sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
+            return support(params, data) + self.lam / 2 * proximal
+
+        if self.inner_solver == "hf":
+            return self._newton_cg(lambda fast: objective(fast, (x, y)), anchor, shared, steps, trajectory)
+        descended = objective if self.proximal == "every" else support
+        path = adapt_params(
+            descended, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory
+        )
+        if self.proximal == "every":
+            return path
+        rate = self.inner_lr * self.lam  # then one gradient step on lambda/2 ||phi - theta||^2
+
+        def pull_back(params: Params) -> Params:
             return {n: p - rate * (p - anchor[n]) if n in anchor else p for n, p in params.items()}
 
-        path = adapt_params(support, self.rule, anchor, shared, (x, y), steps, first_order=True, trajectory=trajectory)
-        if isinstance(path, list):
-            return [pull_back(p) for p in path]
-        return pull_back(path)
+        return [pull_back(p) for p in path] if isinstance(path, list) else pull_back(path)
 
     def _newton_cg(self, objective, anchor: Params, shared: Params, steps: int, trajectory: bool) -> Any:
         """iMAML-HF: ``phi <- phi + t d``, ``d`` from ``hf_cg_steps`` CG steps on ``(H + lambda I) d = -grad G``
