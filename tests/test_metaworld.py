@@ -233,6 +233,7 @@ def test_a_maml_trpo_iteration_runs_from_the_preset_and_eval_reports_success(tmp
     assert 0.0 <= train["success_after"] <= 1.0 and train["env_steps"] == 2 * 2 * 20 * 2
     assert val["split"] == "val" and 0.0 <= val["success_1"] <= 1.0 and "return_1" in val
     assert "Meta-World protocol, 3 test goals" in out and (tmp_path / "success.png").exists()
+    assert "1 adaptation step(s) of 2 episodes (gradient steps of SGD(lr=0.1))" in out
     code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--tasks", "2", "--output", tmp_path / "e.json")
     assert code == 0, err
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("reach-v3", "overall"))}
@@ -263,6 +264,7 @@ def test_an_rl2_iteration_runs_from_the_preset_and_eval_reports_success(tmp_path
     assert 0.0 <= train["success_after"] <= 1.0 and train["env_steps"] == 2 * 1 * 2 * 20
     assert val["split"] == "val" and 0.0 <= val["success_1"] <= 1.0 and "return_1" in val
     assert "Meta-World protocol, 3 test goals" in out and (tmp_path / "success.png").exists()
+    assert "of 2 episodes (its hidden state, kept over the trial)" in out and "rates" not in out  # no gradient steps
 
 
 def meta_world_presets() -> list[str]:

@@ -16,7 +16,7 @@ def is_metaworld(learner) -> bool:
 
 def evaluate_success(learner, cfg) -> dict:
     """``innerloop.rl.success.metaworld_evaluation`` as configured: eval.tasks test goals, max(eval.steps)
-    adaptation steps of rl.eval_episodes episodes at rates rl.eval_lrs, rl.success_episodes scored episodes."""
+    adaptation steps of rl.eval_episodes episodes (gradient steps at rates rl.eval_lrs, or the learner's own way), rl.success_episodes scored episodes."""
     from ..rl.success import metaworld_evaluation
 
     e, r = cfg.eval, cfg.rl
@@ -65,7 +65,7 @@ def report_success(learner, cfg, output: Path, source: dict, results: dict | Non
     p = results["protocol"]
     header = (
         f"{cfg.algorithm.name} on {cfg.task.name}: Meta-World protocol, {p['tasks']} test goals, "
-        f"{p['adaptation_steps']} adaptation step(s) of {p['adaptation_episodes']} episodes at rates {list(cfg.rl.eval_lrs)}, "
+        f"{p['adaptation_steps']} adaptation step(s) of {p['adaptation_episodes']} episodes ({p['adaptation']}), "
         f"then {p['evaluation_episodes']} scored episodes each (ending at success); mean ± 95% CI over goals"
     )
     typer.echo(header)

@@ -110,6 +110,7 @@ class PEARL(nn.Module):
         deterministic_eval: act with tanh(mu) at evaluation (the authors' code).
     """
 
+    adapts_by = "posterior sampling over its context"  # Meta-World's protocol header (rl.success)
     train_tasks: torch.Tensor
     log_alpha: torch.Tensor
     divergence_fix = "Lower train.meta_lr or algorithm.reward_scale, or set train.grad_clip."

@@ -51,6 +51,7 @@ class RL2(nn.Module):
         eval_trials: trials per task at validation and evaluation (default ``trials``).
     """
 
+    adapts_by = "its hidden state, kept over the trial"  # Meta-World's protocol header (rl.success)
     value_shift: torch.Tensor  # buffers: the standardisation of the value head's targets
     value_scale: torch.Tensor
     rule = None  # no inner update rule: RL² adapts through its hidden state (asked by Meta-World's protocol)

@@ -37,6 +37,8 @@ class ScoresItsOwnAdaptation(Protocol):
     """A learner that adapts its own way under the protocol (RL²: one trial with its hidden state kept; PEARL:
     posterior inference), instead of :func:`adapt_and_score`'s gradient steps; same arguments and result."""
 
+    adapts_by: str  # how it adapts, as the evaluation header says it ("its hidden state, kept over the trial")
+
     def adapt_and_score(
         self,
         tasks: torch.Tensor,
@@ -147,6 +149,7 @@ def metaworld_evaluation(
             for row, n, s, r in zip(tasks, names, per_goal_success, per_goal_return)
         ],
         "protocol": {
+            "adaptation": learner.adapts_by if own else f"gradient steps of {rule.describe()}",
             "adaptation_steps": adaptation_steps,
             "adaptation_episodes": adaptation_episodes,
             "evaluation_episodes": evaluation_episodes,
