@@ -208,8 +208,8 @@ def test_a_killed_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(t
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     kill_a_worker_midway([agent], out)
-    stdout, stderr = agent.communicate(timeout=300)
-    assert agent.returncode == 0, stderr[-3000:]
+    [(code, stdout, stderr)] = finish([agent])
+    assert code == 0, stderr[-3000:]
     assert_recovered(out, stdout, stderr, uninterrupted)
 
 
@@ -242,10 +242,42 @@ def start_two_nodes(overrides_per_node, out, extra=(), launch=False) -> list[sub
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str, str]]:
     """(exit status, stdout, stderr) of each process, their pipes drained side by side: waiting on one while
-    another fills its pipe (a log line every iteration) would block that one, and with it the collectives."""
+    another fills its pipe (a log line every iteration) would block that one, and with it the collectives.
+    Past ``timeout`` the test fails with what each process and its workers were doing, instead of a bare
+    TimeoutExpired (a hang seen once in CI left nothing to read)."""
+
+    def drain(proc: subprocess.Popen) -> tuple[str, str] | None:
+        try:
+            return proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     with ThreadPoolExecutor(len(procs)) as pool:
-        outputs = list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
+        outputs = list(pool.map(drain, procs))
+    if None in outputs:
+        hung = [p for p, o in zip(procs, outputs) if o is None]
+        states = {p.pid: {w: process_state(w) for w in workers_of(p.pid)} for p in hung}
+        for p in hung:
+            p.send_signal(signal.SIGTERM)  # torchrun passes it to its workers
+        tails = []
+        for p, o in zip(procs, outputs):
+            try:
+                stdout, stderr = o if o is not None else p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                stdout, stderr = p.communicate()
+            tails.append(f"pid {p.pid} workers {states.get(p.pid, 'finished')}:\n{stdout[-1500:]}\n{stderr[-3000:]}")
+        pytest.fail(f"{len(hung)} of {len(procs)} launchers still running after {timeout:g} s\n" + "\n".join(tails))
     return [(p.returncode, *output) for p, output in zip(procs, outputs)]
+
+
+def process_state(pid: int) -> str:
+    """A process's scheduler state and kernel wait channel (where a hang sits), from /proc."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return f"{state}/{Path(f'/proc/{pid}/wchan').read_text()}"
+    except OSError:
+        return "gone"
 
 
 def two_nodes(overrides_per_node, out, extra=()):
