@@ -108,6 +108,18 @@ def test_the_work_buffers_are_reused_between_steps():
     assert all(a is b for a, b in zip(buffers, [opt._scratch["x"], *opt._scratch["h"], opt._scratch["out"]]))
 
 
+@pytest.mark.parametrize("name", ["mlp", "adafactor", "adam-correction"])
+def test_the_feature_buffer_holds_one_block_not_the_largest_tensor(name):
+    net = model(torch.float32)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    opt = LearnedOptimizer(net.parameters(), rule=FORMS[name]())
+    opt.rule.block = 8
+    optim_run(net, opt, x, y, 2)
+    largest = max(p.numel() for p in net.parameters())  # 63, the 9 x 7 weight (factored: blocks of whole rows, 7)
+    assert opt._scratch["x"].shape == (opt.rule.num_features() + 1, 8)
+    assert opt._scratch["spare"].numel() == largest
+
+
 def test_state_dicts_are_snapshots_that_in_place_steps_never_write_into():
     net = model(torch.float64)
     x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)

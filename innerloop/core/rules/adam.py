@@ -171,12 +171,12 @@ class AdamCorrection(PerParameterMLP):
             adam = adam * torch.exp(self.scale_mult * out[1])
         return adam + super().step_from(out, g, m, v, step)
 
-    def fill_(self, x, g, p, entry, b, c, step, lo, hi):
+    def fill_(self, x, m, entry, c, step, lo, hi):
         """As the MLP optimizer's, with Adam's direction (:func:`adam_direction`, its operations) in the last row."""
-        super().fill_(x, g, p, entry, b, c, step, lo, hi)
+        super().fill_(x, m, entry, c, step, lo, hi)
         (b1, b2), t, v = self.betas, step + 1, entry["v"][0, lo:hi]
         denom = torch.add(v, torch.finfo(v.dtype).tiny, out=x[-1]).sqrt_().div_(math.sqrt(1 - b2**t)).add_(self.eps)
-        torch.div(entry["m"][0, lo:hi], denom, out=x[-1]).div_(1 - b1**t)
+        torch.div(m[0], denom, out=x[-1]).div_(1 - b1**t)
 
     def apply_(self, p, out, x, meta):
         """The correction, then Adam's step ``-lr`` times the direction in the last feature row (scaled first)."""

@@ -203,7 +203,8 @@ class PerParameterMLP(UpdateRule):
     def in_place_ready(self) -> bool:
         """Whether :meth:`step_inplace` computes this class's :meth:`forward` (its hooks are overridden in pairs)."""
         pairs = [("forward", "step_inplace"), ("mlp", "step_inplace"), ("features", "fill_"),
-                 ("second_moments", "second_moments_"), ("step_from", "apply_"), ("init_entry", "prepare_")]  # fmt: skip
+                 ("second_moments", "second_moments_"), ("second_moments", "accumulate_"), ("step_from", "apply_"),
+                 ("init_entry", "accumulate_")]  # fmt: skip
         return in_place_matches(self, pairs + ([("decays", "meta_decays")] if self.learn_decays else []))
 
     block = 1 << 16  # coordinates per MLP block in ``step_inplace`` (a block's activations stay in cache)
@@ -212,66 +213,81 @@ class PerParameterMLP(UpdateRule):
     def step_inplace(self, params, grads, states, step: int, meta: Mapping[str, torch.Tensor], scratch: dict) -> None:
         """:meth:`forward` in place, for the ``torch.optim`` form: ``p += u`` and the accumulators updated in place.
 
-        Each tensor's features are written to one reused ``(F, n)`` buffer (``scratch``), the MLP runs on blocks of
-        :attr:`block` coordinates into reused activations; the values are :meth:`forward`'s (its order of operations).
-        ``params``, ``grads``: lists of contiguous tensors; ``states``: their entries of :meth:`init_state`.
+        Per tensor: the accumulators are updated whole (:meth:`accumulate_`), and the squared norms of the features
+        ``g``, ``p`` and ``m`` (the normalisation) read from the tensors themselves; two passes over blocks of
+        :attr:`block` coordinates then keep the other features in cache: the first writes them (:meth:`fill_`)
+        into a reused ``(F + 1, block)`` buffer and sums their squares, the second writes them again under copies
+        of ``g``, ``p`` and ``m`` and runs the MLP on the block into reused activations (a tensor of one block
+        keeps its features from the first). The values are :meth:`forward`'s up to rounding. ``params``,
+        ``grads``: lists of contiguous tensors; ``states``: their entries of :meth:`init_state`; ``scratch``: the
+        reused buffers.
         """
         like = grads[0]
         b, c = self.meta_decays(meta, like) if self.learn_decays else self.decays(like)
         layers = self.meta_layers(meta)
-        f, n_max = self.num_features(), max(p.numel() for p in params)
+        f, k, n_max = self.num_features(), len(b), max(p.numel() for p in params)
         cpu = like.device.type == "cpu"  # blocks keep activations in a CPU cache; a GPU takes each tensor whole
         widths = [min(self.block_width(entry) if cpu else p.numel(), p.numel()) for p, entry in zip(params, states)]
         bias = layers[0][0][:, f:] @ tanh_embedding(step, like) + layers[0][1]
         # a row of ones under the features and under each hidden layer carries the biases through the products
         later = [torch.cat([w, w_bias[:, None]], 1) for w, w_bias in layers[1:]]
-        if scratch.get("x") is None or scratch["x"].shape != (f + 1, n_max) or scratch["x"].dtype != like.dtype:
-            scratch["x"] = like.new_ones(f + 1, n_max)
-        if scratch.get("out") is None or scratch["out"].shape[1] < max(widths) or scratch["out"].dtype != like.dtype:
+        if scratch.get("x") is None or scratch["x"].shape != (f + 1, max(widths)) or scratch["x"].dtype != like.dtype:
+            scratch["x"] = like.new_ones(f + 1, max(widths))
             scratch["h"] = [like.new_ones(w.shape[0] + 1, max(widths)) for w, _ in layers[:-1]]
             scratch["out"] = like.new_empty(layers[-1][0].shape[0], max(widths))
-        outs = [*scratch["h"], scratch["out"]]
+        if scratch.get("spare") is None or scratch["spare"].numel() < n_max or scratch["spare"].dtype != like.dtype:
+            scratch["spare"] = like.new_empty(n_max)  # g^2 of a whole tensor
+        outs, x_all = [*scratch["h"], scratch["out"]], scratch["x"]
         for p, g, entry, width in zip(params, grads, states, widths):
             n, flat, g = p.numel(), p.view(-1), g.view(-1)
-            x, blocks = scratch["x"][:, :n], [(lo, min(lo + width, n)) for lo in range(0, n, width)]
-            self.prepare_(g, entry, c, x[0])
-            total = like.new_zeros(f)  # sum of squares of each feature over the tensor
+            self.accumulate_(g, entry, b, c, scratch["spare"][:n])
+            m, blocks = entry["m"], [(lo, min(lo + width, n)) for lo in range(0, n, width)]
+            # squared norms over the tensor: of g, p and m from the tensors, of the other features block by block
+            norm = torch.linalg.vector_norm
+            total = torch.cat([norm(g)[None], norm(flat)[None], norm(m, dim=1), like.new_zeros(f - 2 - k)]).square_()
             for lo, hi in blocks:
-                self.fill_(x[:f, lo:hi], g[lo:hi], flat[lo:hi], entry, b, c, step, lo, hi)
-                total.add_(torch.linalg.vector_norm(x[:f, lo:hi], dim=1).square_())
+                rest = x_all[2 + k : f, : hi - lo]
+                self.fill_(rest, m[:, lo:hi], entry, c, step, lo, hi)
+                total[2 + k :].add_(torch.linalg.vector_norm(rest, dim=1).square_())
             weights = [torch.cat([layers[0][0][:, :f] * torch.rsqrt(1e-5 + total / n), bias[:, None]], 1), *later]
             for lo, hi in blocks:
-                h = x[:, lo:hi]
+                h = x = x_all[:, : hi - lo]
+                if len(blocks) > 1:
+                    self.fill_(x[2 + k : f], m[:, lo:hi], entry, c, step, lo, hi)
+                x[0].copy_(g[lo:hi])
+                x[1].copy_(flat[lo:hi])
+                x[2 : 2 + k].copy_(m[:, lo:hi])
                 for i, (weight, out) in enumerate(zip(weights, outs)):
                     if i > 0:
                         h[:-1].relu_()
                     torch.mm(weight, h, out=out[: weight.shape[0], : hi - lo])
                     h = out[:, : hi - lo]
-                self.apply_(flat[lo:hi], h, x[:f, lo:hi], meta)
+                self.apply_(flat[lo:hi], h, x[:f], meta)
 
     def block_width(self, entry: Mapping[str, torch.Tensor]) -> int:
         """Coordinates per block of ``step_inplace`` for a tensor with this state entry."""
         return self.block
 
-    def prepare_(self, g, entry, c, spare) -> None:
-        """Work on the whole tensor before its blocks (none here; row and column moments in the factored variant)."""
+    def accumulate_(self, g, entry, b, c, spare) -> None:
+        """Updates the accumulators of a whole tensor in place (``spare``: free space of ``g``'s size)."""
+        torch.lerp(g[None], entry["m"], b[:, None], out=entry["m"])  # b m + (1 - b) g
+        g2 = torch.mul(g, g, out=spare)
+        torch.lerp(g2[None], entry["v"], c[:, None], out=entry["v"])  # c v + (1 - c) g^2
 
-    def fill_(self, x, g, p, entry, b, c, step: int, lo: int, hi: int) -> None:
-        """Updates coordinates ``lo:hi`` of ``entry`` in place and writes their raw features (:meth:`features`) to ``x``."""
-        k, j = len(b), len(c)
-        m = torch.lerp(g[None], entry["m"][:, lo:hi], b[:, None], out=entry["m"][:, lo:hi])  # b m + (1 - b) g
-        v = x[2 + k : 2 + k + j]
-        self.second_moments_(g, entry, c, v, x[:1], lo, hi)
-        x[0].copy_(g)
-        x[1].copy_(p)
-        x[2 : 2 + k].copy_(m)
-        rsqrt = torch.add(v, 1e-6, out=x[2 + 2 * k + j : 2 + 2 * k + 2 * j]).rsqrt_()
-        torch.mul(m, rsqrt[:1], out=x[2 + k + j : 2 + 2 * k + j])
+    def fill_(self, x, m, entry, c, step: int, lo: int, hi: int) -> None:
+        """Writes the raw features (:meth:`features`) after ``g``, ``p`` and ``m`` of coordinates ``lo:hi`` to ``x``.
 
-    def second_moments_(self, g, entry, c, v, spare, lo: int, hi: int) -> None:
-        """:meth:`second_moments` in place on coordinates ``lo:hi``: the entry updated, the moments written to ``v``."""
-        g2 = torch.mul(g[None], g[None], out=spare)
-        v.copy_(torch.lerp(g2, entry["v"][:, lo:hi], c[:, None], out=entry["v"][:, lo:hi]))
+        ``m``: the (updated) momenta of these coordinates; ``x``: the rows from the second moments on.
+        """
+        k, j = m.shape[0], len(c)
+        v = x[:j]
+        self.second_moments_(entry, c, v, lo, hi)
+        rsqrt = torch.add(v, 1e-6, out=x[j + k : 2 * j + k]).rsqrt_()
+        torch.mul(m, rsqrt[:1], out=x[j : j + k])
+
+    def second_moments_(self, entry, c, v, lo: int, hi: int) -> None:
+        """:meth:`second_moments` of coordinates ``lo:hi`` (already updated) written to ``v``."""
+        v.copy_(entry["v"][:, lo:hi])
 
     def apply_(self, p, out, x, meta) -> None:
         """``p += u`` on a block of coordinates from the MLP's output ``out`` (2, w) (:meth:`step_from`)."""
@@ -341,18 +357,20 @@ class FactoredMLPOptimizer(PerParameterMLP):
         cols = entry["col"].shape[1]
         return cols * max(1, self.block // cols)
 
-    def prepare_(self, g, entry, c, spare) -> None:
-        """The row and column means of g^2 of a factored tensor, updated in place."""
-        if "row" in entry:
-            dims, c = (entry["row"].shape[1], entry["col"].shape[1]), c[:, None]
-            g2 = torch.mul(g, g, out=spare).add_(1e-30).view(dims)
-            torch.lerp(g2.mean(1), entry["row"], c, out=entry["row"])
-            torch.lerp(g2.mean(0), entry["col"], c, out=entry["col"])
+    def accumulate_(self, g, entry, b, c, spare) -> None:
+        """As the MLP optimizer's; a factored tensor keeps its momenta and the row and column means of g^2."""
+        if "row" not in entry:
+            return super().accumulate_(g, entry, b, c, spare)
+        torch.lerp(g[None], entry["m"], b[:, None], out=entry["m"])
+        dims, c = (entry["row"].shape[1], entry["col"].shape[1]), c[:, None]
+        g2 = torch.mul(g, g, out=spare).add_(1e-30).view(dims)
+        torch.lerp(g2.mean(1), entry["row"], c, out=entry["row"])
+        torch.lerp(g2.mean(0), entry["col"], c, out=entry["col"])
 
-    def second_moments_(self, g, entry, c, v, spare, lo, hi) -> None:
+    def second_moments_(self, entry, c, v, lo, hi) -> None:
         """Full accumulators, or the rank-one second moment ``row col^T / mean(row)`` of whole rows ``lo:hi``."""
         if "row" not in entry:
-            return super().second_moments_(g, entry, c, v, spare, lo, hi)
+            return super().second_moments_(entry, c, v, lo, hi)
         row, col = entry["row"], entry["col"]
         r0, r1 = lo // col.shape[1], hi // col.shape[1]
         full = torch.mul(row[:, r0:r1, None], col[:, None, :], out=v.view(len(c), r1 - r0, col.shape[1]))
