@@ -213,14 +213,14 @@ class PerParameterMLP(UpdateRule):
     def step_inplace(self, params, grads, states, step: int, meta: Mapping[str, torch.Tensor], scratch: dict) -> None:
         """:meth:`forward` in place, for the ``torch.optim`` form: ``p += u`` and the accumulators updated in place.
 
-        Per tensor: the accumulators are updated whole (:meth:`accumulate_`), and the squared norms of the features
-        ``g``, ``p`` and ``m`` (the normalisation) read from the tensors themselves; two passes over blocks of
-        :attr:`block` coordinates then keep the other features in cache: the first writes them (:meth:`fill_`)
-        into a reused ``(F + 1, block)`` buffer and sums their squares, the second writes them again under copies
-        of ``g``, ``p`` and ``m`` and runs the MLP on the block into reused activations (a tensor of one block
-        keeps its features from the first). The values are :meth:`forward`'s up to rounding. ``params``,
-        ``grads``: lists of contiguous tensors; ``states``: their entries of :meth:`init_state`; ``scratch``: the
-        reused buffers.
+        Per tensor: the accumulators are updated whole (the momenta here, the second moments by :meth:`accumulate_`),
+        and the squared norms of the features ``g``, ``p`` and ``m`` (the normalisation) read from the tensors
+        themselves; two passes over blocks of :attr:`block` coordinates then keep the other features in cache: the
+        first writes them (:meth:`fill_`) into a reused ``(F + 1, block)`` buffer and sums their squares, the
+        second writes them again under copies of ``g``, ``p`` and ``m`` and runs the MLP on the block into reused
+        activations (a tensor of one block keeps its features from the first). The values are :meth:`forward`'s
+        up to rounding. ``params``, ``grads``: lists of contiguous tensors; ``states``: their entries of
+        :meth:`init_state`; ``scratch``: the reused buffers.
         """
         like = grads[0]
         b, c = self.meta_decays(meta, like) if self.learn_decays else self.decays(like)
@@ -240,15 +240,16 @@ class PerParameterMLP(UpdateRule):
         outs, x_all = [*scratch["h"], scratch["out"]], scratch["x"]
         for p, g, entry, width in zip(params, grads, states, widths):
             n, flat, g = p.numel(), p.view(-1), g.view(-1)
-            self.accumulate_(g, entry, b, c, scratch["spare"][:n])
             m, blocks = entry["m"], [(lo, min(lo + width, n)) for lo in range(0, n, width)]
+            torch.lerp(g[None], m, b[:, None], out=m)  # b m + (1 - b) g
+            self.accumulate_(g, entry, c, scratch["spare"][:n])
             # squared norms over the tensor: of g, p and m from the tensors, of the other features block by block
             norm = torch.linalg.vector_norm
             total = torch.cat([norm(g)[None], norm(flat)[None], norm(m, dim=1), like.new_zeros(f - 2 - k)]).square_()
             for lo, hi in blocks:
                 rest = x_all[2 + k : f, : hi - lo]
                 self.fill_(rest, m[:, lo:hi], entry, c, step, lo, hi)
-                total[2 + k :].add_(torch.linalg.vector_norm(rest, dim=1).square_())
+                total[2 + k :].add_(norm(rest, dim=1).square_())
             weights = [torch.cat([layers[0][0][:, :f] * torch.rsqrt(1e-5 + total / n), bias[:, None]], 1), *later]
             for lo, hi in blocks:
                 h = x = x_all[:, : hi - lo]
@@ -268,9 +269,8 @@ class PerParameterMLP(UpdateRule):
         """Coordinates per block of ``step_inplace`` for a tensor with this state entry."""
         return self.block
 
-    def accumulate_(self, g, entry, b, c, spare) -> None:
-        """Updates the accumulators of a whole tensor in place (``spare``: free space of ``g``'s size)."""
-        torch.lerp(g[None], entry["m"], b[:, None], out=entry["m"])  # b m + (1 - b) g
+    def accumulate_(self, g, entry, c, spare) -> None:
+        """Updates the second-moment accumulators of a whole tensor in place (``spare``: free space of ``g``'s size)."""
         g2 = torch.mul(g, g, out=spare)
         torch.lerp(g2[None], entry["v"], c[:, None], out=entry["v"])  # c v + (1 - c) g^2
 
@@ -357,11 +357,10 @@ class FactoredMLPOptimizer(PerParameterMLP):
         cols = entry["col"].shape[1]
         return cols * max(1, self.block // cols)
 
-    def accumulate_(self, g, entry, b, c, spare) -> None:
-        """As the MLP optimizer's; a factored tensor keeps its momenta and the row and column means of g^2."""
+    def accumulate_(self, g, entry, c, spare) -> None:
+        """As the MLP optimizer's; a factored tensor keeps the row and column means of g^2."""
         if "row" not in entry:
-            return super().accumulate_(g, entry, b, c, spare)
-        torch.lerp(g[None], entry["m"], b[:, None], out=entry["m"])
+            return super().accumulate_(g, entry, c, spare)
         dims, c = (entry["row"].shape[1], entry["col"].shape[1]), c[:, None]
         g2 = torch.mul(g, g, out=spare).add_(1e-30).view(dims)
         torch.lerp(g2.mean(1), entry["row"], c, out=entry["row"])
