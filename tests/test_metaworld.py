@@ -16,6 +16,7 @@ import torch
 from cli_runner import cli
 from shared_data import require_metaworld
 
+from innerloop.errors import ConfigError
 from innerloop.rl.envs import FAMILIES, make_family
 from innerloop.rl.envs.metaworld import ML1_ENVS, _assign
 
@@ -162,6 +163,19 @@ def test_ml10_has_the_package_classes_and_switches_simulators_between_them():
     ml10.close()
 
 
+def test_train_and_test_splits_are_the_package_tasks_interleaved_over_classes():
+    ml10 = make_family("ml10", horizon=3, seed=0)
+    train, test = ml10.split_tasks("train"), ml10.split_tasks("test")
+    assert len(train) == len(ml10.train) == 500 and len(test) == len(ml10.test) == 250
+    assert sorted(int(r) for r in train) == list(range(500)) and sorted(int(r) for r in test) == list(range(500, 750))
+    first = [ml10.task(row).env_name for row in ml10.split_tasks("train", 10)]
+    assert sorted(first) == sorted(ml10.train_classes)  # any prefix is balanced over the classes
+    assert torch.equal(ml10.test_tasks(7, seed=3), test[:7])
+    with pytest.raises(ConfigError, match="has 500 train tasks"):
+        ml10.split_tasks("train", 501)
+    ml10.close()
+
+
 def _linear_reacher(family, target):
     """A MAML-TRPO learner whose mean action steers the hand (observation[:3]) to ``target``."""
     from innerloop.rl.maml_trpo import MAMLTRPO
@@ -240,6 +254,12 @@ def test_a_maml_trpo_iteration_runs_from_the_preset_and_eval_reports_success(tmp
     assert rows["reach-v3"][1] == "2" and rows["overall"][3] == "±"  # goals, success % ± CI, return ± CI
     saved = json.loads((tmp_path / "e.json").read_text())
     assert [g["task"] for g in saved["goals"]] == [50, 51] and saved["protocol"]["evaluation_episodes"] == 1
+    code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--tasks", "2", "--split", "train")
+    assert code == 0, err
+    assert "Meta-World protocol, 2 training-class goals" in out and out.splitlines()[1].startswith("train class")
+    (written,) = (tmp_path / "evals").glob("*-train.json")  # named apart from the test-goal evaluations
+    saved = json.loads(written.read_text())
+    assert [g["task"] for g in saved["goals"]] == [0, 1] and saved["protocol"]["split"] == "train"
 
 
 def test_an_rl2_iteration_runs_from_the_preset_and_eval_reports_success(tmp_path, monkeypatch, capsys):

@@ -377,6 +377,10 @@ def test_cli_trains_and_evaluates_navigation(tmp_path, monkeypatch, capsys):
     assert len(lines) == 2 and all(line.split()[3] == "2" for line in lines)
     code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--shots", "5")
     assert code == 2 and "--shots does not apply to meta-RL" in err
+    code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--split", "train")
+    assert code == 2 and "nav2d is not a Meta-World family" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli(monkeypatch, capsys, "eval", tmp_path, "--split", "val")
+    assert code == 2 and "--split 'val': choose test or train" in err
     # The adaptation protocol can change at evaluation (the paper's code tests with 40 episodes, steps 0.5 then 0.25).
     code, out, err = cli(
         monkeypatch,

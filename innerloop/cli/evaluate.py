@@ -68,6 +68,13 @@ def evaluate_checkpoint(
         metavar="latest|best",
         help="Of a run directory: the latest checkpoint, or the one of the best validation (train.best_metric).",
     ),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        metavar="test|train",
+        help="Meta-World: score the test classes' goals (default; meta-test success) or the training classes' "
+        "goals (meta-train success, as ML10 and ML45 report it).",
+    ),
     shift: list[str] | None = typer.Option(
         None,
         "--shift",
@@ -86,13 +93,15 @@ def evaluate_checkpoint(
 
     if which not in ("latest", "best"):
         raise ConfigError(f"--checkpoint {which!r}: choose latest or best")
+    if split not in (None, "test", "train"):
+        raise ConfigError(f"--split {split!r}: choose test or train")
     ckpt = load_checkpoint(best_checkpoint(checkpoint) if which == "best" else checkpoint)
     cfg = ckpt.config
     if task_kind(cfg) == "optimizer":  # a learned optimizer: against tuned Adam and SGD-momentum (cli/lopt.py)
         from .lopt import eval_optimizer
 
         return eval_optimizer(
-            ckpt, run_dir_of(ckpt), tasks, steps, seed, output, bool(shots or episodes or lrs or shift)
+            ckpt, run_dir_of(ckpt), tasks, steps, seed, output, bool(shots or episodes or lrs or shift or split)
         )
     rl = task_kind(cfg) == "rl"
     episode_file = None  # --episodes FILE: a fixed list of test episodes; --episodes N: meta-RL episodes per step
@@ -145,6 +154,16 @@ def evaluate_checkpoint(
             cfg.rl.eval_lrs = list(lrs)
     validate(cfg)
     learner = learner_from_checkpoint(ckpt)  # cfg is ckpt.config: only its evaluation protocol changed above
+    if split is not None:
+        from .success import is_metaworld
+
+        if not is_metaworld(learner):
+            raise ConfigError(
+                f"--split chooses Meta-World's training or test classes; {cfg.task.name} is not a Meta-World "
+                "family: leave --split out"
+            )
+        if shift:
+            raise ConfigError("--shift moves seeded test tasks; it does not combine with --split")
     if shift:
         if episode_file is not None:
             raise ConfigError("--shift moves seeded test tasks; it does not apply to --episodes FILE")
@@ -152,11 +171,12 @@ def evaluate_checkpoint(
     if rl:
         from ..training.evaluate import evaluate_rl
 
-        destination = eval_output(cfg, ckpt, output, rl=True)  # decided (and refused) before the evaluation runs
+        # decided (and refused) before the evaluation runs
+        destination = eval_output(cfg, ckpt, output, rl=True, suffix="-train" if split == "train" else "")
         from .success import is_metaworld, report_success
 
-        if is_metaworld(learner):  # Meta-World: its own protocol, success rate and return per test class
-            return report_success(learner, cfg, destination, source_of(ckpt.path))
+        if is_metaworld(learner):  # Meta-World: its own protocol, success rate and return per class
+            return report_success(learner, cfg, destination, source_of(ckpt.path), split=split or "test")
         returns, draws = evaluate_rl(learner, cfg, keep=True)
         return report_rl(cfg, returns, draws, destination, source_of(ckpt.path))
     learner.chooser.choices.update(ckpt.state.get("strategy_choices", {}))

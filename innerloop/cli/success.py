@@ -14,8 +14,8 @@ def is_metaworld(learner) -> bool:
     return isinstance(getattr(learner, "family", None), MetaWorldFamily)
 
 
-def evaluate_success(learner, cfg) -> dict:
-    """``innerloop.rl.success.metaworld_evaluation`` as configured: eval.tasks test goals, max(eval.steps)
+def evaluate_success(learner, cfg, split: str = "test") -> dict:
+    """``innerloop.rl.success.metaworld_evaluation`` as configured: eval.tasks goals of ``split``, max(eval.steps)
     adaptation steps of rl.eval_episodes episodes (gradient steps at rates rl.eval_lrs, or the learner's own way), rl.success_episodes scored episodes."""
     from ..rl.success import metaworld_evaluation
 
@@ -29,11 +29,12 @@ def evaluate_success(learner, cfg) -> dict:
         seed=e.seed,
         lrs=list(r.eval_lrs),
         batch_size=e.batch_size,
+        split=split,
     )
 
 
 def success_figure(results: dict, path: Path, title: str) -> Path:
-    """Bars: success rate (%) per test class and overall, with 95% intervals over goals."""
+    """Bars: success rate (%) per class and overall, with 95% intervals over goals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,16 +56,17 @@ def success_figure(results: dict, path: Path, title: str) -> Path:
     return path
 
 
-def report_success(learner, cfg, output: Path, source: dict, results: dict | None = None) -> None:
-    """Run the protocol (unless its ``results`` are given), print its table, write ``output`` (JSON) and the
-    bar figure beside it."""
+def report_success(learner, cfg, output: Path, source: dict, results: dict | None = None, split: str = "test") -> None:
+    """Run the protocol on ``split``'s goals (unless its ``results`` are given), print its table, write ``output``
+    (JSON) and the bar figure beside it."""
     from ..rl.success import format_success
     from .report import write_result
 
-    results = evaluate_success(learner, cfg) if results is None else results
+    results = evaluate_success(learner, cfg, split) if results is None else results
     p = results["protocol"]
+    goals = "training-class goals" if p.get("split") == "train" else "test goals"
     header = (
-        f"{cfg.algorithm.name} on {cfg.task.name}: Meta-World protocol, {p['tasks']} test goals, "
+        f"{cfg.algorithm.name} on {cfg.task.name}: Meta-World protocol, {p['tasks']} {goals}, "
         f"{p['adaptation_steps']} adaptation step(s) of {p['adaptation_episodes']} episodes ({p['adaptation']}), "
         f"then {p['evaluation_episodes']} scored episodes each (ending at success); mean ± 95% CI over goals"
     )
@@ -72,5 +74,6 @@ def report_success(learner, cfg, output: Path, source: dict, results: dict | Non
     typer.echo(format_success(results))
     write_result(output, {"algorithm": cfg.algorithm.name, "task": cfg.task.name, **source, **results})
     prefix = "" if output.name == "eval.json" else f"{output.stem}-"
-    figure = success_figure(results, output.parent / f"{prefix}success.png", f"{cfg.algorithm.name} on {cfg.task.name}")
+    title = f"{cfg.algorithm.name} on {cfg.task.name}" + (", training classes" if p.get("split") == "train" else "")
+    figure = success_figure(results, output.parent / f"{prefix}success.png", title)
     typer.echo(f"results written to {output}; figure: {figure}")

@@ -5,7 +5,8 @@ of a test class) start from the meta-learned policy, take ``adaptation_steps`` a
 on ``adaptation_episodes`` full-length episodes of the current policy, then play
 ``evaluation_episodes`` episodes with the adapted policy, each ending at its first success. A goal's
 success rate is the fraction of those episodes that succeeded; a class's is the mean over its goals;
-the overall rate is the mean over classes, the return the mean over all scored episodes.
+the overall rate is the mean over classes, the return the mean over all scored episodes. The same protocol on
+the training classes' goals (``split="train"``) gives the meta-train success rate that ML10 and ML45 report.
 
 Departures: every listed test goal is evaluated once, in the family's interleaved order (the package
 cycles each of ``meta_batch_size`` environments through a shuffled share of the goals for ``num_evals``
@@ -99,16 +100,18 @@ def metaworld_evaluation(
     lrs: Sequence[float] | None = None,
     batch_size: int = 20,
     deterministic: bool = False,
+    split: str = "test",
 ) -> dict:
     """Success rate and return per test class and overall (the package's defaults: 1 step, 10 + 3 episodes).
 
-    ``num_tasks`` test goals (default all) of ``learner.family``, ``batch_size`` at a time (each goal
+    ``num_tasks`` goals (default all) of ``learner.family``'s ``split``: ``"test"``, the meta-test success rate,
+    or ``"train"``, the meta-training classes' goals (ML10's and ML45's meta-train success rate), ``batch_size`` at a time (each goal
     has its own random stream: results do not depend on the batch size). ``lrs``: the adaptation
     steps' rates (default the learner's update rule). Returns ``{"classes": {name: {"success": summary,
     "return": summary}}, "overall": {...}, "goals": [...]}`` with summaries over goals (``stats.summarize``).
     """
     family = learner.family
-    tasks = family.test_tasks(len(family.test_order) if num_tasks is None else num_tasks, seed)
+    tasks = family.split_tasks(split, num_tasks)
     rule = SGD(list(lrs)) if lrs else learner.rule
     success, returns = [], []
     was_training = learner.training
@@ -154,14 +157,16 @@ def metaworld_evaluation(
             "adaptation_episodes": adaptation_episodes,
             "evaluation_episodes": evaluation_episodes,
             "tasks": len(tasks),
+            "split": split,
             "seed": seed,
         },
     }
 
 
 def format_success(results: dict) -> str:
-    """Aligned table: success rate (%) and return per test class and overall, mean ± 95% CI over goals."""
-    lines = [f"{'test class':<28}{'goals':>6}{'success %':>18}{'return':>22}"]
+    """Aligned table: success rate (%) and return per class and overall, mean ± 95% CI over goals."""
+    split = results["protocol"].get("split", "test")
+    lines = [f"{split + ' class':<28}{'goals':>6}{'success %':>18}{'return':>22}"]
     rows = [*results["classes"].items(), ("overall", results["overall"])]
     for name, r in rows:
         s, ret = r["success"], r["return"]

@@ -147,6 +147,14 @@ def _assign(held: list[str | None], wanted: list[str]) -> np.ndarray:
     return slots
 
 
+def _interleaved(tasks: list, start: int) -> list[int]:
+    """Indices ``start + i`` of ``tasks`` ordered goal 0 of each class, goal 1 of each, ... (classes in first-seen order)."""
+    by_class: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks, start=start):
+        by_class.setdefault(task.env_name, []).append(i)
+    return [i for goals in zip(*by_class.values()) for i in goals]
+
+
 def _close_pools(pools: list) -> None:
     for pool in pools:
         pool.vector.close()
@@ -194,11 +202,8 @@ class MetaWorldFamily(TaskFamily):
         self.reward_version, self.seed = reward_version, seed
         self.train, self.test = list(self.bench.train_tasks), list(self.bench.test_tasks)
         self.tasks = self.train + self.test
-        # test tasks interleaved over classes (goal 0 of each class, goal 1 of each, ...): any prefix is balanced
-        by_class: dict[str, list[int]] = {}
-        for i, task in enumerate(self.test, start=len(self.train)):
-            by_class.setdefault(task.env_name, []).append(i)
-        self.test_order = [i for goals in zip(*by_class.values()) for i in goals]
+        self.train_order = _interleaved(self.train, 0)
+        self.test_order = _interleaved(self.test, len(self.train))
         self.spec = _Spec(reward_version)
         self.terminate_on_success = False  # the evaluation protocol ends its scored episodes at success
         self._idle: list[_Pool] = []
@@ -223,12 +228,20 @@ class MetaWorldFamily(TaskFamily):
         """The first ``num_tasks`` of the package's test tasks, interleaved over classes. ``seed`` is not used: the
         test set is the benchmark's (fixed by the family's ``seed``); Meta-World has no validation split, so
         validation draws from it too."""
-        if num_tasks > len(self.test_order):
+        return self.split_tasks("test", num_tasks)
+
+    def split_tasks(self, split: str, num_tasks: int | None = None) -> torch.Tensor:
+        """The first ``num_tasks`` (default all) of the package's ``"train"`` or ``"test"`` tasks, interleaved over
+        classes (goal 0 of each class, goal 1 of each, ...), so that any prefix is balanced over classes: what
+        Meta-World's meta-training and meta-test success rates are measured on."""
+        order = {"train": self.train_order, "test": self.test_order}[split]
+        num_tasks = len(order) if num_tasks is None else num_tasks
+        if num_tasks > len(order):
             raise ConfigError(
-                f"{self.name} has {len(self.test_order)} test tasks (goals x classes), asked for {num_tasks}: "
-                f"set eval.tasks <= {len(self.test_order)}"
+                f"{self.name} has {len(order)} {split} tasks (goals x classes), asked for {num_tasks}: "
+                f"set eval.tasks <= {len(order)}"
             )
-        return torch.tensor(self.test_order[:num_tasks], dtype=torch.float64).unsqueeze(1)
+        return torch.tensor(order[:num_tasks], dtype=torch.float64).unsqueeze(1)
 
     def describe_task(self, task: torch.Tensor) -> str:
         index = int(task.reshape(-1)[0])
