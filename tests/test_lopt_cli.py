@@ -8,7 +8,9 @@ import pytest
 import torch
 from cli_runner import cli  # tests/cli_runner.py
 
+from innerloop.algorithms.step import Shard
 from innerloop.core import LearnedOptimizer
+from innerloop.tasks.seeding import derive_seed
 from innerloop.training.config import load_config
 from innerloop.training.launch import make_trainer
 from innerloop.unroll import QuadraticTasks
@@ -77,24 +79,27 @@ def test_each_estimator_meta_trains_from_a_config_and_saves_a_loadable_optimizer
     assert not torch.equal(w, model.weight)
 
 
+@pytest.mark.parametrize("mix", [[], ["algorithm.mix_hidden=[[6]]"]], ids=["one-family", "mixture"])
 @pytest.mark.parametrize("estimator", ["pes"])
-def test_resume_mid_run_repeats_the_uninterrupted_run(tmp_path, estimator):
+def test_resume_mid_run_repeats_the_uninterrupted_run(tmp_path, estimator, mix):
     """4 iterations straight == 2, then a new process resumed from the checkpoint for 2 more (mid-run: step 4 of 6,
-    PES's accumulated perturbations non-zero), bit for bit: meta-parameters, optimizer and inner runs."""
-    straight = make_trainer(config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=4", name="a"))
+    PES's accumulated perturbations non-zero), bit for bit: meta-parameters, optimizer and inner runs (of every
+    family of a mixture)."""
+    straight = make_trainer(config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=4", *mix, name="a"))
     straight.fit()
-    first = make_trainer(config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=2", name="b"))
+    first = make_trainer(config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=2", *mix, name="b"))
     first.fit()
-    assert first.learner.states.step == 4
+    assert first.learner.states.step == 4 and len(first.learner.all_states) == 1 + len(mix)
     if estimator == "pes":
-        assert first.learner.states.extra["xi"]
+        assert all(s.extra["xi"] for s in first.learner.all_states)
     resumed = make_trainer(
-        config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=4", name="b"), resume=True
+        config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=4", *mix, name="b"), resume=True
     )
-    assert resumed.start_iteration == 2 and resumed.learner.states.step == 4
+    assert resumed.start_iteration == 2 and all(s.step == 4 for s in resumed.learner.all_states)
     resumed.fit()
     a, b = straight.learner.state_dict(), resumed.learner.state_dict()
     assert a.keys() == b.keys() and any(k.startswith("inner.") for k in a)
+    assert any(k.startswith("inner.family1.") for k in a) == bool(mix)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert straight.learner.states.tasks == resumed.learner.states.tasks
 
@@ -173,6 +178,9 @@ def test_the_untrained_column_is_the_rule_the_run_started_from(tmp_path):
         ("task.name=sinusoid", "algorithm.name=lopt meta-trains an optimizer on optimizer task families"),
         ("algorithm.scale_mult=-1", "algorithm.scale_mult must be zero or positive, got -1"),
         ("algorithm.scale_mult=1", "set it to 0 for algorithm.rule=lopt-mlp"),
+        ("algorithm.mix_hidden=[[4]]", "algorithm.mix_hidden must list networks other than model.hidden=[4]"),
+        ("algorithm.mix_hidden=[[5],[6]]", "train.meta_batch_size=2 tasks per estimate do not split evenly over the 3"),
+        ("algorithm.mix_hidden=[[5,5]]", "task.name=quadratic takes its dimension from algorithm.mix_hidden=[dim]"),
     ],
 )
 def test_a_bad_config_is_one_line(tmp_path, monkeypatch, capsys, override, words):
@@ -216,3 +224,34 @@ def test_the_response_figures_adam_runs_at_the_learned_rules_own_rate():
     assert nominal_rate(rule) == pytest.approx(torch.e**-3.0) and rule.lr == pytest.approx(1e-3)
     assert nominal_rate(AdamCorrection(lr=0.03, learn_lr=False)) == pytest.approx(0.03)
     assert nominal_rate(MLPOptimizer(lr=0.05)) == pytest.approx(0.05)
+
+
+def test_a_mixture_averages_the_estimates_of_its_families_and_keeps_the_first_familys_runs(tmp_path):
+    """With algorithm.mix_hidden the meta-gradient is the mean of each family's own estimate (its own runs and
+    perturbations), and the first family's runs are exactly those of a run without the mixture."""
+    alone = make_trainer(config(tmp_path, "train.iterations=1", "train.meta_batch_size=1", name="alone")).learner
+    mixed = make_trainer(config(tmp_path, "train.iterations=1", "algorithm.mix_hidden=[[6]]", name="mixed")).learner
+    assert [e.tasks for e in mixed.estimators] == [1, 1]
+    assert [e.unroll.family.dim for e in mixed.estimators] == [4, 6] and "quadratic" in mixed.describe()
+    assert torch.equal(alone.states.params["x"], mixed.all_states[0].params["x"])
+    meta = mixed.meta()
+    before = list(mixed.all_states)
+    expected = [
+        e.estimate(meta, s, seed) for e, s, seed in zip(mixed.estimators, before, [7, derive_seed(7, "family", 1)])
+    ]
+    optimizer = torch.optim.SGD(mixed.rule.meta().values(), lr=0.0)
+    mixed.meta_step(None, optimizer, Shard(seed=7))
+    for k, p in mixed.rule.meta().items():
+        torch.testing.assert_close(p.grad, (expected[0][0][k] + expected[1][0][k]) / 2)
+    assert not torch.equal(expected[0][0][next(iter(meta))], expected[1][0][next(iter(meta))])
+    grad_alone, _, _ = alone.estimator.estimate(alone.meta(), alone.states, 7)
+    assert all(torch.equal(grad_alone[k], expected[0][0][k]) for k in meta)  # the first family's part is unchanged
+    assert torch.equal(mixed.all_states[1].params["x"], expected[1][1].params["x"])
+
+
+def test_a_held_out_condition_the_mixture_trained_on_is_labelled_so(tmp_path):
+    from innerloop.analysis.lopt import conditions
+
+    labels = [label for label, _, _ in conditions(config(tmp_path, "algorithm.mix_hidden=[[16]]"))]
+    assert labels[1] == "width x4: quadratic [16] (meta-trained on: algorithm.mix_hidden)"
+    assert all("meta-trained on" not in label for label in labels[:1] + labels[2:])

@@ -31,12 +31,17 @@ NAMES = {
 def conditions(cfg) -> list[tuple[str, TaskFamily, int]]:
     """``(label, family, N)``: the meta-training family (in-distribution), then its held-out variants."""
     name, hidden, n = cfg.task.name, list(cfg.model.hidden), max(cfg.eval.steps)
+    mixed = [list(h) for h in cfg.algorithm.mix_hidden]
+
+    def seen(widths: list[int]) -> str:  # a network the rule was also meta-trained on is not held out
+        return " (meta-trained on: algorithm.mix_hidden)" if widths in mixed else ""
+
     out = [(f"in-distribution: {name} {hidden}", optimizer_family(cfg), n)]
     wide = [4 * h for h in hidden]
-    out.append((f"width x4: {name} {wide}", optimizer_family(cfg, hidden=wide), n))
+    out.append((f"width x4: {name} {wide}{seen(wide)}", optimizer_family(cfg, hidden=wide), n))
     if name not in ("quadratic", "linear", "omniglot-conv"):
         deep = [*hidden, hidden[-1]]
-        out.append((f"depth +1: {name} {deep}", optimizer_family(cfg, hidden=deep), n))
+        out.append((f"depth +1: {name} {deep}{seen(deep)}", optimizer_family(cfg, hidden=deep), n))
     out.append((f"horizon x4: {name} {hidden}, N={4 * n}", optimizer_family(cfg), 4 * n))
     if name in IMAGE_FAMILIES:
         out.append((f"data: {cfg.task.test_split} alphabets", optimizer_family(cfg, split="test"), n))

@@ -68,6 +68,7 @@ def _build_lopt(entry: AlgorithmEntry, inputs: BuildInputs):
         sigma=a.sigma,
         strategy=a.strategy,
         seed=c.train.seed,
+        mixture=[optimizer_family(c, hidden=list(h)) for h in a.mix_hidden],
     )
 
 
@@ -110,10 +111,22 @@ def _check_lopt(config) -> None:
         )
     if not a.tune_lrs or any(lr <= 0 for lr in a.tune_lrs):
         raise ConfigError(f"algorithm.tune_lrs must be a non-empty list of positive rates, got {list(a.tune_lrs)}")
-    if config.task.name in ("quadratic", "linear") and len(config.model.hidden) != 1:
+    mix = [list(h) for h in a.mix_hidden]
+    if any(not h or any(not isinstance(w, int) or w < 1 for w in h) for h in mix) or list(config.model.hidden) in mix:
         raise ConfigError(
-            f"task.name={config.task.name} takes its dimension from model.hidden=[dim]; got {list(config.model.hidden)}"
+            f"algorithm.mix_hidden must list networks other than model.hidden={list(config.model.hidden)}, each a "
+            f"non-empty list of positive widths (e.g. [[16], [64]]); got {mix}"
         )
+    n = 1 + len(mix)
+    if config.train.meta_batch_size % n:
+        raise ConfigError(
+            f"train.meta_batch_size={config.train.meta_batch_size} tasks per estimate do not split evenly over the "
+            f"{n} networks of model.hidden and algorithm.mix_hidden: use a multiple of {n}"
+        )
+    if config.task.name in ("quadratic", "linear"):
+        for key, widths in [("model.hidden", list(config.model.hidden)), *(("algorithm.mix_hidden", h) for h in mix)]:
+            if len(widths) != 1:
+                raise ConfigError(f"task.name={config.task.name} takes its dimension from {key}=[dim]; got {widths}")
 
 
 def _optimizer_tasks(config, split: str, shots, queries, seed: int):

@@ -217,6 +217,7 @@ class LoptOptions(AlgorithmOptions):
     batch_size: int = 32  # examples per inner minibatch
     tune_tasks: int = 8  # evaluation: meta-training tasks the baselines' learning rates are tuned on
     tune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])  # evaluation: the log grid of Adam's and SGD-momentum's learning rates
+    mix_hidden: list[list[int]] = field(default_factory=list)  # meta-train also on these networks of task.name (widths each, e.g. [[16], [64]]): the tasks per estimate split evenly over model.hidden and them; validation stays on model.hidden
 
 
 # fmt: on

@@ -9,6 +9,11 @@ Meta-training minimises the inner runs' loss over their horizon H (``objective=m
 of the meta-optimizer on the rule's meta-parameters; the inner runs persist across meta-steps, and
 ``state_dict`` holds them (parameters, rule state, step, task seeds, PES's accumulated perturbations), so the
 trainer's checkpoint resumes a run exactly. Its tasks (:class:`OptimizerTasks`) are task seeds of a family.
+
+With a ``mixture`` of further families (other networks on the same data, say) the estimate's tasks are split
+evenly over the families, each with its own persistent runs, and the meta-gradient is the mean of their
+estimates: the expectation above over tasks of all of them (Metz et al. 2022 meta-train on many task families).
+Validation and evaluation stay on the first family.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class LearnedOptimizerLearner(nn.Module):
         sigma: es, pes: the perturbations' standard deviation.
         strategy: ``vmap`` or ``loop`` over the runs (``auto``: vmap).
         seed: seeds the runs' tasks.
+        mixture: further families meta-trained on at the same time (``tasks`` must divide evenly over all).
     """
 
     divergence_fix = "Lower train.meta_lr or algorithm.sigma, or set train.grad_clip."
@@ -103,16 +109,41 @@ class LearnedOptimizerLearner(nn.Module):
         sigma: float = 0.01,
         strategy: str = "vmap",
         seed: int = 0,
+        mixture: Sequence[TaskFamily] = (),
     ) -> None:
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ConfigError(f"algorithm.estimator={estimator!r} is not supported; choose one of {list(ESTIMATORS)}")
+        families = [family, *mixture]
+        if tasks % len(families):
+            raise ConfigError(
+                f"train.meta_batch_size={tasks} tasks per estimate do not split evenly over {len(families)} task "
+                f"families (model.hidden and algorithm.mix_hidden): use a multiple of {len(families)}"
+            )
         self.family, self.rule, self.estimator_name = family, rule, estimator
-        self.unroll = Unroll(family, rule, horizon, truncation, objective, "vmap" if strategy == "auto" else strategy)
+        strategy = "vmap" if strategy == "auto" else strategy
         cls: Any = ESTIMATORS[estimator]
-        self.estimator = cls(self.unroll, tasks, sigma) if estimator in ("es", "pes") else cls(self.unroll, tasks)
+        each = tasks // len(families)
+        self.estimators = []
+        for f in families:
+            unroll = Unroll(f, rule, horizon, truncation, objective, strategy)
+            self.estimators.append(cls(unroll, each, sigma) if estimator in ("es", "pes") else cls(unroll, each))
+        self.estimator, self.unroll = self.estimators[0], self.estimators[0].unroll
         self.run_seed = run_seed(seed)
-        self.states: InnerStates = self.estimator.init_states(self.run_seed)
+        # the first family's runs are seeded as without a mixture, so a run without one is unchanged
+        self.all_states: list[InnerStates] = [
+            e.init_states(self.run_seed if i == 0 else derive_seed(self.run_seed, "family", i))
+            for i, e in enumerate(self.estimators)
+        ]
+
+    @property
+    def states(self) -> InnerStates:
+        """The first family's persistent runs."""
+        return self.all_states[0]
+
+    @states.setter
+    def states(self, value: InnerStates) -> None:
+        self.all_states[0] = value
 
     def meta(self) -> dict[str, torch.Tensor]:
         """The meta-parameters, detached (``rule.run(..., meta)``)."""
@@ -123,7 +154,13 @@ class LearnedOptimizerLearner(nn.Module):
         """One estimate on the persistent runs (seeded by ``shard.seed``), clipped, one ``optimizer`` step."""
         if not shard.alone:
             raise ConfigError("algorithm.name=lopt meta-trains on one process; run it without torchrun")
-        grad, states, metrics = self.estimator.estimate(self.meta(), self.states, shard.seed)
+        meta, n = self.meta(), len(self.estimators)
+        estimates = [
+            e.estimate(meta, states, shard.seed if i == 0 else derive_seed(shard.seed, "family", i))
+            for i, (e, states) in enumerate(zip(self.estimators, self.all_states))
+        ]
+        grad = {k: sum(g[k] for g, _, _ in estimates) / n for k in meta}
+        metrics = {k: sum(m[k] for _, _, m in estimates) / n for k in estimates[0][2]}
         params = dict(self.rule.meta())
         finite = all(bool(torch.isfinite(g).all()) for g in grad.values()) and math.isfinite(metrics["meta_loss"])
         if not finite:
@@ -132,7 +169,7 @@ class LearnedOptimizerLearner(nn.Module):
             p.grad = grad[k].to(p)
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), shard.max_grad_norm or math.inf)
         optimizer.step()
-        self.states = states
+        self.all_states = [states for _, states, _ in estimates]
         return {"loss": metrics["meta_loss"], **metrics, "grad_norm": float(norm)}
 
     @property
@@ -150,20 +187,26 @@ class LearnedOptimizerLearner(nn.Module):
         return {k: f"{record[k]:.4f}" for k in ("meta_loss", "inner_loss") if k in record}
 
     # -- checkpoints: the inner runs travel in the state dict --------------------------------
+    @staticmethod
+    def _prefix(i: int) -> str:
+        """The state_dict prefix of family ``i``'s runs (the first family's keys are those of a run without a mixture)."""
+        return INNER if i == 0 else f"{INNER}family{i}."
+
     def _inner_tensors(self) -> dict[str, torch.Tensor]:
-        s = self.states
-        out = {f"{INNER}params.{n}": p for n, p in s.params.items()}
-        leaves, _ = tree_flatten(s.rule_state)
-        out |= {f"{INNER}rule_state.{i}": x for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)}
-        counters = {"step": s.step, "resets": s.resets, "seed": s.seed}
-        out |= {f"{INNER}{k}": torch.tensor(v, dtype=torch.int64) for k, v in counters.items()}
-        out[f"{INNER}tasks"] = torch.tensor(s.tasks, dtype=torch.int64)
-        if isinstance(self.estimator, PersistentES):
-            xi = s.extra.get("xi")
-            out[f"{INNER}has_xi"] = torch.tensor(xi is not None)
-            n = self.estimator.tasks
-            zeros = {k: v.new_zeros((n, *v.shape)) for k, v in self.meta().items()}
-            out |= {f"{INNER}xi.{k}": (xi[k] if xi is not None else z) for k, z in zeros.items()}
+        out: dict[str, torch.Tensor] = {}
+        for i, (s, estimator) in enumerate(zip(self.all_states, self.estimators)):
+            at = self._prefix(i)
+            out |= {f"{at}params.{n}": p for n, p in s.params.items()}
+            leaves, _ = tree_flatten(s.rule_state)
+            out |= {f"{at}rule_state.{j}": x for j, x in enumerate(leaves) if isinstance(x, torch.Tensor)}
+            counters = {"step": s.step, "resets": s.resets, "seed": s.seed}
+            out |= {f"{at}{k}": torch.tensor(v, dtype=torch.int64) for k, v in counters.items()}
+            out[f"{at}tasks"] = torch.tensor(s.tasks, dtype=torch.int64)
+            if isinstance(estimator, PersistentES):
+                xi = s.extra.get("xi")
+                out[f"{at}has_xi"] = torch.tensor(xi is not None)
+                zeros = {k: v.new_zeros((estimator.tasks, *v.shape)) for k, v in self.meta().items()}
+                out |= {f"{at}xi.{k}": (xi[k] if xi is not None else z) for k, z in zeros.items()}
         return out
 
     def state_dict(self, *args, **kwargs):
@@ -183,24 +226,24 @@ class LearnedOptimizerLearner(nn.Module):
             )
         result = super().load_state_dict({k: v for k, v in state_dict.items() if k not in inner}, strict, assign)
         if inner:
-            self.states = self._states_from(inner)
+            self.all_states = [self._states_from(inner, i) for i in range(len(self.estimators))]
         return result
 
-    def _states_from(self, inner: dict[str, torch.Tensor]) -> InnerStates:
-        s = self.states
+    def _states_from(self, inner: dict[str, torch.Tensor], i: int) -> InnerStates:
+        s, at = self.all_states[i], self._prefix(i)
         like = next(iter(s.params.values()))
-        params = {n: inner[f"{INNER}params.{n}"].to(like.device) for n in s.params}
+        params = {n: inner[f"{at}params.{n}"].to(like.device) for n in s.params}
         leaves, spec = tree_flatten(s.rule_state)
         leaves = [
-            inner[f"{INNER}rule_state.{i}"].to(x.device) if isinstance(x, torch.Tensor) else x
-            for i, x in enumerate(leaves)
+            inner[f"{at}rule_state.{j}"].to(x.device) if isinstance(x, torch.Tensor) else x
+            for j, x in enumerate(leaves)
         ]
         extra: dict[str, Any] = {}
-        if isinstance(self.estimator, PersistentES) and bool(inner[f"{INNER}has_xi"]):
-            extra["xi"] = {k: inner[f"{INNER}xi.{k}"].to(like.device) for k in self.rule.meta()}
-        counters = {k: int(inner[f"{INNER}{k}"]) for k in ("step", "resets", "seed")}
+        if isinstance(self.estimators[i], PersistentES) and bool(inner[f"{at}has_xi"]):
+            extra["xi"] = {k: inner[f"{at}xi.{k}"].to(like.device) for k in self.rule.meta()}
+        counters = {k: int(inner[f"{at}{k}"]) for k in ("step", "resets", "seed")}
         return InnerStates(
-            params, tree_unflatten(leaves, spec), tasks=inner[f"{INNER}tasks"].tolist(), extra=extra, **counters
+            params, tree_unflatten(leaves, spec), tasks=inner[f"{at}tasks"].tolist(), extra=extra, **counters
         )
 
     def checkpoint_files(self) -> dict[str, bytes]:
@@ -211,8 +254,9 @@ class LearnedOptimizerLearner(nn.Module):
         return {META_FILE: save(tensors, metadata=metadata)}
 
     def describe(self) -> str:
-        """The estimator, family and rule."""
-        return f"{self.estimator.describe()} on {self.family.describe()}, rule {self.rule.describe()}"
+        """The estimator, families and rule."""
+        families = " + ".join(e.unroll.family.describe() for e in self.estimators)
+        return f"{self.estimator.describe()} on {families}, rule {self.rule.describe()}"
 
 
 __all__ = ["META_FILE", "LearnedOptimizerLearner", "OptimizerTasks"]
