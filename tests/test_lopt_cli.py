@@ -178,6 +178,7 @@ def test_the_untrained_column_is_the_rule_the_run_started_from(tmp_path):
         ("task.name=sinusoid", "algorithm.name=lopt meta-trains an optimizer on optimizer task families"),
         ("algorithm.scale_mult=-1", "algorithm.scale_mult must be zero or positive, got -1"),
         ("algorithm.scale_mult=1", "set it to 0 for algorithm.rule=lopt-mlp"),
+        ("algorithm.max_scale=3", "algorithm.max_scale bounds the multiplier of Adam's step that algorithm.scale_mult"),
         ("algorithm.mix_hidden=[[4]]", "algorithm.mix_hidden must list networks other than model.hidden=[4]"),
         ("algorithm.mix_hidden=[[5],[6]]", "train.meta_batch_size=2 tasks per estimate do not split evenly over the 3"),
         ("algorithm.mix_hidden=[[5,5]]", "task.name=quadratic takes its dimension from algorithm.mix_hidden=[dim]"),

@@ -52,7 +52,8 @@ def optimizer_family(config, split: str = "train", hidden: list[int] | None = No
 def build_rule(config):
     """The update rule ``algorithm.rule`` at the nominal step ``algorithm.inner_lr``."""
     a = config.algorithm
-    return update_rule(a.rule).make(a.inner_lr, **({"scale_mult": a.scale_mult} if a.scale_mult else {}))
+    scaled = {"scale_mult": a.scale_mult, "max_scale": a.max_scale} if a.scale_mult else {}
+    return update_rule(a.rule).make(a.inner_lr, **scaled)
 
 
 def _build_lopt(entry: AlgorithmEntry, inputs: BuildInputs):
@@ -108,6 +109,11 @@ def _check_lopt(config) -> None:
         raise ConfigError(
             f"algorithm.scale_mult scales Adam's step in algorithm.rule=adam-correction; set it to 0 for "
             f"algorithm.rule={a.rule}"
+        )
+    if a.max_scale and not (a.max_scale > 1 and a.scale_mult):
+        raise ConfigError(
+            f"algorithm.max_scale bounds the multiplier of Adam's step that algorithm.scale_mult turns on: give it above 1 "
+            f"with scale_mult > 0, or 0 for no bound (got max_scale={a.max_scale}, scale_mult={a.scale_mult})"
         )
     if not a.tune_lrs or any(lr <= 0 for lr in a.tune_lrs):
         raise ConfigError(f"algorithm.tune_lrs must be a non-empty list of positive rates, got {list(a.tune_lrs)}")

@@ -209,6 +209,7 @@ class LoptOptions(AlgorithmOptions):
     rule: str = "lopt-mlp"  # the learned optimizer: lopt-mlp | lopt-adafactor | adam-correction (registry update rules with meta-parameters)
     inner_lr: float = 0.001  # the rule's nominal step (adam-correction: the Adam rate it starts as)
     scale_mult: float = 0.0  # adam-correction: Adam's step times exp(scale_mult * s), s the MLP's log-magnitude output (0: unscaled)
+    max_scale: float = 0.0  # adam-correction with scale_mult: bound that multiplier smoothly to [1/max_scale, max_scale] (0: unbounded)
     estimator: str = "pes"  # meta-gradient estimator: full (backprop through whole runs) | tbptt | es (antithetic) | pes (Persistent ES)
     horizon: int = 200  # inner steps of one run before it restarts on a new task
     truncation: int = 10  # inner steps per meta-gradient estimate (full: the horizon)

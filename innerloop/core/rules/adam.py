@@ -113,6 +113,9 @@ class AdamCorrection(PerParameterMLP):
         learn_lr: meta-learn Adam's step size as ``log_lr``.
         scale_mult: scale of the log-magnitude output in the multiplier ``exp(scale_mult * s)`` of Adam's step
             (0: Adam's step is not scaled).
+        max_scale: with ``scale_mult``, bound the multiplier smoothly to ``[1 / max_scale, max_scale]``:
+            ``exp(B tanh(scale_mult * s / B))``, ``B = log(max_scale)`` (0: unbounded). Steps many times Adam's
+            are where meta-trained rules blow up on a few tasks.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class AdamCorrection(PerParameterMLP):
         exp_mult: float = 1e-3,
         learn_lr: bool = True,
         scale_mult: float = 0.0,
+        max_scale: float = 0.0,
     ) -> None:
         b1, b2 = _betas(betas, eps)
         super().__init__(correction, hidden, layers, exp_mult, (b1,) if b1 > 0 else (0.5,), (b2,), learn_decays=False)
@@ -134,7 +138,9 @@ class AdamCorrection(PerParameterMLP):
             raise ValueError(f"Adam's lr must be positive, got {lr}")
         if not scale_mult >= 0:
             raise ValueError(f"scale_mult must be zero or positive, got {scale_mult}")
-        self.scale_mult = float(scale_mult)
+        if not (max_scale == 0 or max_scale > 1):
+            raise ValueError(f"max_scale must be 0 (unbounded) or above 1, got {max_scale}")
+        self.scale_mult, self.max_scale = float(scale_mult), float(max_scale)
         if self.learn_lr:
             self.log_lr = nn.Parameter(torch.tensor(math.log(lr), dtype=torch.float64))  # cast by bind
         last = cast(nn.Linear, self.net[-1])
@@ -145,7 +151,7 @@ class AdamCorrection(PerParameterMLP):
         """The constructor's arguments."""
         return {"lr": self.adam_lr, "betas": list(self.betas), "eps": self.eps, "hidden": self.hidden,
                 "layers": self.layers, "correction": self.lr, "exp_mult": self.exp_mult, "learn_lr": self.learn_lr,
-                "scale_mult": self.scale_mult}  # fmt: skip
+                "scale_mult": self.scale_mult, "max_scale": self.max_scale}  # fmt: skip
 
     def num_features(self) -> int:
         """The MLP optimizer's features and Adam's direction."""
@@ -164,11 +170,18 @@ class AdamCorrection(PerParameterMLP):
         """Adam's step size: ``exp(log_lr)`` when meta-learned (a tensor), else the fixed ``lr``."""
         return torch.exp(self.log_lr) if self.learn_lr else self.adam_lr
 
+    def log_scale(self, s: torch.Tensor) -> torch.Tensor:
+        """The log of Adam's step multiplier: ``scale_mult s``, bounded by ``max_scale`` (class docstring)."""
+        if not self.max_scale:
+            return self.scale_mult * s
+        bound = math.log(self.max_scale)
+        return torch.tanh(s * (self.scale_mult / bound)) * bound
+
     def step_from(self, out, g, m, v, step):
-        """Adam's update, times ``exp(scale_mult s)``, plus the correction ``-correction d exp(exp_mult s)``."""
+        """Adam's update, times ``exp(log_scale(s))``, plus the correction ``-correction d exp(exp_mult s)``."""
         adam = -self.adam_rate() * adam_direction(m[0], v[0], step, self.betas, self.eps)
         if self.scale_mult:
-            adam = adam * torch.exp(self.scale_mult * out[1])
+            adam = adam * torch.exp(self.log_scale(out[1]))
         return adam + super().step_from(out, g, m, v, step)
 
     def fill_(self, x, m, entry, c, step, lo, hi):
@@ -181,7 +194,7 @@ class AdamCorrection(PerParameterMLP):
     def apply_(self, p, out, x, meta):
         """The correction, then Adam's step ``-lr`` times the direction in the last feature row (scaled first)."""
         if self.scale_mult:  # before the correction's exp overwrites out[1]
-            x[-1].mul_(torch.exp(out[1] * self.scale_mult))
+            x[-1].mul_(torch.exp(self.log_scale(out[1])))
         super().apply_(p, out, x, meta)
         if not self.learn_lr:
             p.add_(x[-1], alpha=-self.adam_lr)
@@ -191,4 +204,5 @@ class AdamCorrection(PerParameterMLP):
     def describe(self) -> str:
         """``AdamCorrection(lr=..., correction=...)``."""
         scaled = f", scale_mult={self.scale_mult}" if self.scale_mult else ""
+        scaled += f", max_scale={self.max_scale}" if self.scale_mult and self.max_scale else ""
         return f"AdamCorrection(lr={self.adam_lr}, correction={self.lr}, hidden={self.hidden}{scaled})"
