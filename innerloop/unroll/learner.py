@@ -117,8 +117,8 @@ class LearnedOptimizerLearner(nn.Module):
         families = [family, *mixture]
         if tasks % len(families):
             raise ConfigError(
-                f"train.meta_batch_size={tasks} tasks per estimate do not split evenly over {len(families)} task "
-                f"families (model.hidden and algorithm.mix_hidden): use a multiple of {len(families)}"
+                f"tasks={tasks} per estimate do not split evenly over {len(families)} task families (the family "
+                f"and the mixture): use a multiple of {len(families)}"
             )
         self.family, self.rule, self.estimator_name = family, rule, estimator
         strategy = "vmap" if strategy == "auto" else strategy
