@@ -3,6 +3,7 @@ plus a learned correction, and every rule as a ``torch.optim`` optimizer (``inne
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -40,6 +41,9 @@ RULE_FORMS = {
     "adam-correction-scaled": lambda: perturbed(AdamCorrection(lr=0.01, correction=0.01, scale_mult=0.5)),
     "adam-correction-bounded": lambda: perturbed(
         AdamCorrection(lr=0.01, correction=0.01, scale_mult=2.0, max_scale=1.5)
+    ),
+    "adam-correction-guarded": lambda: perturbed(  # rate 0.3: the loss rises at some steps, so the guard acts
+        AdamCorrection(lr=0.3, correction=0.01, scale_mult=2.0, max_scale=3.0, guard=0.5)
     ),
     "adam": lambda: Adam(0.02),
     "lstm-optimizer": lambda: perturbed(LearnedOptimizerLSTM(0.05), scale=0.05),
@@ -258,3 +262,39 @@ def test_max_scale_bounds_the_multiplier_of_adams_step_and_is_scale_mult_near_ze
     assert torch.equal(unbounded.log_scale(s), 2.0 * s)
     with pytest.raises(ValueError, match="max_scale must be 0"):
         AdamCorrection(0.01, scale_mult=1.0, max_scale=0.5)
+
+
+def test_the_loss_guard_pulls_a_step_past_adams_back_to_adams_when_the_loss_jumps():
+    torch.manual_seed(0)
+    guarded = AdamCorrection(0.01, scale_mult=1.0, max_scale=3.0, guard=0.5, guard_decay=0.8)
+    plain = AdamCorrection(0.01, scale_mult=1.0, max_scale=3.0)
+    plain.load_state_dict(guarded.state_dict())
+    x = torch.randn(40, dtype=torch.float64)
+    for rule in (guarded, plain):
+        rule.double().bind({"x": x.shape}, 1, x)
+    out = torch.randn(2, 40, dtype=torch.float64) * 3  # the MLP's (direction, log-magnitude) outputs
+    m, v = torch.randn(1, 40, dtype=torch.float64), torch.rand(1, 40, dtype=torch.float64)
+    state = guarded.init_state({"x": x})
+    gate, kept = guarded.shared(state, torch.tensor(2.0, dtype=torch.float64), 0)  # step 0: no rise yet
+    assert float(gate) == 1.0 and torch.allclose(kept["ell"], torch.tensor([2.0]).log().double())
+    torch.testing.assert_close(guarded.step_from(out, x, m, v, 0, gate), plain.step_from(out, x, m, v, 0))
+    state = {"x": {**state["x"], **kept}}
+    jump = torch.tensor(2.0 * math.e**2, dtype=torch.float64)  # log loss 2 nats above its average
+    gate, kept = guarded.shared(state, jump, 1)
+    torch.testing.assert_close(gate, torch.tensor([math.exp(-2 / 0.5)], dtype=torch.float64))
+    torch.testing.assert_close(kept["ell"], (0.8 * math.log(2.0) + 0.2 * jump.log()).reshape(1))
+    a = plain.log_scale(out[1])
+    adam = plain.step_from(out, x, m, v, 1) - MLPOptimizer.step_from(plain, out, x, m, v, 1)  # Adam's scaled part
+    expected = adam * torch.exp(torch.where(a > 0, a * gate, a) - a)  # a rise over 1 gated, a shrink kept
+    got = guarded.step_from(out, x, m, v, 1, gate) - MLPOptimizer.step_from(plain, out, x, m, v, 1)
+    torch.testing.assert_close(got, expected)
+    assert (a > 0).any() and (a < 0).any() and not torch.allclose(got, adam)
+    # the torch.optim form needs the loss, and takes the functional step
+    model, xs, ys = regression()
+    opt = LearnedOptimizer(model.parameters(), rule=guarded)
+    (model(xs) - ys).square().mean().backward()
+    with pytest.raises(ValueError, match="reads the loss"):
+        opt.step()
+    assert not guarded.in_place_ready() and plain.in_place_ready()
+    with pytest.raises(ValueError, match="loss guard needs"):
+        AdamCorrection(0.01, guard=0.5)

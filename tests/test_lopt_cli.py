@@ -79,7 +79,12 @@ def test_each_estimator_meta_trains_from_a_config_and_saves_a_loadable_optimizer
     assert not torch.equal(w, model.weight)
 
 
-@pytest.mark.parametrize("mix", [[], ["algorithm.mix_hidden=[[6]]"]], ids=["one-family", "mixture"])
+GUARDED = ["algorithm.rule=adam-correction", "algorithm.scale_mult=1.0", "algorithm.guard=0.5"]  # state in every entry
+
+
+@pytest.mark.parametrize(
+    "mix", [[], ["algorithm.mix_hidden=[[6]]"], GUARDED], ids=["one-family", "mixture", "loss-guard"]
+)
 @pytest.mark.parametrize("estimator", ["pes"])
 def test_resume_mid_run_repeats_the_uninterrupted_run(tmp_path, estimator, mix):
     """4 iterations straight == 2, then a new process resumed from the checkpoint for 2 more (mid-run: step 4 of 6,
@@ -89,7 +94,8 @@ def test_resume_mid_run_repeats_the_uninterrupted_run(tmp_path, estimator, mix):
     straight.fit()
     first = make_trainer(config(tmp_path, f"algorithm.estimator={estimator}", "train.iterations=2", *mix, name="b"))
     first.fit()
-    assert first.learner.states.step == 4 and len(first.learner.all_states) == 1 + len(mix)
+    families = 2 if any(o.startswith("algorithm.mix_hidden") for o in mix) else 1
+    assert first.learner.states.step == 4 and len(first.learner.all_states) == families
     if estimator == "pes":
         assert all(s.extra["xi"] for s in first.learner.all_states)
     resumed = make_trainer(
@@ -99,7 +105,7 @@ def test_resume_mid_run_repeats_the_uninterrupted_run(tmp_path, estimator, mix):
     resumed.fit()
     a, b = straight.learner.state_dict(), resumed.learner.state_dict()
     assert a.keys() == b.keys() and any(k.startswith("inner.") for k in a)
-    assert any(k.startswith("inner.family1.") for k in a) == bool(mix)
+    assert any(k.startswith("inner.family1.") for k in a) == (families == 2)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert straight.learner.states.tasks == resumed.learner.states.tasks
 
@@ -179,6 +185,8 @@ def test_the_untrained_column_is_the_rule_the_run_started_from(tmp_path):
         ("algorithm.scale_mult=-1", "algorithm.scale_mult must be zero or positive, got -1"),
         ("algorithm.scale_mult=1", "set it to 0 for algorithm.rule=lopt-mlp"),
         ("algorithm.max_scale=3", "algorithm.max_scale bounds the multiplier of Adam's step that algorithm.scale_mult"),
+        ("algorithm.guard=0.5", "algorithm.guard gates the multiplier of Adam's step that algorithm.scale_mult"),
+        ("algorithm.guard_decay=1", "algorithm.guard_decay must be in [0, 1), got 1"),
         ("algorithm.mix_hidden=[[4]]", "algorithm.mix_hidden must list networks other than model.hidden=[4]"),
         ("algorithm.mix_hidden=[[5],[6]]", "train.meta_batch_size=2 tasks per estimate do not split evenly over the 3"),
         ("algorithm.mix_hidden=[[5,5]]", "task.name=quadratic takes its dimension from algorithm.mix_hidden=[dim]"),

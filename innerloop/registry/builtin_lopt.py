@@ -52,7 +52,11 @@ def optimizer_family(config, split: str = "train", hidden: list[int] | None = No
 def build_rule(config):
     """The update rule ``algorithm.rule`` at the nominal step ``algorithm.inner_lr``."""
     a = config.algorithm
-    scaled = {"scale_mult": a.scale_mult, "max_scale": a.max_scale} if a.scale_mult else {}
+    scaled = (
+        {"scale_mult": a.scale_mult, "max_scale": a.max_scale, "guard": a.guard, "guard_decay": a.guard_decay}
+        if a.scale_mult
+        else {}
+    )
     return update_rule(a.rule).make(a.inner_lr, **scaled)
 
 
@@ -115,6 +119,13 @@ def _check_lopt(config) -> None:
             f"algorithm.max_scale bounds the multiplier of Adam's step that algorithm.scale_mult turns on: give it above 1 "
             f"with scale_mult > 0, or 0 for no bound (got max_scale={a.max_scale}, scale_mult={a.scale_mult})"
         )
+    if a.guard and not (a.guard > 0 and a.scale_mult):
+        raise ConfigError(
+            f"algorithm.guard gates the multiplier of Adam's step that algorithm.scale_mult turns on: give it above 0 "
+            f"with scale_mult > 0, or 0 for no guard (got guard={a.guard}, scale_mult={a.scale_mult})"
+        )
+    if not 0 <= a.guard_decay < 1:
+        raise ConfigError(f"algorithm.guard_decay must be in [0, 1), got {a.guard_decay}")
     if not a.tune_lrs or any(lr <= 0 for lr in a.tune_lrs):
         raise ConfigError(f"algorithm.tune_lrs must be a non-empty list of positive rates, got {list(a.tune_lrs)}")
     mix = [list(h) for h in a.mix_hidden]

@@ -210,6 +210,8 @@ class LoptOptions(AlgorithmOptions):
     inner_lr: float = 0.001  # the rule's nominal step (adam-correction: the Adam rate it starts as)
     scale_mult: float = 0.0  # adam-correction: Adam's step times exp(scale_mult * s), s the MLP's log-magnitude output (0: unscaled)
     max_scale: float = 0.0  # adam-correction with scale_mult: bound that multiplier smoothly to [1/max_scale, max_scale] (0: unbounded)
+    guard: float = 0.0  # adam-correction with scale_mult: loss guard, the multiplier's rise over 1 shrinks by exp(-r / guard), r the log loss's rise over its moving average (0: off)
+    guard_decay: float = 0.9  # decay of the loss guard's moving average of the log loss
     estimator: str = "pes"  # meta-gradient estimator: full (backprop through whole runs) | tbptt | es (antithetic) | pes (Persistent ES)
     horizon: int = 200  # inner steps of one run before it restarts on a new task
     truncation: int = 10  # inner steps per meta-gradient estimate (full: the horizon)

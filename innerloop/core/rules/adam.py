@@ -11,6 +11,18 @@ the untrained rule is exactly Adam(lr) (a tuned Adam when ``lr`` is the tuned ra
 beside it. With ``scale_mult`` > 0 the log-magnitude output also scales Adam's own step per coordinate: the MLP
 reads the training-progress feature, so it can learn a step-size schedule and per-parameter step sizes, which a
 tuned constant-rate Adam does not have (the ``correction`` term alone stays small, 1e-3, as the nominal step).
+
+The loss guard (``guard`` > 0), a soft form of the safeguards of Heaton et al. 2020 ("Safeguarded learned convex
+optimization", https://arxiv.org/abs/2003.01880: fall back to the hand-written update when the loss rises above its
+moving average) and Prémont-Schwarz et al. 2022 ("A Simple Guard for Learned Optimizers", ICML,
+https://arxiv.org/abs/2201.12426): with ``r = relu(log l_t - ell_{t-1})`` the rise of the log loss over its moving
+average ``ell`` (decay ``guard_decay``, ``ell_0 = log l_0``), every coordinate's log multiplier ``a`` becomes
+
+    a - relu(a) (1 - exp(-r / guard))
+
+so a run whose loss jumps falls back towards Adam's own step (the learned shrinking is kept), and steps past
+Adam's return as the loss settles. For positive losses; the loss reaches the rule as ``step(closure)`` or
+``step(loss=...)`` in the ``torch.optim`` form, which then takes the functional step (no in-place form).
 """
 
 from __future__ import annotations
@@ -116,6 +128,8 @@ class AdamCorrection(PerParameterMLP):
         max_scale: with ``scale_mult``, bound the multiplier smoothly to ``[1 / max_scale, max_scale]``:
             ``exp(B tanh(scale_mult * s / B))``, ``B = log(max_scale)`` (0: unbounded). Steps many times Adam's
             are where meta-trained rules blow up on a few tasks.
+        guard: with ``scale_mult``, the loss guard's tolerance in nats of log loss (module header; 0: no guard).
+        guard_decay: the decay of the guard's moving average of the log loss.
     """
 
     def __init__(
@@ -130,6 +144,8 @@ class AdamCorrection(PerParameterMLP):
         learn_lr: bool = True,
         scale_mult: float = 0.0,
         max_scale: float = 0.0,
+        guard: float = 0.0,
+        guard_decay: float = 0.9,
     ) -> None:
         b1, b2 = _betas(betas, eps)
         super().__init__(correction, hidden, layers, exp_mult, (b1,) if b1 > 0 else (0.5,), (b2,), learn_decays=False)
@@ -141,6 +157,13 @@ class AdamCorrection(PerParameterMLP):
         if not (max_scale == 0 or max_scale > 1):
             raise ValueError(f"max_scale must be 0 (unbounded) or above 1, got {max_scale}")
         self.scale_mult, self.max_scale = float(scale_mult), float(max_scale)
+        if not guard >= 0 or (guard and not scale_mult) or not 0 <= guard_decay < 1:
+            raise ValueError(
+                f"the loss guard needs guard >= 0 (0: off) acting on scale_mult > 0 and guard_decay in [0, 1), got "
+                f"guard={guard}, scale_mult={scale_mult}, guard_decay={guard_decay}"
+            )
+        self.guard, self.guard_decay = float(guard), float(guard_decay)
+        self.uses_loss = bool(self.guard)  # the torch.optim form asks for the loss
         if self.learn_lr:
             self.log_lr = nn.Parameter(torch.tensor(math.log(lr), dtype=torch.float64))  # cast by bind
         last = cast(nn.Linear, self.net[-1])
@@ -151,7 +174,8 @@ class AdamCorrection(PerParameterMLP):
         """The constructor's arguments."""
         return {"lr": self.adam_lr, "betas": list(self.betas), "eps": self.eps, "hidden": self.hidden,
                 "layers": self.layers, "correction": self.lr, "exp_mult": self.exp_mult, "learn_lr": self.learn_lr,
-                "scale_mult": self.scale_mult, "max_scale": self.max_scale}  # fmt: skip
+                "scale_mult": self.scale_mult, "max_scale": self.max_scale, "guard": self.guard,
+                "guard_decay": self.guard_decay}  # fmt: skip
 
     def num_features(self) -> int:
         """The MLP optimizer's features and Adam's direction."""
@@ -177,12 +201,37 @@ class AdamCorrection(PerParameterMLP):
         bound = math.log(self.max_scale)
         return torch.tanh(s * (self.scale_mult / bound)) * bound
 
-    def step_from(self, out, g, m, v, step):
-        """Adam's update, times ``exp(log_scale(s))``, plus the correction ``-correction d exp(exp_mult s)``."""
+    def init_state(self, params):
+        """The accumulators, and with the loss guard the moving average ``ell`` of the log loss in every entry."""
+        state = super().init_state(params)
+        if self.guard:
+            like = next(iter(params.values()))
+            state = {n: {**e, "ell": like.new_zeros(1)} for n, e in state.items()}
+        return state
+
+    def shared(self, state, loss, step):
+        """The loss guard's gate ``exp(-r / guard)`` and the new moving average (module header); none unguarded."""
+        if not self.guard:
+            return None, {}
+        log_loss = loss.detach().reshape(1).clamp_min(torch.finfo(loss.dtype).tiny).log()
+        ell = log_loss if step == 0 else next(iter(state.values()))["ell"]
+        gate = torch.exp(-torch.relu(log_loss - ell) / self.guard)
+        return gate, {"ell": torch.lerp(log_loss, ell, self.guard_decay)}
+
+    def step_from(self, out, g, m, v, step, shared=None):
+        """Adam's update, times ``exp(log_scale(s))`` (its rise over 1 gated by the loss guard's ``shared``), plus
+        the correction ``-correction d exp(exp_mult s)``."""
         adam = -self.adam_rate() * adam_direction(m[0], v[0], step, self.betas, self.eps)
         if self.scale_mult:
-            adam = adam * torch.exp(self.log_scale(out[1]))
+            log_scale = self.log_scale(out[1])
+            if shared is not None:
+                log_scale = log_scale - torch.relu(log_scale) * (1 - shared)
+            adam = adam * torch.exp(log_scale)
         return adam + super().step_from(out, g, m, v, step)
+
+    def in_place_ready(self) -> bool:
+        """As the MLP optimizer's; the loss guard has no in-place form."""
+        return not self.guard and super().in_place_ready()
 
     def fill_(self, x, m, entry, c, step, lo, hi):
         """As the MLP optimizer's, with Adam's direction (:func:`adam_direction`, its operations) in the last row."""
@@ -205,4 +254,5 @@ class AdamCorrection(PerParameterMLP):
         """``AdamCorrection(lr=..., correction=...)``."""
         scaled = f", scale_mult={self.scale_mult}" if self.scale_mult else ""
         scaled += f", max_scale={self.max_scale}" if self.scale_mult and self.max_scale else ""
+        scaled += f", guard={self.guard}" if self.guard else ""
         return f"AdamCorrection(lr={self.adam_lr}, correction={self.lr}, hidden={self.hidden}{scaled})"

@@ -173,23 +173,31 @@ class PerParameterMLP(UpdateRule):
             h = torch.addmm(layer.bias[:, None], layer.weight, torch.relu(h))
         return h
 
-    def step_from(self, out: torch.Tensor, g, m, v, step: int) -> torch.Tensor:
+    def step_from(self, out: torch.Tensor, g, m, v, step: int, shared=None) -> torch.Tensor:
         """The flat update of one tensor from the MLP's output ``(2, numel)``: ``-lr d exp(exp_mult s)``."""
         return -self.lr * out[0] * torch.exp(self.exp_mult * out[1])
+
+    def shared(self, state, loss, step: int) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """What every tensor's update shares at this step (``step_from``'s ``shared``) and the state entries it
+        keeps in every tensor's entry: none here (:class:`~.adam.AdamCorrection`'s loss guard has some)."""
+        return None, {}
 
     def forward(self, grads, state, params, step, loss):
         """Accumulators, features normalised per tensor, the MLP on every coordinate, the updates."""
         like = next(iter(grads.values()))
         b, c = self.decays(like)
+        shared, kept = self.shared(state, loss, step)
         updates, new_state = {}, dict(state)
         for name, grad in grads.items():
             entry = state[name]
             g, p = grad.reshape(-1), params[name].reshape(-1)
             m = torch.lerp(g[None], entry["m"], b[:, None])  # b m + (1 - b) g
             v, entries = self.second_moments(grad, entry, c)
-            new_state[name] = {"m": m, **entries}
+            new_state[name] = {"m": m, **entries, **{k: t.clone() for k, t in kept.items()}}  # no shared storage
             out = self.mlp(torch.cat(self.features(g, p, m, v, step)), step)
-            updates[name] = self.step_from(out, g, m, v, step).reshape(grad.shape)
+            # ``shared`` only when there is one: subclasses written before it override step_from(out, g, m, v, step)
+            u = self.step_from(out, g, m, v, step) if shared is None else self.step_from(out, g, m, v, step, shared)
+            updates[name] = u.reshape(grad.shape)
         return updates, new_state
 
     def meta_layers(self, meta: Mapping[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
