@@ -153,3 +153,9 @@ def test_a_subclass_that_changes_only_the_functional_form_keeps_it_in_the_torch_
     got = optim_run(net, LearnedOptimizer(net.parameters(), rule=rule), x, y, 3)
     assert torch.allclose(got[-1], expected[-1], rtol=0, atol=1e-13)
     assert MLPOptimizer().in_place_ready() and not rule.in_place_ready()
+
+    class SharedGate(MLPOptimizer):  # a new value shared by every tensor's step: the in-place path does not know it
+        def shared(self, state, loss, step):
+            return torch.ones(1), {}
+
+    assert not SharedGate().in_place_ready()

@@ -209,10 +209,11 @@ class PerParameterMLP(UpdateRule):
         ]
 
     def in_place_ready(self) -> bool:
-        """Whether :meth:`step_inplace` computes this class's :meth:`forward` (its hooks are overridden in pairs)."""
+        """Whether :meth:`step_inplace` computes this class's :meth:`forward` (its hooks are overridden in pairs;
+        :meth:`shared` feeds :meth:`step_from`, so it pairs with :meth:`apply_`)."""
         pairs = [("forward", "step_inplace"), ("mlp", "step_inplace"), ("features", "fill_"),
                  ("second_moments", "second_moments_"), ("second_moments", "accumulate_"), ("step_from", "apply_"),
-                 ("init_entry", "accumulate_")]  # fmt: skip
+                 ("init_entry", "accumulate_"), ("shared", "apply_")]  # fmt: skip
         return in_place_matches(self, pairs + ([("decays", "meta_decays")] if self.learn_decays else []))
 
     block = 1 << 16  # coordinates per MLP block in ``step_inplace`` (a block's activations stay in cache)
