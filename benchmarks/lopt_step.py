@@ -8,8 +8,9 @@ step (zero_grad, forward, backward, step) of an MLP 784-1000-200-10 (987,210 par
 ``--rounds`` interleaved rounds; a ratio is the median over rounds of the two medians of one round (load that
 changes between rounds cancels). ``--timer cpu`` counts this process's CPU time (``time.process_time``) instead
 of wall time: on a machine shared with other jobs it leaves out the time other processes hold the core.
-Each learned rule runs in its ``torch.optim`` form (in place, ``step_inplace``) and, as "(functional)", through
-``rule.run`` (the functional form the inner loop differentiates: what ``LearnedOptimizer.step`` ran before).
+Each learned rule runs in its ``torch.optim`` form (in place, ``step_inplace``), as "(compiled)" with
+``compile=True`` (``step_compiled``: compiled in the warm-up steps) and, as "(functional)", through ``rule.run`` (the
+functional form the inner loop differentiates: what ``LearnedOptimizer.step`` ran before).
 "faults" counts the minor page faults of one step alone: ``torch.optim.Adam`` allocates temporaries of each
 parameter's size at every step, and with glibc's default settings these are fresh pages (about 1,500 faults a
 step here, most of its time); ``MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=4000000000`` in the
@@ -50,6 +51,11 @@ VARIANTS = {
     **{
         f"{name} (functional)": (lambda params, make=make: FunctionalForm(params, rule=make()))
         for name, make in RULES.items()
+    },
+    **{
+        f"{name} (compiled)": (lambda params, make=make: LearnedOptimizer(params, rule=make(), compile=True))
+        for name, make in RULES.items()
+        if name != "Adam rule"
     },
     "LearnedOptimizerLSTM": lambda params: LearnedOptimizer(params, rule=LearnedOptimizerLSTM(1e-3)),
 }

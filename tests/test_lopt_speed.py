@@ -159,3 +159,71 @@ def test_a_subclass_that_changes_only_the_functional_form_keeps_it_in_the_torch_
             return torch.ones(1), {}
 
     assert not SharedGate().in_place_ready()
+
+
+COMPILED = {
+    "mlp": lambda: MLPOptimizer(lr=0.01),
+    "adafactor": lambda: FactoredMLPOptimizer(lr=0.01, factor_min=3),
+    "adam-correction-guarded": lambda: AdamCorrection(lr=0.01, correction=0.01, scale_mult=0.5, max_scale=3, guard=1.0),
+    "half-steps": lambda: HalfSteps(lr=0.01),  # a subclass's step_from: the compiled step calls it
+}
+
+
+def closure_run(net, opt, x, y, steps):
+    """As :func:`optim_run`, handing the loss to the step (the loss guard reads it)."""
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = (net(x) - y).square().mean()
+        loss.backward()
+        opt.step(loss=loss.detach())
+        out.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
+    return out
+
+
+@pytest.mark.parametrize(("name", "dtype"), [(n, torch.float32) for n in COMPILED] + [("mlp", torch.float64)])
+def test_the_compiled_step_equals_the_functional_rule(name, dtype):
+    from torch._dynamo.utils import counters
+
+    net = model(dtype)
+    x, y = torch.randn(32, 4, dtype=dtype), torch.randn(32, 2, dtype=dtype)
+    rule = COMPILED[name]().to(dtype)
+    rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
+    meta = {k: v.detach().clone() for k, v in perturbed(COMPILED[name]().to(dtype), seed=3).meta().items()}
+    expected = functional_run(net, rule, meta, x, y, 5)  # the guard reads the loss, as closure_run hands it
+    before = counters["stats"]["unique_graphs"]
+    opt = LearnedOptimizer(net.parameters(), rule=rule, meta=meta, compile=True)  # meta: not the rule's own
+    got = closure_run(net, opt, x, y, 5)
+    assert counters["stats"]["unique_graphs"] > before, "nothing was compiled"
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for step, (a, b) in enumerate(zip(got, expected)):
+        assert (a - b).abs().max() <= tol * b.abs().max(), (name, step, (a - b).abs().max().item())
+    assert not torch.equal(expected[0], expected[-1])
+
+
+def test_compile_on_a_rule_without_a_compiled_step_is_one_line():
+    net = model(torch.float32)
+    with pytest.raises(ValueError, match=r"compile=True: Adam.*has no compiled step"):
+        LearnedOptimizer(net.parameters(), rule=Adam(0.01), compile=True)
+
+    class Wider(MLPOptimizer):  # a network the compiled step does not write out
+        def mlp(self, x, step):
+            return 2 * super().mlp(x, step)
+
+    with pytest.raises(ValueError, match="overrides forward or mlp"):
+        LearnedOptimizer(net.parameters(), rule=Wider(lr=0.01), compile=True)
+
+
+def test_a_machine_where_the_step_cannot_be_compiled_gets_one_line(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def fails(*args):
+        raise BackendCompilerFailed(fails, RuntimeError("CppCompileError: g++ not found"), None)
+
+    net = model(torch.float32)
+    opt = LearnedOptimizer(net.parameters(), rule=MLPOptimizer(lr=0.01), compile=True)
+    opt._compiled.update(norms=fails, update=fails)  # what torch.compile gives where no compiler runs
+    (net(torch.randn(4, 4)) ** 2).sum().backward()
+    with pytest.raises(RuntimeError, match=r"compile=True: torch\.compile could not build the step here") as info:
+        opt.step()
+    assert "compile=False" in str(info.value) and "\n" not in str(info.value)

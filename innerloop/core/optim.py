@@ -7,6 +7,9 @@ one state over all coordinates) in ``self.shared_state``; ``self.steps`` counts 
 holds all of them and the meta-parameters, so a checkpoint resumes the same run.
 Rules with a ``step_inplace`` method (the per-parameter MLPs, Adam) take the same step in place under no_grad
 (accumulators and reused work buffers overwritten, no autograd graph): the torch.optim form's fast path.
+``compile=True`` runs the per-parameter MLPs' ``step_compiled`` instead: the same step through ``torch.compile``,
+fused into two passes over each tensor (the first steps compile it, tens of seconds; on a CPU it needs a C++
+compiler).
 Meta-parameters travel as safetensors files (:func:`save_meta`, :func:`load_meta`, :func:`load_rule`).
 """
 
@@ -90,10 +93,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         rule: the update rule (copied: the optimizer never changes the caller's rule).
         meta: the rule's meta-parameters (e.g. :func:`load_meta`); default: the rule's own.
         steps: the trained number of inner steps, for rules whose meta-parameters depend on it (``lslr``).
+        compile: take each step through ``torch.compile`` (per-parameter MLP rules: module header).
     """
 
     def __init__(
-        self, params: Iterable, rule: UpdateRule, meta: Mapping[str, torch.Tensor] | None = None, steps: int = 1
+        self,
+        params: Iterable,
+        rule: UpdateRule,
+        meta: Mapping[str, torch.Tensor] | None = None,
+        steps: int = 1,
+        compile: bool = False,
     ) -> None:
         super().__init__(params, {})
         if not isinstance(rule, UpdateRule):
@@ -113,6 +122,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.per_tensor: bool | None = None  # known at the first step
         self.shared_state: Any = None
         self._scratch: dict[str, Any] = {}  # reused work buffers of in-place steps (not state)
+        self.compile = bool(compile)
+        self._compiled: dict[str, Any] = {}  # the compiled functions of step_compiled
+        ready = getattr(self.rule, "compiled_ready", None)
+        if self.compile and not (callable(ready) and ready()):
+            why = "has no compiled step" if ready is None else "overrides forward or mlp, or second_moments alone"
+            raise ValueError(
+                f"compile=True: {self.rule.describe()} {why}; compile=True serves MLPOptimizer, AdamCorrection, "
+                "FactoredMLPOptimizer and subclasses that change features, step_from or shared (else use compile=False)"
+            )
 
     def _names(self) -> list[str]:
         if all("param_names" in group for group in self.param_groups):
@@ -189,11 +207,29 @@ class LearnedOptimizer(torch.optim.Optimizer):
         ready = getattr(self.rule, "in_place_ready", None)
         if not callable(getattr(self.rule, "step_inplace", None)) or not (callable(ready) and ready()):
             return False
+        return self._dense(tensors, grads)
+
+    @staticmethod
+    def _dense(tensors: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
         like = tensors[0]
         return all(
             t.is_contiguous() and t.layout == torch.strided and t.dtype == like.dtype and t.device == like.device
             for t in [*tensors, *grads]
         )
+
+    def _step_compiled(self, tensors: list[torch.Tensor], grads: list[torch.Tensor], step: int, loss) -> None:
+        """The rule's ``step_compiled`` at ``self.meta`` (copied into the optimizer's own copy of the rule)."""
+        own = dict(self.rule.named_parameters())
+        torch._foreach_copy_([own[k] for k in self.meta], list(self.meta.values()))
+        step_compiled = getattr(self.rule, "step_compiled")  # noqa: B009 (mypy: checked by compiled_ready)
+        try:
+            step_compiled(tensors, grads, [self.state[p] for p in tensors], step, loss, self._compiled)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            first = str(error).strip().splitlines()[0][:200]
+            raise RuntimeError(
+                f"compile=True: torch.compile could not build the step here ({first}); on a CPU it needs a C++ "
+                "compiler (g++ or clang) on PATH, else use LearnedOptimizer(..., compile=False)"
+            ) from None
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -223,6 +259,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         grads = {n: g for n in names if (g := params[n].grad) is not None}
         current = {n: params[n].detach() for n in names}
         step = self.steps
+        if self.compile and per_tensor and self._dense([params[n] for n in names], [grads[n] for n in names]):
+            self._step_compiled([params[n] for n in names], [grads[n] for n in names], step, value)
+            self.steps = step + 1
+            return loss
         if per_tensor and self._in_place([params[n] for n in names], [grads[n] for n in names]):
             tensors, in_place = [params[n] for n in names], getattr(self.rule, "step_inplace")  # noqa: B009 (mypy)
             in_place(

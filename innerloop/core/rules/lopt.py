@@ -51,6 +51,11 @@ def in_place_matches(rule: object, pairs: Sequence[tuple[str, str]]) -> bool:
     return all(issubclass(owner(fast), owner(slow)) for slow, fast in pairs)
 
 
+def rank_one(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """Adafactor's second moment ``row col^T / mean(row)`` per decay, flat: ``(J, rows * cols)``."""
+    return (row[:, :, None] * col[:, None, :] / (row.mean(1) + 1e-30)[:, None, None]).reshape(row.shape[0], -1)
+
+
 def _decays(values: Sequence[float], what: str) -> tuple[float, ...]:
     decays = tuple(float(b) for b in values)
     if not decays or not all(0 < b < 1 for b in decays):
@@ -302,6 +307,77 @@ class PerParameterMLP(UpdateRule):
         """``p += u`` on a block of coordinates from the MLP's output ``out`` (2, w) (:meth:`step_from`)."""
         p.addcmul_(out[0], out[1].mul_(self.exp_mult).exp_(), value=-self.lr)
 
+    def stored_moments(self, entry: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The second-moment features ``(J, numel)`` an updated state entry holds (what :meth:`second_moments`
+        returned when it was written)."""
+        return entry["v"]
+
+    def compiled_ready(self) -> bool:
+        """Whether :meth:`step_compiled` computes this class's :meth:`forward`. It calls :meth:`second_moments`,
+        :meth:`features`, :meth:`step_from` and :meth:`shared` themselves, so those may be overridden freely; it
+        repeats the momenta of :meth:`forward` and the network of :meth:`mlp`, and reads back what
+        :meth:`second_moments` stored through :meth:`stored_moments`."""
+        pairs = [("forward", "norms_"), ("mlp", "update_"), ("second_moments", "stored_moments"),
+                 ("init_entry", "stored_moments")]  # fmt: skip
+        return in_place_matches(self, pairs)
+
+    def norms_(self, p, g, entry, b, c, step: int) -> torch.Tensor:
+        """First half of :meth:`step_compiled` for one tensor: its accumulators updated in place, and the squared
+        norm of each of its feature rows ``(F,)`` (the normalisation of :meth:`mlp`)."""
+        flat = g.reshape(-1)
+        m = torch.lerp(flat[None], entry["m"], b[:, None])  # b m + (1 - b) g
+        v, entries = self.second_moments(g, entry, c)
+        # one reduction per row: the compiler fuses them into one pass over the coordinates
+        norms = torch.stack([row.square().sum() for f in self.features(flat, p.reshape(-1), m, v, step) for row in f])
+        for key, value in {"m": m, **entries}.items():
+            entry[key].copy_(value)
+        return norms
+
+    def update_(self, p, g, entry, layers, step: int, shared) -> None:
+        """Second half of :meth:`step_compiled` for one tensor: ``p += u`` from the updated accumulators, the MLP
+        written out as sums over its rows (``layers``: ``(weight, bias)`` with the normalisation and the step
+        feature folded into the first), so the compiler fuses the whole update into one pass."""
+        flat, g = p.view(-1), g.reshape(-1)
+        m, v = entry["m"], self.stored_moments(entry)
+        h = [row for f in self.features(g, flat, m, v, step) for row in f]
+        for i, (weight, bias) in enumerate(layers):
+            h = [torch.relu(t) for t in h] if i else h
+            h = [bias[j] + sum(weight[j, k] * h[k] for k in range(len(h))) for j in range(weight.shape[0])]
+        out = torch.stack(h)
+        flat.add_(self.step_from(out, g, m, v, step) if shared is None else self.step_from(out, g, m, v, step, shared))
+
+    @torch.no_grad()
+    def step_compiled(self, params, grads, states, step: int, loss, compiled: dict) -> None:
+        """:meth:`forward` in place through ``torch.compile`` (the ``torch.optim`` form with ``compile=True``).
+
+        Per tensor, two compiled functions: :meth:`norms_` (accumulators, then the feature norms) and
+        :meth:`update_` (features, network and update fused in one pass over the coordinates). Uses the rule's own
+        meta-parameters. ``compiled``: where the compiled functions are kept between steps.
+        """
+        if not compiled:
+            compiled["norms"] = torch.compile(self.norms_, dynamic=True)
+            compiled["update"] = torch.compile(self.update_, dynamic=True)
+        like = grads[0]
+        b, c = self.decays(like)
+        layers, f = self.meta_layers({}), self.num_features()
+        bias = layers[0][0][:, f:] @ tanh_embedding(step, like) + layers[0][1]
+        shared, kept = self.shared(dict(enumerate(states)), loss, step)
+        # every rule class and rank is a graph of the same two functions: more than dynamo's default limit of 8
+        with torch._dynamo.config.patch(recompile_limit=64):
+            for p, g, entry in zip(params, grads, states):
+                view = (p.shape[0], -1) if p.dim() > 1 else (-1,)  # rank 1, or 2 (the factored rule's view)
+                p, g = p.view(view), g.view(view)
+                for t in (p, g, *entry.values()):  # symbolic sizes: a graph serves every tensor of a rank
+                    torch._dynamo.maybe_mark_dynamic(t, t.dim() - 1)
+                for t in (p, g) if p.dim() > 1 else ():
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
+                norms = compiled["norms"](p, g, entry, b, c, step)
+                # folded here, not in the compiled function, where they would be recomputed at every coordinate
+                first = (layers[0][0][:, :f] * torch.rsqrt(1e-5 + norms / p.numel()), bias)
+                compiled["update"](p, g, entry, [first, *layers[1:]], step, shared)
+                for key, value in kept.items():
+                    entry[key].copy_(value)
+
     def describe(self) -> str:
         """``Name(lr=..., hidden=...)``."""
         return f"{type(self).__name__}(lr={self.lr}, hidden={self.hidden}, layers={self.layers})"
@@ -356,8 +432,7 @@ class FactoredMLPOptimizer(PerParameterMLP):
         g2, c = grad.reshape(dims).square() + 1e-30, c[:, None]
         row = torch.lerp(g2.mean(1), entry["row"], c)
         col = torch.lerp(g2.mean(0), entry["col"], c)
-        v = row[:, :, None] * col[:, None, :] / (row.mean(1) + 1e-30)[:, None, None]
-        return v.reshape(c.shape[0], -1), {"row": row, "col": col}
+        return rank_one(row, col), {"row": row, "col": col}
 
     def block_width(self, entry):
         """Whole rows of the 2-D view for a factored tensor."""
@@ -383,6 +458,12 @@ class FactoredMLPOptimizer(PerParameterMLP):
         r0, r1 = lo // col.shape[1], hi // col.shape[1]
         full = torch.mul(row[:, r0:r1, None], col[:, None, :], out=v.view(len(c), r1 - r0, col.shape[1]))
         full.div_((row.mean(1) + 1e-30)[:, None, None])
+
+    def stored_moments(self, entry):
+        """Full accumulators, or the rank-one second moment ``row col^T / mean(row)`` of a factored tensor."""
+        if "row" not in entry:
+            return super().stored_moments(entry)
+        return rank_one(entry["row"], entry["col"])
 
     def describe(self) -> str:
         """``FactoredMLPOptimizer(lr=..., factor_min=...)``."""
