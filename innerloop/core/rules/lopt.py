@@ -312,13 +312,17 @@ class PerParameterMLP(UpdateRule):
         returned when it was written)."""
         return entry["v"]
 
+    def compiled_view(self, p: torch.Tensor) -> tuple[int, ...]:
+        """The shape :meth:`step_compiled` hands a tensor (and its gradient) to :meth:`second_moments`: flat."""
+        return (-1,)
+
     def compiled_ready(self) -> bool:
         """Whether :meth:`step_compiled` computes this class's :meth:`forward`. It calls :meth:`second_moments`,
         :meth:`features`, :meth:`step_from` and :meth:`shared` themselves, so those may be overridden freely; it
         repeats the momenta of :meth:`forward` and the network of :meth:`mlp`, and reads back what
         :meth:`second_moments` stored through :meth:`stored_moments`."""
         pairs = [("forward", "norms_"), ("mlp", "update_"), ("second_moments", "stored_moments"),
-                 ("init_entry", "stored_moments")]  # fmt: skip
+                 ("init_entry", "stored_moments"), ("second_moments", "compiled_view")]  # fmt: skip
         return in_place_matches(self, pairs)
 
     def norms_(self, p, g, entry, b, c, step: int) -> torch.Tensor:
@@ -362,15 +366,16 @@ class PerParameterMLP(UpdateRule):
         layers, f = self.meta_layers({}), self.num_features()
         bias = layers[0][0][:, f:] @ tanh_embedding(step, like) + layers[0][1]
         shared, kept = self.shared(dict(enumerate(states)), loss, step)
-        # every rule class and rank is a graph of the same two functions: more than dynamo's default limit of 8
+        # every rule class, rank and factored shape is a graph of the same two functions: past the default limit of 8
         with torch._dynamo.config.patch(recompile_limit=64):
             for p, g, entry in zip(params, grads, states):
-                view = (p.shape[0], -1) if p.dim() > 1 else (-1,)  # rank 1, or 2 (the factored rule's view)
+                view = self.compiled_view(p)
                 p, g = p.view(view), g.view(view)
-                for t in (p, g, *entry.values()):  # symbolic sizes: a graph serves every tensor of a rank
-                    torch._dynamo.maybe_mark_dynamic(t, t.dim() - 1)
-                for t in (p, g) if p.dim() > 1 else ():
-                    torch._dynamo.maybe_mark_dynamic(t, 0)
+                for t in (p, g, *entry.values()):
+                    if len(view) == 1:  # symbolic sizes: one graph serves every flat tensor
+                        torch._dynamo.maybe_mark_dynamic(t, t.dim() - 1)
+                    else:  # a graph per shape: symbolic sizes would divide every flat index by them
+                        torch._dynamo.mark_static(t)
                 norms = compiled["norms"](p, g, entry, b, c, step)
                 # folded here, not in the compiled function, where they would be recomputed at every coordinate
                 first = (layers[0][0][:, :f] * torch.rsqrt(1e-5 + norms / p.numel()), bias)
@@ -458,6 +463,10 @@ class FactoredMLPOptimizer(PerParameterMLP):
         r0, r1 = lo // col.shape[1], hi // col.shape[1]
         full = torch.mul(row[:, r0:r1, None], col[:, None, :], out=v.view(len(c), r1 - r0, col.shape[1]))
         full.div_((row.mean(1) + 1e-30)[:, None, None])
+
+    def compiled_view(self, p):
+        """The 2-D view of a factored tensor (what :meth:`second_moments` factors), else flat."""
+        return self.factored(p) or (-1,)
 
     def stored_moments(self, entry):
         """Full accumulators, or the rank-one second moment ``row col^T / mean(row)`` of a factored tensor."""
