@@ -227,3 +227,20 @@ def test_a_machine_where_the_step_cannot_be_compiled_gets_one_line(monkeypatch):
     with pytest.raises(RuntimeError, match=r"compile=True: torch\.compile could not build the step here") as info:
         opt.step()
     assert "compile=False" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_compiled_step_factors_a_conv_kernel_as_the_functional_rule():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(72, 2))
+    x, y = torch.randn(8, 3, 5, 5), torch.randn(8, 2)
+    rule = FactoredMLPOptimizer(lr=0.01, factor_min=3)  # the kernel's 2-D view (8, 27) is factored
+    rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
+    meta = {
+        k: v.detach().clone() for k, v in perturbed(FactoredMLPOptimizer(lr=0.01, factor_min=3), seed=5).meta().items()
+    }
+    expected = functional_run(net, rule, meta, x, y, 4)
+    opt = LearnedOptimizer(net.parameters(), rule=rule, meta=meta, compile=True)
+    got = optim_run(net, opt, x, y, 4)
+    assert "row" in opt.state[net[0].weight]
+    for a, b in zip(got, expected):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max().item()
