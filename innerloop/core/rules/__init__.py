@@ -4,7 +4,8 @@ state)``, applied by the engine as ``params + updates``. ``RULES`` names the bui
 from .adam import Adam, AdamCorrection
 from .base import State, UpdateRule, apply_updates, stop_gradient
 from .combine import Chain, FirstOrder, Partition, chain, first_order, partition
-from .lopt import FactoredMLPOptimizer, MLPOptimizer, PerParameterMLP
+from .factored import FactoredMLPOptimizer
+from .lopt import MLPOptimizer, PerParameterMLP
 from .lstm import CoordinateLSTMCell, LearnedOptimizerLSTM, MetaLearnerLSTM, coordinate_zeros, preprocess
 from .rates import SGD, MetaCurvature, MetaSGDRates, PerLayerPerStepRates, Scale, scale
 
