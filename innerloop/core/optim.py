@@ -258,16 +258,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return loss
         grads = {n: g for n in names if (g := params[n].grad) is not None}
         current = {n: params[n].detach() for n in names}
-        step = self.steps
-        if self.compile and per_tensor and self._dense([params[n] for n in names], [grads[n] for n in names]):
-            self._step_compiled([params[n] for n in names], [grads[n] for n in names], step, value)
+        step, tensors, grad_list = self.steps, [params[n] for n in names], [grads[n] for n in names]
+        if self.compile and per_tensor and self._dense(tensors, grad_list):
+            self._step_compiled(tensors, grad_list, step, value)
             self.steps = step + 1
             return loss
-        if per_tensor and self._in_place([params[n] for n in names], [grads[n] for n in names]):
-            tensors, in_place = [params[n] for n in names], getattr(self.rule, "step_inplace")  # noqa: B009 (mypy)
-            in_place(
-                tensors, [grads[n] for n in names], [self.state[p] for p in tensors], step, self.meta, self._scratch
-            )
+        if per_tensor and self._in_place(tensors, grad_list):
+            in_place = getattr(self.rule, "step_inplace")  # noqa: B009 (mypy)
+            in_place(tensors, grad_list, [self.state[p] for p in tensors], step, self.meta, self._scratch)
             self.steps = step + 1
             return loss
         rule_state = {n: state[n] for n in names} if per_tensor else state

@@ -41,6 +41,17 @@ def tanh_embedding(step: int, like: torch.Tensor, timescales: Sequence[float] = 
     return torch.tensor([math.tanh(step / tau - 1.0) for tau in timescales], dtype=like.dtype, device=like.device)
 
 
+def step_bias(weight: torch.Tensor, bias: torch.Tensor, f: int, step: int, like: torch.Tensor) -> torch.Tensor:
+    """The first layer's bias with the step feature (the same for every coordinate) folded in; ``f``: features."""
+    return weight[:, f:] @ tanh_embedding(step, like) + bias
+
+
+def normalised(weight: torch.Tensor, f: int, squares: torch.Tensor, n: int) -> torch.Tensor:
+    """The first layer's feature weights with the normalisation ``1 / sqrt(mean x^2)`` folded in, from each
+    feature's sum of squares over the tensor's ``n`` coordinates."""
+    return weight[:, :f] * torch.rsqrt(1e-5 + squares / n)
+
+
 def in_place_matches(rule: object, pairs: Sequence[tuple[str, str]]) -> bool:
     """Whether each in-place method of ``pairs`` (functional, in place) is defined in the class that defines its
     functional counterpart or below it: a subclass that changes only the functional form keeps the functional path."""
@@ -166,10 +177,11 @@ class PerParameterMLP(UpdateRule):
         """
         layers = [m for m in self.net if isinstance(m, nn.Linear)]
         f = x.shape[0]
-        scale = torch.rsqrt(1e-5 + torch.linalg.vector_norm(x, dim=1).square() / x.shape[1])  # 1 / sqrt(mean x^2)
         first = layers[0]
-        bias = first.weight[:, f:] @ tanh_embedding(step, x) + first.bias
-        h = torch.addmm(bias[:, None], first.weight[:, :f] * scale, x)
+        bias = step_bias(first.weight, first.bias, f, step, x)
+        h = torch.addmm(
+            bias[:, None], normalised(first.weight, f, torch.linalg.vector_norm(x, dim=1).square(), x.shape[1]), x
+        )
         for layer in layers[1:]:
             h = torch.addmm(layer.bias[:, None], layer.weight, torch.relu(h))
         return h
@@ -238,7 +250,7 @@ class PerParameterMLP(UpdateRule):
         f, k, n_max = self.num_features(), len(b), max(p.numel() for p in params)
         cpu = like.device.type == "cpu"  # blocks keep activations in a CPU cache; a GPU takes each tensor whole
         widths = [min(self.block_width(entry) if cpu else p.numel(), p.numel()) for p, entry in zip(params, states)]
-        bias = layers[0][0][:, f:] @ tanh_embedding(step, like) + layers[0][1]
+        bias = step_bias(*layers[0], f, step, like)
         # a row of ones under the features and under each hidden layer carries the biases through the products
         later = [torch.cat([w, w_bias[:, None]], 1) for w, w_bias in layers[1:]]
         if scratch.get("x") is None or scratch["x"].shape != (f + 1, max(widths)) or scratch["x"].dtype != like.dtype:
@@ -260,7 +272,7 @@ class PerParameterMLP(UpdateRule):
                 rest = x_all[2 + k : f, : hi - lo]
                 self.fill_(rest, m[:, lo:hi], entry, c, step, lo, hi)
                 total[2 + k :].add_(norm(rest, dim=1).square_())
-            weights = [torch.cat([layers[0][0][:, :f] * torch.rsqrt(1e-5 + total / n), bias[:, None]], 1), *later]
+            weights = [torch.cat([normalised(layers[0][0], f, total, n), bias[:, None]], 1), *later]
             for lo, hi in blocks:
                 h = x = x_all[:, : hi - lo]
                 if len(blocks) > 1:
@@ -360,10 +372,10 @@ class PerParameterMLP(UpdateRule):
         like = grads[0]
         b, c = self.decays(like)
         layers, f = self.meta_layers({}), self.num_features()
-        bias = layers[0][0][:, f:] @ tanh_embedding(step, like) + layers[0][1]
+        bias = step_bias(*layers[0], f, step, like)
         shared, kept = self.shared(dict(enumerate(states)), loss, step)
         # every rule class, rank and factored shape is a graph of the same two functions: past the default limit of 8
-        with torch._dynamo.config.patch(recompile_limit=64):
+        with torch._dynamo.config.patch(cache_size_limit=64):  # the name torch 2.4-2.6 know too (recompile_limit)
             for p, g, entry in zip(params, grads, states):
                 view = self.compiled_view(p)
                 p, g = p.view(view), g.view(view)
@@ -374,7 +386,7 @@ class PerParameterMLP(UpdateRule):
                         torch._dynamo.mark_static(t)
                 norms = compiled["norms"](p, g, entry, b, c, step)
                 # folded here, not in the compiled function, where they would be recomputed at every coordinate
-                first = (layers[0][0][:, :f] * torch.rsqrt(1e-5 + norms / p.numel()), bias)
+                first = (normalised(layers[0][0], f, norms, p.numel()), bias)
                 compiled["update"](p, g, entry, [first, *layers[1:]], step, shared)
                 for key, value in kept.items():
                     entry[key].copy_(value)
