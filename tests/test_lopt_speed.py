@@ -4,6 +4,7 @@ the inner loop differentiates, block by block, with the accumulators and work bu
 import pytest
 import torch
 from test_learned_optimizers import perturbed
+from torch._dynamo.utils import counters
 from torch.func import functional_call, grad_and_value
 
 from innerloop.core import LearnedOptimizer
@@ -25,13 +26,15 @@ def model(dtype):
     return torch.nn.Sequential(*layers).to(dtype)
 
 
-def functional_run(net, rule, meta, x, y, steps, skip=None):
-    """The parameters after each step of ``rule.run`` at ``meta`` (the functional form), as one vector."""
+def functional_run(net, rule, meta, x, y, steps, skip=None, rises=()):
+    """The parameters after each step of ``rule.run`` at ``meta`` (the functional form), as one vector. At the
+    steps in ``rises`` the rule is handed ten times the loss (a loss guard's gate closes there)."""
     params = {n: p.detach().clone() for n, p in net.named_parameters()}
     state, out = rule.init_state(params), []
     for step in range(steps):
         grads, loss = grad_and_value(lambda p: (functional_call(net, p, (x,)) - y).square().mean())(params)
         names = [n for n in params if n != skip]
+        loss = 10 * loss if step in rises else loss
         updates, new = rule.run({n: grads[n] for n in names}, {n: state[n] for n in names}, params, step, loss, meta)
         state = {**state, **new}
         params = {n: p + updates[n] if n in updates else p for n, p in params.items()}
@@ -169,36 +172,60 @@ COMPILED = {
 }
 
 
-def closure_run(net, opt, x, y, steps):
-    """As :func:`optim_run`, handing the loss to the step (the loss guard reads it)."""
+def closure_run(net, opt, x, y, steps, rises=()):
+    """As :func:`optim_run`, handing the loss to the step (the loss guard reads it; ten times it at ``rises``)."""
     out = []
-    for _ in range(steps):
+    for step in range(steps):
         opt.zero_grad()
         loss = (net(x) - y).square().mean()
         loss.backward()
-        opt.step(loss=loss.detach())
+        opt.step(loss=10 * loss.detach() if step in rises else loss.detach())
         out.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
     return out
 
 
 @pytest.mark.parametrize(("name", "dtype"), [(n, torch.float32) for n in COMPILED] + [("mlp", torch.float64)])
 def test_the_compiled_step_equals_the_functional_rule(name, dtype):
-    from torch._dynamo.utils import counters
-
     net = model(dtype)
     x, y = torch.randn(32, 4, dtype=dtype), torch.randn(32, 2, dtype=dtype)
     rule = COMPILED[name]().to(dtype)
     rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
     meta = {k: v.detach().clone() for k, v in perturbed(COMPILED[name]().to(dtype), seed=3).meta().items()}
-    expected = functional_run(net, rule, meta, x, y, 5)  # the guard reads the loss, as closure_run hands it
+    rises = (2,) if "guarded" in name else ()  # the loss rises at step 2: the guard's gate closes (< 1) there
+    expected = functional_run(net, rule, meta, x, y, 5, rises=rises)  # the guard reads the loss closure_run hands
+    if rises:
+        assert not torch.allclose(expected[-1], functional_run(net, rule, meta, x, y, 5)[-1]), "the gate did nothing"
     before = counters["stats"]["unique_graphs"]
     opt = LearnedOptimizer(net.parameters(), rule=rule, meta=meta, compile=True)  # meta: not the rule's own
-    got = closure_run(net, opt, x, y, 5)
+    got = closure_run(net, opt, x, y, 5, rises=rises)
     assert counters["stats"]["unique_graphs"] > before, "nothing was compiled"
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for step, (a, b) in enumerate(zip(got, expected)):
         assert (a - b).abs().max() <= tol * b.abs().max(), (name, step, (a - b).abs().max().item())
     assert not torch.equal(expected[0], expected[-1])
+
+
+def test_the_compiled_step_updates_its_state_in_place_and_resumes_from_a_state_dict():
+    net = model(torch.float32)
+    x, y = torch.randn(32, 4), torch.randn(32, 2)
+    rule = AdamCorrection(lr=0.01, correction=0.01, scale_mult=0.5, max_scale=3, guard=1.0)
+    opt = LearnedOptimizer(net.parameters(), rule=rule, compile=True)
+    closure_run(net, opt, x, y, 2)
+    held = {id(p): {k: t for k, t in opt.state[p].items() if torch.is_tensor(t)} for p in net.parameters()}
+    saved, weights = opt.state_dict(), {k: t.clone() for k, t in net.state_dict().items()}
+    frozen = {k: {n: t.clone() for n, t in e.items() if torch.is_tensor(t)} for k, e in saved["state"].items()}
+    straight = closure_run(net, opt, x, y, 3, rises=(1,))
+    for p in net.parameters():  # the compiled functions wrote into the tensors the state holds, not new ones
+        assert all(opt.state[p][k] is t for k, t in held[id(p)].items())
+    for k, entry in frozen.items():  # and not into the state dict taken before
+        assert all(torch.equal(saved["state"][k][n], t) for n, t in entry.items()), k
+    twin_net = model(torch.float32)
+    twin_net.load_state_dict(weights)
+    twin = LearnedOptimizer(twin_net.parameters(), rule=rule, compile=True)
+    twin.load_state_dict(saved)
+    resumed = closure_run(twin_net, twin, x, y, 3, rises=(1,))
+    for a, b in zip(resumed, straight):
+        assert torch.equal(a, b)
 
 
 def test_compile_on_a_rule_without_a_compiled_step_is_one_line():
@@ -239,8 +266,10 @@ def test_the_compiled_step_factors_a_conv_kernel_as_the_functional_rule():
         k: v.detach().clone() for k, v in perturbed(FactoredMLPOptimizer(lr=0.01, factor_min=3), seed=5).meta().items()
     }
     expected = functional_run(net, rule, meta, x, y, 4)
+    before = counters["stats"]["unique_graphs"]
     opt = LearnedOptimizer(net.parameters(), rule=rule, meta=meta, compile=True)
     got = optim_run(net, opt, x, y, 4)
+    assert counters["stats"]["unique_graphs"] > before, "nothing was compiled"
     assert "row" in opt.state[net[0].weight]
     for a, b in zip(got, expected):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max().item()

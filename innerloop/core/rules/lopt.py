@@ -191,8 +191,8 @@ class PerParameterMLP(UpdateRule):
         return -self.lr * out[0] * torch.exp(self.exp_mult * out[1])
 
     def shared(self, state, loss, step: int) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """What every tensor's update shares at this step (``step_from``'s ``shared``) and the state entries it
-        keeps in every tensor's entry: none here (:class:`~.adam.AdamCorrection`'s loss guard has some)."""
+        """What every tensor's update shares at this step (``step_from``'s ``shared``) and the entries it keeps in
+        every tensor's entry (``state``'s keys: names, or positions in the compiled step); none here (the loss guard's)."""
         return None, {}
 
     def forward(self, grads, state, params, step, loss):
