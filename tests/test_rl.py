@@ -10,7 +10,7 @@ from cli_runner import cli
 
 from innerloop.core.linalg import conjugate_gradient
 from innerloop.errors import ConfigError
-from innerloop.rl import MAMLTRPO, make_family, make_policy, rollout
+from innerloop.rl import MAMLTRPO, ProMP, make_family, make_policy, rollout
 from innerloop.rl.estimators import ESTIMATORS
 from innerloop.rl.returns import discounted_returns, gae, linear_baseline
 from innerloop.rl.trpo import trpo_step
@@ -136,6 +136,20 @@ def test_maml_trpo_step_respects_the_kl_bound_and_improves_the_surrogate():
     assert 0 < metrics["kl"] <= 0.01
     assert metrics["surrogate_improvement"] > 0
     assert metrics["env_steps"] == 2 * 4 * 8 * family.horizon
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_promp_adapts_its_inner_kl_weight_or_keeps_it_fixed(adaptive):
+    """eta halves when the inner KL is below target / 1.5 and doubles above 1.5 target; fixed, it stays."""
+    family, policy = small_nav()
+    tasks = family.sample_tasks(3, torch.Generator().manual_seed(0))
+    for target, factor in ((1e3, 0.5), (1e-12, 2.0)):  # every KL is far below the first and above the second
+        learner = ProMP(policy, family, inner_lr=0.1, episodes=4, inner_kl_target=target, adaptive_kl=adaptive)
+        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+        metrics = learner.meta_step(tasks, seed=0, optimizer=optimizer)
+        assert metrics["inner_kl"] > 0
+        expected = 5e-4 * factor if adaptive else 5e-4
+        assert learner.inner_kl_coef.tolist() == pytest.approx([expected], rel=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ["vpg", "dice"])
@@ -421,6 +435,27 @@ def test_cli_trains_and_evaluates_navigation(tmp_path, monkeypatch, capsys):
 def test_bad_rl_configs_get_clear_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_config("maml-trpo-nav2d", overrides)
+
+
+def test_model_activation_builds_tanh_policies_and_is_refused_where_it_would_not_apply():
+    from innerloop.training.builders import build_learner
+
+    acts = {type(m).__name__ for m in build_learner(load_config("promp-nav2d", ["model.activation=tanh"])).modules()}
+    assert "Tanh" in acts and "ReLU" not in acts
+    acts = {type(m).__name__ for m in build_learner(load_config("promp-nav2d")).modules()}
+    assert "ReLU" in acts and "Tanh" not in acts
+    acts = {type(m).__name__ for m in build_learner(load_config("fomaml-sine", ["model.activation=tanh"])).modules()}
+    assert "Tanh" in acts and "ReLU" not in acts  # the regressor too
+    for preset, overrides, message in [
+        ("promp-nav2d", ["model.activation=gelu"], "model.activation must be one of relu, tanh"),
+        ("maml-omniglot-5w1s", ["model.activation=tanh"], "does not apply to model.name='conv4'"),
+        ("lopt-mlp-omniglot", ["model.activation=tanh"], "does not apply to lopt's own networks"),
+        ("cnp-sine", ["model.activation=tanh"], "does not apply to cnp's own networks"),
+        ("rl2-nav2d", ["model.activation=tanh"], "does not apply to rl2's own networks"),
+        ("pearl-nav2d", ["model.activation=tanh"], "does not apply to pearl's own networks"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(preset, overrides)
 
 
 def test_a_tasks_rollouts_do_not_depend_on_its_batch_mates():

@@ -287,7 +287,7 @@ def _mlp(config, out_features: int | None, input_shape: tuple[int, ...]):
 
     if out_features is None:
         raise ConfigError("model.name=mlp always has an output layer; use conv4 or resnet12 for an embedding")
-    return MLP(input_shape[0], config.model.hidden, out_features)
+    return MLP(input_shape[0], config.model.hidden, out_features, config.model.activation)
 
 
 def _conv4(config, out_features: int | None, input_shape: tuple[int, ...]):
@@ -304,7 +304,8 @@ def _resnet12(config, out_features: int | None, input_shape: tuple[int, ...]):
 
 
 MODELS = [
-    ModelEntry("mlp", _mlp, kinds=("regression", "rl", "optimizer")),  # optimizer families: the widths model.hidden
+    # optimizer families: the widths model.hidden
+    ModelEntry("mlp", _mlp, kinds=("regression", "rl", "optimizer"), activation=True),
     ModelEntry("conv4", _conv4),
     ModelEntry("resnet12", _resnet12),
 ]

@@ -17,7 +17,8 @@ def _policy(inputs: BuildInputs):
 
     model, r = inputs.model, inputs.config.rl
     if model is None:
-        return make_policy(inputs.family, hidden=tuple(inputs.config.model.hidden), init_std=r.init_std)
+        m = inputs.config.model
+        return make_policy(inputs.family, hidden=tuple(m.hidden), init_std=r.init_std, activation=m.activation)
     if getattr(model, "distribution", None) is None:
         raise ConfigError(
             f"meta-RL needs a policy (innerloop.rl.policies: a module with an action `distribution`), "
@@ -57,7 +58,11 @@ def _build_maml_trpo(entry: AlgorithmEntry, inputs: BuildInputs):
 def _build_promp(entry: AlgorithmEntry, inputs: BuildInputs):
     r = inputs.config.rl
     promp = dict(
-        clip=r.clip, outer_steps=r.outer_steps, inner_kl_target=r.inner_kl_target, inner_kl_coef=r.inner_kl_coef
+        clip=r.clip,
+        outer_steps=r.outer_steps,
+        inner_kl_target=r.inner_kl_target,
+        inner_kl_coef=r.inner_kl_coef,
+        adaptive_kl=r.adaptive_kl,
     )
     return entry.learner_class()(_policy(inputs), inputs.family, **promp, **_policy_gradient(inputs))
 
@@ -157,6 +162,7 @@ RL_ALGORITHMS = [
         _build_maml_trpo,
         kinds=("rl",),
         builds_model=True,
+        activation=True,
         meta_optimizer=False,
         preset="maml-trpo-nav2d",
     ),
@@ -167,6 +173,7 @@ RL_ALGORITHMS = [
         _build_promp,
         kinds=("rl",),
         builds_model=True,
+        activation=True,
         preset="promp-nav2d",
     ),
     AlgorithmEntry(

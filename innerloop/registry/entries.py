@@ -72,6 +72,7 @@ class AlgorithmEntry:
     head: bool = True  # build_model gives the network a task.ways output layer
     fixed_ways: bool = True  # evaluated only at the trained task.ways
     builds_model: bool = False  # its builder makes its own network or policy: build_model is not called
+    activation: bool = False  # with builds_model: its builder reads model.activation (else the model entry says)
     forward_pass: bool = False  # adapts in one forward pass: no inner steps
     episodic: bool = (
         False  # meta-RL: adapts through the episodes it acts in (RL², PEARL): no step sizes, "step" k = episode k
@@ -123,6 +124,7 @@ class ModelEntry:
     name: str
     build: Any  # callable or "module:attr"
     kinds: tuple[str, ...] = ("classification",)
+    activation: bool = False  # it reads model.activation (relu | tanh)
 
     def make(self, config, out_features: int | None, input_shape: tuple[int, ...]):
         """The network for ``config`` with ``out_features`` outputs (None: an embedding) on inputs of ``input_shape``."""

@@ -114,9 +114,11 @@ class GaussianMLPPolicy(Policy):
 
     distribution = DiagonalGaussian
 
-    def __init__(self, observation_dim: int, action_dim: int, hidden=(100, 100), init_std: float = 1.0) -> None:
+    def __init__(
+        self, observation_dim: int, action_dim: int, hidden=(100, 100), init_std: float = 1.0, activation: str = "relu"
+    ) -> None:
         super().__init__()
-        self.mean = MLP(observation_dim, hidden, action_dim)
+        self.mean = MLP(observation_dim, hidden, action_dim, activation)
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
@@ -129,16 +131,16 @@ class CategoricalMLPPolicy(Policy):
 
     distribution = Categorical
 
-    def __init__(self, observation_dim: int, num_actions: int, hidden=(100, 100)) -> None:
+    def __init__(self, observation_dim: int, num_actions: int, hidden=(100, 100), activation: str = "relu") -> None:
         super().__init__()
-        self.logits = MLP(observation_dim, hidden, num_actions)
+        self.logits = MLP(observation_dim, hidden, num_actions, activation)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.logits(observations)
 
 
-def make_policy(family, hidden=(100, 100), init_std: float = 1.0) -> Policy:
-    """The policy that fits ``family``'s observations and actions."""
+def make_policy(family, hidden=(100, 100), init_std: float = 1.0, activation: str = "relu") -> Policy:
+    """The policy that fits ``family``'s observations and actions (``activation``: relu | tanh)."""
     if family.discrete:
-        return CategoricalMLPPolicy(family.observation_dim, family.action_dim, hidden)
-    return GaussianMLPPolicy(family.observation_dim, family.action_dim, hidden, init_std)
+        return CategoricalMLPPolicy(family.observation_dim, family.action_dim, hidden, activation)
+    return GaussianMLPPolicy(family.observation_dim, family.action_dim, hidden, init_std, activation)

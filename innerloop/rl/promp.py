@@ -13,7 +13,8 @@ with a KL penalty on the pre-update policies (eq. 9)::
 
 where ``theta'_{i,k}`` are the parameters before inner step k (k = 0: theta itself). The
 penalty weight eta adapts: halved when the KL falls below target / 1.5, doubled above
-target * 1.5 (section 5 of the paper).
+target * 1.5 (section 5 of the paper); or stays fixed (``adaptive_kl=False``, the default
+of the authors' released run script, jonasrothfuss/ProMP ``adaptive_inner_kl_penalty``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ProMP(MetaPolicyLearner):
         outer_steps: Adam steps per meta-batch of episodes (5).
         inner_kl_target: the KL the adaptive penalty aims at (0.01).
         inner_kl_coef: initial eta (5e-4).
+        adaptive_kl: whether eta adapts to ``inner_kl_target`` (False: eta stays ``inner_kl_coef``).
     """
 
     inner_kl_coef: torch.Tensor  # a buffer
@@ -45,11 +47,13 @@ class ProMP(MetaPolicyLearner):
         outer_steps: int = 5,
         inner_kl_target: float = 0.01,
         inner_kl_coef: float = 5e-4,
+        adaptive_kl: bool = True,
         **kwargs,
     ) -> None:
         kwargs.setdefault("estimator", "lvc")
         super().__init__(policy, family, **kwargs)
         self.clip, self.outer_steps, self.inner_kl_target = clip, outer_steps, inner_kl_target
+        self.adaptive_kl = adaptive_kl
         # eta is state of the meta-optimization: a buffer, so checkpoints carry it and resuming is exact.
         self.register_buffer("inner_kl_coef", torch.full((self.inner_steps,), float(inner_kl_coef)))
 
@@ -88,13 +92,10 @@ class ProMP(MetaPolicyLearner):
 
         with torch.no_grad():  # eta adapts to the (meta-batch) KL of the last step
             kl = shard.mean(inner_kl)
-            self.inner_kl_coef.copy_(
-                torch.where(
-                    kl < self.inner_kl_target / 1.5,
-                    self.inner_kl_coef / 2,
-                    torch.where(kl > self.inner_kl_target * 1.5, self.inner_kl_coef * 2, self.inner_kl_coef),
-                )
-            )
+            if self.adaptive_kl:
+                low, high = kl < self.inner_kl_target / 1.5, kl > self.inner_kl_target * 1.5
+                eta = self.inner_kl_coef
+                self.inner_kl_coef.copy_(torch.where(low, eta / 2, torch.where(high, eta * 2, eta)))
         return {
             **self.rollout_metrics(draw, shard),
             "objective": float(shard.mean(objective)),

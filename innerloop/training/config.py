@@ -60,6 +60,7 @@ class ModelConfig:
 
     name: str = "mlp"  # mlp | conv4 | resnet12
     hidden: list[int] = field(default_factory=lambda: [40, 40])  # mlp (and meta-RL policy): hidden layer widths
+    activation: str = "relu"  # mlp (and the maml-trpo / promp policy): relu | tanh, after each hidden layer
     filters: int = 64  # conv4: filters of each of the 4 convolution blocks
     pool: str = "max"  # conv4: max (2x2 max-pools) | stride (stride-2 convolutions, MAML's Omniglot network)
     widths: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # resnet12: channels of the 4 residual stages
@@ -130,6 +131,7 @@ class RLConfig:
     outer_steps: int = 5  # promp: Adam steps per meta-batch
     inner_kl_target: float = 0.01  # promp: the inner KL that the adaptive penalty aims at
     inner_kl_coef: float = 5e-4  # promp: initial weight of the inner KL penalty
+    adaptive_kl: bool = True  # promp: the weight adapts to inner_kl_target (false: fixed, the authors' run script's default)
     arms: int = 5  # bandit: arms per task
     workers: int = 1  # MuJoCo, Meta-World: processes stepping the environments (1: in this process)
     reward_version: str = "v2"  # Meta-World: reward function version, v1 | v2

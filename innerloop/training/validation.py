@@ -12,6 +12,7 @@ from typing import Any
 from .. import registry
 from ..errors import ConfigError
 from ..models.conv import POOLS
+from ..models.mlp import ACTIVATIONS
 from ..rl.estimators import ESTIMATORS as RL_ESTIMATORS
 from ..validate import positive_int
 
@@ -119,6 +120,7 @@ def validate(config: Any) -> None:
                 "set algorithm.strategy=vmap (small models) or loop, without checkpoint_steps"
             )
     _check_train_and_eval(config)
+    _check_activation(config, entry)
     _check_image_task(config)
     if config.eval.ways is not None:
         positive_int("eval.ways", config.eval.ways, error=ConfigError)
@@ -167,6 +169,21 @@ def _check_train_and_eval(config: Any) -> None:
         raise ConfigError("model.hidden, model.widths and model.filters must be positive")
     if m.pool not in POOLS:
         raise ConfigError(f"model.pool must be one of {', '.join(POOLS)}, got {m.pool!r}")
+    if m.activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {m.activation!r}")
+
+
+def _check_activation(config: Any, entry: registry.AlgorithmEntry) -> None:
+    """model.activation is one the MLP knows, and a network that is built reads it."""
+    m = config.model
+    if m.activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {m.activation!r}")
+    reads = entry.activation if entry.builds_model else registry.model(m.name).activation
+    if m.activation != "relu" and not reads:
+        network = f"{entry.name}'s own networks" if entry.builds_model else f"model.name={m.name!r}"
+        raise ConfigError(
+            f"model.activation={m.activation!r} does not apply to {network} (ReLU): leave model.activation=relu"
+        )
 
 
 def _check_kinds(config: Any, entry: registry.AlgorithmEntry, family: registry.TaskFamilyEntry) -> None:
