@@ -169,8 +169,6 @@ def _check_train_and_eval(config: Any) -> None:
         raise ConfigError("model.hidden, model.widths and model.filters must be positive")
     if m.pool not in POOLS:
         raise ConfigError(f"model.pool must be one of {', '.join(POOLS)}, got {m.pool!r}")
-    if m.activation not in ACTIVATIONS:
-        raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {m.activation!r}")
 
 
 def _check_activation(config: Any, entry: registry.AlgorithmEntry) -> None:
