@@ -26,9 +26,10 @@ def model(dtype):
     return torch.nn.Sequential(*layers).to(dtype)
 
 
-def functional_run(net, rule, meta, x, y, steps, skip=None, rises=()):
+def functional_run(net, rule, meta, x, y, steps, skip=None, rises=(), lrs=None):
     """The parameters after each step of ``rule.run`` at ``meta`` (the functional form), as one vector. At the
-    steps in ``rises`` the rule is handed ten times the loss (a loss guard's gate closes there)."""
+    steps in ``rises`` the rule is handed ten times the loss (a loss guard's gate closes there); ``lrs``: per name,
+    a multiplier of the update (default 1)."""
     params = {n: p.detach().clone() for n, p in net.named_parameters()}
     state, out = rule.init_state(params), []
     for step in range(steps):
@@ -37,7 +38,7 @@ def functional_run(net, rule, meta, x, y, steps, skip=None, rises=()):
         loss = 10 * loss if step in rises else loss
         updates, new = rule.run({n: grads[n] for n in names}, {n: state[n] for n in names}, params, step, loss, meta)
         state = {**state, **new}
-        params = {n: p + updates[n] if n in updates else p for n, p in params.items()}
+        params = {n: p + (lrs or {}).get(n, 1.0) * updates[n] if n in updates else p for n, p in params.items()}
         out.append(torch.cat([p.reshape(-1) for p in params.values()]))
     return out
 
@@ -273,3 +274,45 @@ def test_the_compiled_step_factors_a_conv_kernel_as_the_functional_rule():
     assert "row" in opt.state[net[0].weight]
     for a, b in zip(got, expected):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("path", ["functional", "in-place", "compiled"])
+def test_a_groups_lr_multiplies_the_learned_update_and_a_scheduler_sets_it(path):
+    net = model(torch.float64 if path != "compiled" else torch.float32)
+    dtype = next(net.parameters()).dtype
+    x, y = torch.randn(16, 4, dtype=dtype), torch.randn(16, 2, dtype=dtype)
+    rule = {"functional": lambda: AdamCorrection(lr=0.01, correction=0.01, guard=1.0, scale_mult=0.5)}.get(
+        path, lambda: MLPOptimizer(lr=0.01)
+    )()
+    rule.bind({n: p.shape for n, p in net.named_parameters()}, 1, next(net.parameters()))
+    rule = perturbed(rule)
+    lrs = {n: 0.5 for n, _ in net.named_parameters() if n.endswith("weight")}  # biases in a group at lr 1
+    expected = functional_run(net, rule, None, x, y, 3, lrs=lrs)
+    weights = [p for n, p in net.named_parameters() if n in lrs]
+    biases = [p for n, p in net.named_parameters() if n not in lrs]
+    opt = LearnedOptimizer([{"params": weights, "lr": 0.5}, {"params": biases}], rule=rule, compile=path == "compiled")
+    assert path != "in-place" or opt._in_place(weights, weights)
+    got = closure_run(net, opt, x, y, 3)
+    tol = 1e-5 if path == "compiled" else 1e-12
+    assert (got[-1] - expected[-1]).abs().max() <= tol * expected[-1].abs().max()
+    assert opt.state_dict()["param_groups"][0]["lr"] == 0.5
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: float(epoch == 0))  # to zero after one epoch
+    before = [p.detach().clone() for p in net.parameters()]
+    closure_run(net, opt, x, y, 1)
+    assert not all(torch.equal(a, p) for a, p in zip(before, net.parameters()))  # lr still 0.5 / 1: a step
+    scheduler.step()
+    before = [p.detach().clone() for p in net.parameters()]
+    closure_run(net, opt, x, y, 1)
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters()))
+
+
+def test_a_group_setting_the_learned_optimizer_would_ignore_is_one_line():
+    net = model(torch.float64)
+    with pytest.raises(ValueError, match=r"groups take only lr .* got \['momentum'\]"):
+        LearnedOptimizer([{"params": net.parameters(), "momentum": 0.9}], rule=MLPOptimizer())
+    opt = LearnedOptimizer(net.parameters(), rule=MLPOptimizer())
+    opt.param_groups[0]["lr"] = -1.0
+    (net(torch.randn(3, 4, dtype=torch.float64)) ** 2).sum().backward()
+    with pytest.raises(ValueError, match=r"finite and >= 0, got -1\.0"):
+        opt.step()

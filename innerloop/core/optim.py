@@ -10,6 +10,8 @@ Rules with a ``step_inplace`` method (the per-parameter MLPs, Adam) take the sam
 ``compile=True`` runs the per-parameter MLPs' ``step_compiled`` instead: the same step through ``torch.compile``,
 fused into two passes over each tensor (the first steps compile it, tens of seconds; on a CPU it needs a C++
 compiler).
+Each parameter group's ``lr`` (default 1) multiplies the rule's update, ``p += lr u``, so ``torch.optim.lr_scheduler``
+schedules a learned step (warm-up, decay) as it does any optimizer's; at 1 the rule steps as it was meta-trained.
 Meta-parameters travel as safetensors files (:func:`save_meta`, :func:`load_meta`, :func:`load_rule`).
 """
 
@@ -94,6 +96,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         meta: the rule's meta-parameters (e.g. :func:`load_meta`); default: the rule's own.
         steps: the trained number of inner steps, for rules whose meta-parameters depend on it (``lslr``).
         compile: take each step through ``torch.compile`` (per-parameter MLP rules: module header).
+
+    A group's only setting is ``lr``, the multiplier of the rule's update (module header; default 1).
     """
 
     def __init__(
@@ -104,7 +108,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         steps: int = 1,
         compile: bool = False,
     ) -> None:
-        super().__init__(params, {})
+        super().__init__(params, {"lr": 1.0})
+        for group in self.param_groups:
+            other = sorted(set(group) - {"params", "param_names", "lr"})
+            if other:
+                raise ValueError(
+                    f"LearnedOptimizer groups take only lr (a multiplier of the learned update), got {other}: the "
+                    "rule computes its own steps (weight decay, momentum: meta-train a rule with them)"
+                )
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"rule must be an innerloop UpdateRule, got {type(rule).__name__}")
         own = {k: v.detach() for k, v in rule.meta().items()} if meta is None else dict(meta)
@@ -259,22 +270,38 @@ class LearnedOptimizer(torch.optim.Optimizer):
         grads = {n: g for n in names if (g := params[n].grad) is not None}
         current = {n: params[n].detach() for n in names}
         step, tensors, grad_list = self.steps, [params[n] for n in names], [grads[n] for n in names]
-        if self.compile and per_tensor and self._dense(tensors, grad_list):
-            self._step_compiled(tensors, grad_list, step, value)
-            self.steps = step + 1
-            return loss
-        if per_tensor and self._in_place(tensors, grad_list):
-            in_place = getattr(self.rule, "step_inplace")  # noqa: B009 (mypy)
-            in_place(tensors, grad_list, [self.state[p] for p in tensors], step, self.meta, self._scratch)
+        lrs = self._lrs(tensors)
+        compiled = per_tensor and self.compile and self._dense(tensors, grad_list)
+        if compiled or (per_tensor and self._in_place(tensors, grad_list)):
+            # p += u in place: a group's lr then rescales the step taken, p = before + lr (p - before)
+            scaled = [(p, p.clone(), lr) for p, lr in zip(tensors, lrs) if lr != 1.0]
+            if compiled:
+                self._step_compiled(tensors, grad_list, step, value)
+            else:
+                in_place = getattr(self.rule, "step_inplace")  # noqa: B009 (mypy)
+                in_place(tensors, grad_list, [self.state[p] for p in tensors], step, self.meta, self._scratch)
+            for p, before, lr in scaled:
+                p.lerp_(before, 1.0 - lr)
             self.steps = step + 1
             return loss
         rule_state = {n: state[n] for n in names} if per_tensor else state
         updates, new_state = self.rule.run(grads, rule_state, current, step, value, self.meta)
-        for name in names:
-            params[name].add_(updates[name])
+        for name, lr in zip(names, lrs):
+            params[name].add_(updates[name], alpha=lr)
             if per_tensor:
                 self.state[params[name]] = new_state[name]
         if not per_tensor:
             self.shared_state = new_state
         self.steps = step + 1
         return loss
+
+    def _lrs(self, tensors: list[torch.Tensor]) -> list[float]:
+        """Each tensor's group ``lr`` (the multiplier of its update), checked: a scheduler may have set it."""
+        of = {id(p): group for group in self.param_groups for p in group["params"]}
+        lrs = [float(of[id(p)]["lr"]) for p in tensors]
+        bad = next((lr for lr in lrs if not (lr >= 0 and lr < float("inf"))), None)
+        if bad is not None:
+            raise ValueError(
+                f"a LearnedOptimizer group's lr multiplies the learned update: it must be finite and >= 0, got {bad}"
+            )
+        return lrs
