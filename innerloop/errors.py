@@ -48,6 +48,12 @@ class DistributedError(InnerloopError, RuntimeError):
     """A process group cannot be formed or has fallen out of step."""
 
 
+class PeerLost(DistributedError):
+    """A collective failed because another rank died or stopped answering (a runtime failure)."""
+
+    exit_code = 1
+
+
 class StorageError(InnerloopError, OSError):
     """Writing a run's files failed (a full disk, a quota): a runtime failure; the message names what is intact."""
 

@@ -106,13 +106,13 @@ def _one_line(text: str) -> str:
 
 def _fail(message: str, code: int) -> None:
     """Print ``message`` as one line on stderr (with this process's rank under torchrun) and exit with ``code``."""
-    from ..training.distributed import launched_by_torchrun
+    from ..training.distributed import exit_process, launched_by_torchrun
 
     rank = f" (rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')})" if launched_by_torchrun() else ""
     if message.startswith("error: "):
         message = f"error{rank}: {message[len('error: ') :]}"
     typer.echo(_one_line(message), err=True)
-    sys.exit(code)
+    exit_process(code)
 
 
 def _os_error(err: OSError) -> tuple[str, int]:
@@ -141,6 +141,8 @@ def main() -> None:
         from typer._click import exceptions as click_exceptions
     except ImportError:
         from click import exceptions as click_exceptions  # type: ignore[no-redef]  # the module older Typer uses
+    from ..training.distributed import exit_process
+
     no_args = getattr(click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
     _DEBUG["on"] = os.environ.get("INNERLOOP_DEBUG", "") not in ("", "0")
     configure_logging()
@@ -148,7 +150,7 @@ def main() -> None:
         code = app(standalone_mode=False, prog_name="innerloop")
     except TrainingInterrupted as stopped:  # asked for (Ctrl-C, SIGTERM), not an error: the run is saved
         typer.echo(str(stopped), err=True)
-        sys.exit(130)
+        exit_process(130)
     except no_args as err:
         typer.echo(err.format_message())
         sys.exit(0)
@@ -176,7 +178,7 @@ def main() -> None:
             "(run with --debug for the traceback; please report it)",
             1,
         )
-    sys.exit(code if isinstance(code, int) else 0)
+    exit_process(code if isinstance(code, int) else 0)  # a torchrun worker skips Python's finalisation
 
 
 if __name__ == "__main__":

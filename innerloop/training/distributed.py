@@ -28,23 +28,43 @@ whether it writes (rank 0) from the group.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
+import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 import torch.distributed as dist
 
 from ..algorithms.step import Shard
-from ..errors import ConfigError, DistributedError
+from ..errors import ConfigError, DistributedError, PeerLost
 from .config import Config, to_dict, to_yaml
 
 
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several ranks started by torchrun (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code``; a torchrun worker leaves without the interpreter's finalisation.
+
+    A worker that finished (or failed cleanly) can still abort (SIGABRT) while Python tears its
+    modules down: gloo's threads and work objects and the store clients outlive the interpreter's
+    state they call back into (pytorch/pytorch#179291 is one such path). torchrun then reports
+    a finished run as a failed one, or restarts it. By this point the trainer has closed every
+    file it writes, so the worker flushes its output and leaves with ``os._exit``.
+    """
+    if not launched_by_torchrun():
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def shard(num_tasks: int, rank: int, world_size: int) -> range:
@@ -196,16 +216,30 @@ class ProcessGroup:
         """Whether this is rank 0, the rank that logs and writes checkpoints."""
         return self.rank == 0
 
+    @contextlib.contextmanager
+    def collective(self, what: str):
+        """Run a collective; a peer that died or hung in it becomes one :class:`PeerLost` line, not a gloo trace."""
+        try:
+            yield
+        except RuntimeError as err:  # gloo raises plain RuntimeErrors, NCCL DistBackendError (a RuntimeError)
+            raise PeerLost(
+                f"lost the group during {what} ({str(err).splitlines()[0][:200]}): "
+                "another rank died or stopped answering, and printed its own error if it could. With --max-restarts, "
+                "torchrun restarts the group, which resumes from the last checkpoint"
+            ) from None
+
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank (any picklable object)."""
         box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
+        with self.collective("a broadcast"):
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def gather(self, obj) -> list:
         """Every rank's ``obj``, in rank order, on every rank."""
         out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        with self.collective("a gather"):
+            dist.all_gather_object(out, obj)
         return out
 
     def shard(self, num_tasks: int, **step) -> Shard:
@@ -216,13 +250,15 @@ class ProcessGroup:
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over the ranks (a new tensor, without graph)."""
         summed = tensor.detach().clone()
-        dist.all_reduce(summed)
+        with self.collective("an all-reduce"):
+            dist.all_reduce(summed)
         return summed
 
     def broadcast_(self, tensors: list[torch.Tensor]) -> None:
         """Overwrite ``tensors`` in place with rank 0's values (each in its own dtype)."""
-        for tensor in tensors:
-            dist.broadcast(tensor.data, src=0)
+        with self.collective("a broadcast"):
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
 
     def restarted(self) -> bool:
         """Whether torchrun restarted this group after a failure (then it resumes by itself).
@@ -234,7 +270,8 @@ class ProcessGroup:
 
     def barrier(self) -> None:
         """Wait until every rank of the group reaches this point."""
-        dist.barrier()
+        with self.collective("a barrier"):
+            dist.barrier()
 
     def close(self) -> None:
         """Destroy the process group (idempotent)."""
