@@ -221,7 +221,11 @@ class ProcessGroup:
         """Run a collective; a peer that died or hung in it becomes one :class:`PeerLost` line, not a gloo trace."""
         try:
             yield
-        except RuntimeError as err:  # gloo raises plain RuntimeErrors, NCCL DistBackendError (a RuntimeError)
+        except RuntimeError as err:
+            # NCCL raises DistErrors; gloo plain RuntimeErrors naming the connection ("Connection reset by peer",
+            # "Connection closed by peer") or a timeout. Anything else (a shape mismatch: a bug) stays as it is.
+            if not (isinstance(err, dist.DistError) or any(s in str(err) for s in ("Connection", "imed out"))):
+                raise
             raise PeerLost(
                 f"lost the group during {what} ({str(err).splitlines()[0][:200]}): "
                 "another rank died or stopped answering, and printed its own error if it could. With --max-restarts, "
