@@ -316,3 +316,24 @@ def test_a_group_setting_the_learned_optimizer_would_ignore_is_one_line():
     (net(torch.randn(3, 4, dtype=torch.float64)) ** 2).sum().backward()
     with pytest.raises(ValueError, match=r"finite and >= 0, got -1\.0"):
         opt.step()
+
+
+def test_a_state_dict_saved_before_groups_had_lr_loads_and_steps_as_it_did():
+    net = model(torch.float64)
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    opt = LearnedOptimizer(net.parameters(), rule=MLPOptimizer(lr=0.01))
+    closure_run(net, opt, x, y, 2)
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["lr"]  # what an earlier innerloop wrote
+    reference = LearnedOptimizer(net.parameters(), rule=MLPOptimizer(lr=0.01))
+    reference.load_state_dict(opt.state_dict())
+    start = [p.detach().clone() for p in net.parameters()]
+    expected = closure_run(net, reference, x, y, 1)[-1]
+    with torch.no_grad():
+        for p, s in zip(net.parameters(), start):
+            p.copy_(s)
+    resumed = LearnedOptimizer(net.parameters(), rule=MLPOptimizer(lr=0.01))
+    resumed.load_state_dict(old)
+    torch.optim.lr_scheduler.StepLR(resumed, step_size=1)  # a scheduler reads (and records) each group's lr
+    assert torch.equal(closure_run(net, resumed, x, y, 1)[-1], expected)

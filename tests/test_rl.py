@@ -456,6 +456,10 @@ def test_model_activation_builds_tanh_policies_and_is_refused_where_it_would_not
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(preset, overrides)
+    from innerloop.models.mlp import MLP
+
+    with pytest.raises(ValueError, match="activation must be one of relu, tanh, got 'Tanh'"):
+        MLP(activation="Tanh")  # from Python: one line too
 
 
 def test_a_tasks_rollouts_do_not_depend_on_its_batch_mates():

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -104,7 +105,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     """Print ``message`` as one line on stderr (with this process's rank under torchrun) and exit with ``code``."""
     from ..training.distributed import exit_process, launched_by_torchrun
 

@@ -110,7 +110,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ) -> None:
         super().__init__(params, {"lr": 1.0})
         for group in self.param_groups:
-            other = sorted(set(group) - {"params", "param_names", "lr"})
+            other = sorted(set(group) - {"params", "param_names", "lr", "initial_lr"})  # initial_lr: a scheduler's
             if other:
                 raise ValueError(
                     f"LearnedOptimizer groups take only lr (a multiplier of the learned update), got {other}: the "
@@ -175,6 +175,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.per_tensor = state_dict.pop("per_tensor", None)
         self.shared_state = state_dict.pop("shared_state", None)
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a state dict saved before groups had lr: the update as it was
+            group.setdefault("lr", 1.0)
         for p, entry in list(self.state.items()):
             self.state[p] = _copied(entry)  # in-place steps never write into the caller's dict
 

@@ -15,6 +15,8 @@ class MLP(nn.Sequential):
         out_features: int = 1,
         activation: str = "relu",
     ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:

@@ -13,8 +13,9 @@ with a KL penalty on the pre-update policies (eq. 9)::
 
 where ``theta'_{i,k}`` are the parameters before inner step k (k = 0: theta itself). The
 penalty weight eta adapts: halved when the KL falls below target / 1.5, doubled above
-target * 1.5 (section 5 of the paper); or stays fixed (``adaptive_kl=False``, the default
-of the authors' released run script, jonasrothfuss/ProMP ``adaptive_inner_kl_penalty``).
+target * 1.5 (section 5 of the paper; ``adaptive_kl=True``, this class's default); or it
+stays fixed (``adaptive_kl=False``, as the authors' released run script sets
+``adaptive_inner_kl_penalty``, jonasrothfuss/ProMP; the promp-halfcheetah-vel preset).
 """
 
 from __future__ import annotations

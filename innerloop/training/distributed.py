@@ -29,6 +29,7 @@ whether it writes (rank 0) from the group.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import hashlib
 import logging
@@ -50,20 +51,27 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+_JOINED = {"group": False}  # whether this process has joined a process group (ProcessGroup.from_environment)
+
+
 def exit_process(code: int) -> NoReturn:
-    """Exit with ``code``; a torchrun worker leaves without the interpreter's finalisation.
+    """Exit with ``code``; a process that joined a process group leaves without the interpreter's finalisation.
 
     A worker that finished (or failed cleanly) can still abort (SIGABRT) while Python tears its
     modules down: gloo's threads and work objects and the store clients outlive the interpreter's
     state they call back into (pytorch/pytorch#179291 is one such path). torchrun then reports
     a finished run as a failed one, or restarts it. By this point the trainer has closed every
-    file it writes, so the worker flushes its output and leaves with ``os._exit``.
+    file it writes (metrics, TensorBoard, checkpoints, figures), so the worker flushes Python's and
+    C's output buffers and leaves with ``os._exit``; environment worker processes (``rl.workers``)
+    see their pipe close and exit by themselves. Any other process raises ``SystemExit`` as usual.
     """
-    if not launched_by_torchrun():
+    if not _JOINED["group"]:
         sys.exit(code)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        ctypes.CDLL(None).fflush(None)  # native code's printf output (MuJoCo's warnings)
     os._exit(code)
 
 
@@ -166,6 +174,18 @@ class LocalGroup(Group):
         pass
 
 
+# How gloo's transport says that a peer is gone or silent (its messages in gloo/transport/tcp/pair.cc).
+TRANSPORT_ERRORS = (
+    "gloo/transport",
+    "Connection",
+    "Broken pipe",
+    "Socket closed",
+    "Read error",
+    "Write error",
+    "imed out",
+)
+
+
 @dataclass
 class ProcessGroup:
     """This process's place in the group (``rank`` of ``world_size``) and the collectives innerloop uses."""
@@ -202,6 +222,7 @@ class ProcessGroup:
                 dist.init_process_group(
                     "nccl" if cuda else "gloo", timeout=timeout, store=store, rank=rank, world_size=size
                 )
+                _JOINED["group"] = True
             except (dist.DistError, RuntimeError, TimeoutError) as err:
                 raise DistributedError(
                     f"rank {env['RANK']} could not join the process group at {env['MASTER_ADDR']}:{env['MASTER_PORT']} "
@@ -222,15 +243,16 @@ class ProcessGroup:
         try:
             yield
         except RuntimeError as err:
-            # NCCL raises DistErrors; gloo plain RuntimeErrors naming the connection ("Connection reset by peer",
-            # "Connection closed by peer") or a timeout. Anything else (a shape mismatch: a bug) stays as it is.
-            if not (isinstance(err, dist.DistError) or any(s in str(err) for s in ("Connection", "imed out"))):
+            # NCCL raises DistErrors; gloo plain RuntimeErrors from its transport ("Connection reset by peer", "Write
+            # error ... Broken pipe", "Socket closed") or a timeout. Anything else (a shape mismatch: a bug) stays.
+            if not (isinstance(err, dist.DistError) or any(s in str(err) for s in TRANSPORT_ERRORS)):
                 raise
+            first = (str(err).splitlines() or [type(err).__name__])[0]
             raise PeerLost(
-                f"lost the group during {what} ({str(err).splitlines()[0][:200]}): "
+                f"lost the group during {what} ({first[:200]}): "
                 "another rank died or stopped answering, and printed its own error if it could. With --max-restarts, "
                 "torchrun restarts the group, which resumes from the last checkpoint"
-            ) from None
+            ) from err
 
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank (any picklable object)."""

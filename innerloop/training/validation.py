@@ -179,9 +179,7 @@ def _check_activation(config: Any, entry: registry.AlgorithmEntry) -> None:
     reads = entry.activation if entry.builds_model else registry.model(m.name).activation
     if m.activation != "relu" and not reads:
         network = f"{entry.name}'s own networks" if entry.builds_model else f"model.name={m.name!r}"
-        raise ConfigError(
-            f"model.activation={m.activation!r} does not apply to {network} (ReLU): leave model.activation=relu"
-        )
+        raise ConfigError(f"model.activation={m.activation!r} does not apply to {network}: leave model.activation=relu")
 
 
 def _check_kinds(config: Any, entry: registry.AlgorithmEntry, family: registry.TaskFamilyEntry) -> None:
