@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,3 +25,11 @@ def pytest_runtest_setup(item):
     for mark in item.iter_markers("needs"):
         if not mark.kwargs["present"]:
             missing(mark.kwargs["what"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Leave a mark that the session ended (``make test`` checks it): a test that ended the process itself (an
+    os._exit once did, with status 0) would otherwise pass for a green suite with the rest of it never run."""
+    mark = os.environ.get("INNERLOOP_PYTEST_FINISHED")
+    if mark:
+        Path(mark).write_text(f"{int(exitstatus)}\n")

@@ -121,6 +121,20 @@ def test_a_process_in_a_group_exits_without_finalisation(joined):
     assert result.stderr.endswith("said"), result.stderr
 
 
+def test_main_called_in_process_raises_systemexit_even_in_a_group():
+    """Only the command's entry point leaves with os._exit: a caller of main() (a test, a notebook) gets SystemExit,
+    even after its process joined a group (an os._exit there once ended pytest mid-suite, with status 0)."""
+    script = (
+        "import sys; from innerloop.training.distributed import ProcessGroup; from innerloop.cli.main import main; "
+        "ProcessGroup.from_environment('cpu', 60); sys.argv = ['innerloop', 'presets']\n"
+        "try:\n    main()\nexcept SystemExit as done:\n    print('SystemExit', done.code)"
+    )
+    env = {**worker_env(), "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("SystemExit 0"), result.stdout[-500:]
+
+
 @pytest.mark.parametrize("preset,procs,batch", [("maml-sine", 2, 10), ("maml-sine", 4, 10), ("reptile-sine", 2, 6)])
 def test_p_processes_give_the_meta_gradient_of_one(tmp_path, preset, procs, batch):
     """P ranks with B/P tasks each (10 over 4 ranks: 3, 3, 2, 2) = one process with B tasks."""

@@ -107,13 +107,13 @@ def _one_line(text: str) -> str:
 
 def _fail(message: str, code: int) -> NoReturn:
     """Print ``message`` as one line on stderr (with this process's rank under torchrun) and exit with ``code``."""
-    from ..training.distributed import exit_process, launched_by_torchrun
+    from ..training.distributed import launched_by_torchrun
 
     rank = f" (rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')})" if launched_by_torchrun() else ""
     if message.startswith("error: "):
         message = f"error{rank}: {message[len('error: ') :]}"
     typer.echo(_one_line(message), err=True)
-    exit_process(code)
+    sys.exit(code)
 
 
 def _os_error(err: OSError) -> tuple[str, int]:
@@ -142,8 +142,6 @@ def main() -> None:
         from typer._click import exceptions as click_exceptions
     except ImportError:
         from click import exceptions as click_exceptions  # type: ignore[no-redef]  # the module older Typer uses
-    from ..training.distributed import exit_process
-
     no_args = getattr(click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
     _DEBUG["on"] = os.environ.get("INNERLOOP_DEBUG", "") not in ("", "0")
     configure_logging()
@@ -151,7 +149,7 @@ def main() -> None:
         code = app(standalone_mode=False, prog_name="innerloop")
     except TrainingInterrupted as stopped:  # asked for (Ctrl-C, SIGTERM), not an error: the run is saved
         typer.echo(str(stopped), err=True)
-        exit_process(130)
+        sys.exit(130)
     except no_args as err:
         typer.echo(err.format_message())
         sys.exit(0)
@@ -179,7 +177,22 @@ def main() -> None:
             "(run with --debug for the traceback; please report it)",
             1,
         )
-    exit_process(code if isinstance(code, int) else 0)  # a torchrun worker skips Python's finalisation
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def entry() -> NoReturn:
+    """The ``innerloop`` command and ``python -m innerloop``: :func:`main`, whose exit a process that joined a process
+    group takes without Python's finalisation (``exit_process``). Called in-process, ``main`` raises ``SystemExit``."""
+    from ..training.distributed import exit_process
+
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        if isinstance(done.code, str):
+            typer.echo(done.code, err=True)
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    exit_process(code)
 
 
 if __name__ == "__main__":
