@@ -64,6 +64,8 @@ def exit_process(code: int) -> NoReturn:
     file it writes (metrics, TensorBoard, checkpoints, figures), so the worker flushes Python's and
     C's output buffers and leaves with ``os._exit``; environment worker processes (``rl.workers``)
     see their pipe close and exit by themselves. Any other process raises ``SystemExit`` as usual.
+    Only the command's entry point (``innerloop.cli.main.entry``) calls it: ``main()`` called in-process
+    (a test, a notebook) must return control to its caller.
     """
     if not _JOINED["group"]:
         sys.exit(code)
