@@ -104,6 +104,12 @@ def test_shards_partition_the_meta_batch():
             assert min(map(len, shards)) >= 1
 
 
+def one_rank(script: str) -> subprocess.CompletedProcess:
+    """``python -c script`` with the environment of rank 0 of a 1-rank group (which it may join)."""
+    env = {**worker_env(), "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+
+
 @pytest.mark.parametrize("joined", [True, False])
 def test_a_process_in_a_group_exits_without_finalisation(joined):
     """Once in a process group, an exit skips interpreter shutdown (where gloo can abort a finished worker) but keeps
@@ -114,8 +120,7 @@ def test_a_process_in_a_group_exits_without_finalisation(joined):
         f"{join}atexit.register(lambda: print('finalised')); print('written', end=''); sys.stderr.write('said'); "
         "exit_process(3)"
     )
-    env = {**worker_env(), "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    result = one_rank(script)
     assert result.returncode == 3, result.stderr
     assert result.stdout == ("written" if joined else "writtenfinalised\n")
     assert result.stderr.endswith("said"), result.stderr
@@ -129,8 +134,7 @@ def test_main_called_in_process_raises_systemexit_even_in_a_group():
         "ProcessGroup.from_environment('cpu', 60); sys.argv = ['innerloop', 'presets']\n"
         "try:\n    main()\nexcept SystemExit as done:\n    print('SystemExit', done.code)"
     )
-    env = {**worker_env(), "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    result = one_rank(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("SystemExit 0"), result.stdout[-500:]
 
